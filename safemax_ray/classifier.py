@@ -1,0 +1,88 @@
+"""The evaluation classifier: labels generated samples (UA, entropy, retained accuracy) and, for
+digits, supplies the features that FID compares.
+
+A small CNN that works at any image size (it pools adaptively). Weights are a safetensors file beside a
+JSON config, so loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from safemax_ray.errors import SafemaxError
+
+
+@dataclass
+class ClassifierConfig:
+    in_channels: int
+    num_classes: int
+    image_size: int
+    width: int = 32
+    feature_dim: int = 64
+
+
+class Classifier(nn.Module):
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.body = nn.Sequential(
+            nn.Conv2d(config.in_channels, w, 3, padding=1),
+            nn.GroupNorm(8, w),
+            nn.SiLU(),
+            nn.Conv2d(w, 2 * w, 3, padding=1, stride=2),
+            nn.GroupNorm(8, 2 * w),
+            nn.SiLU(),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+            nn.GroupNorm(8, 2 * w),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8 * w, config.feature_dim),
+            nn.SiLU(),
+        )
+        self.head = nn.Linear(config.feature_dim, config.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate activations, (N, feature_dim): the FID feature space for digits."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class FeatureExtractor(nn.Module):
+    """Adapts the classifier to torchmetrics' FID, which wants a module with `num_features`."""
+
+    def __init__(self, classifier: Classifier):
+        super().__init__()
+        self.classifier = classifier
+        self.num_features = classifier.config.feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(x.float())
+
+
+def save_classifier(model: Classifier, path: str | Path) -> None:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path / "model.safetensors")
+    (path / "config.json").write_text(json.dumps(asdict(model.config), indent=2))
+
+
+def load_classifier(path: str | Path, num_classes: int | None = None) -> Classifier:
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise SafemaxError(f"{path} is not a classifier folder: expected config.json and model.safetensors")
+    config = ClassifierConfig(**json.loads((path / "config.json").read_text()))
+    if num_classes is not None and config.num_classes != num_classes:
+        raise SafemaxError(f"classifier {path} knows {config.num_classes} classes but the data has {num_classes}")
+    model = Classifier(config)
+    model.load_state_dict(load_file(path / "model.safetensors"))
+    return model.eval()

@@ -1,0 +1,220 @@
+"""The `safemax-ray` command: parses flags, calls the Python API, prints with rich.
+
+Every subcommand is a thin shell over a function in the package; no logic lives here that the API lacks.
+User errors (SafemaxError) print one red line and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from safemax_ray.errors import SafemaxError
+
+console = Console(stderr=False)
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `unlearn` and `batch`; None means 'keep the YAML or default value'."""
+    p.add_argument("--config", help="YAML file of settings (flags override it)")
+    p.add_argument("--method", help="unlearning method (default safemax)")
+    p.add_argument("--dataset", choices=["digits", "cifar10", "imagefolder"])
+    p.add_argument("--data-root", help="CIFAR-10 root or ImageFolder tree")
+    p.add_argument("--image-size", type=int, help="ImageFolder: resize to this size")
+    p.add_argument("--model", help="diffusers model folder (default: the shipped digits model)")
+    p.add_argument("--classifier", help="evaluation classifier folder (default: the shipped digits one)")
+    p.add_argument("--lam", type=float, help="lambda of psi(t) = exp(-lambda t / T)")
+    p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument("--iterations", type=int, help="optimiser steps")
+    p.add_argument("--batch-size", type=int, help="global images per stream per step (forget and remain each)")
+    p.add_argument("--alpha", type=float, help="weight of the remain loss")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--target", choices=["independent", "trajectory"], help="eps_T reading")
+    p.add_argument("--study", help="label stored with the results")
+    p.add_argument("--results-dir", help="Parquet results folder or s3:// URI (default safemax_results/)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight w")
+    p.add_argument("--sample-steps", type=int, help="DDPM sampling steps (default: the full schedule)")
+    p.add_argument("--n-forget-samples", type=int)
+    p.add_argument("--n-retain-per-class", type=int)
+    p.add_argument("--num-workers", type=int, help="Ray Train workers (DDP)")
+    p.add_argument("--cpus-per-worker", type=float)
+    p.add_argument("--gpu", dest="use_gpu", action="store_true", default=None, help="train on GPUs")
+    p.add_argument("--cpu", dest="use_gpu", action="store_false", help="train on CPUs even if GPUs exist")
+    p.add_argument("--address", help="join a Ray cluster: 'auto' or ray://host:10001 (default: local Ray)")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--max-failures", type=int)
+
+
+RUN_FLAG_KEYS = {
+    "method": "method",
+    "dataset": "dataset",
+    "data_root": "data_root",
+    "image_size": "image_size",
+    "model": "model",
+    "classifier": "classifier",
+    "lam": "lam",
+    "lr": "lr",
+    "iterations": "iterations",
+    "batch_size": "batch_size",
+    "alpha": "alpha",
+    "seed": "seed",
+    "target": "target",
+    "study": "study",
+    "results_dir": "results_dir",
+    "guidance": "eval.guidance",
+    "sample_steps": "eval.sample_steps",
+    "n_forget_samples": "eval.n_forget_samples",
+    "n_retain_per_class": "eval.n_retain_per_class",
+    "num_workers": "ray.num_workers",
+    "cpus_per_worker": "ray.cpus_per_worker",
+    "use_gpu": "ray.use_gpu",
+    "address": "ray.address",
+    "checkpoint_every": "ray.checkpoint_every",
+    "max_failures": "ray.max_failures",
+}
+
+
+def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, flag) for flag, key in RUN_FLAG_KEYS.items() if hasattr(args, flag)}
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("base model", justify="right")
+    table.add_column("unlearned", justify="right")
+    for key, label in (
+        ("ua", "UA %"),
+        ("entropy", "entropy H (nats)"),
+        ("fid", "FID (retained)"),
+        ("retain_acc", "retained accuracy %"),
+    ):
+        table.add_row(label, _fmt(metrics.get(f"base_{key}")), _fmt(metrics.get(key)))
+    table.add_row("RTE (s, unlearning only)", "", _fmt(metrics.get("rte_s")))
+    table.add_row("peak memory (MB)", "", _fmt(metrics.get("peak_mem_mb")))
+    return table
+
+
+def cmd_unlearn(args: argparse.Namespace) -> int:
+    from safemax_ray.config import load_unlearn_config
+    from safemax_ray.runner import unlearn
+
+    overrides = run_overrides(args)
+    overrides["forget_class"] = args.forget_class
+    overrides["output_dir"] = args.output_dir
+    cfg = load_unlearn_config(args.config, **overrides)
+    began = time.perf_counter()
+    result = unlearn(cfg, console=console, show_progress=not args.no_progress)
+    console.print(metrics_table(result.metrics, f"SAFEMax: forget class {cfg.forget_class} ({cfg.dataset})"))
+    console.print(f"model:   {result.model_path}")
+    console.print(f"samples: {result.grid_path}")
+    console.print(f"results: {result.results_path}")
+    console.print(f"wall time {time.perf_counter() - began:.0f}s")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from safemax_ray.pretrain import PretrainConfig, run_pretrain
+
+    config = PretrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        num_train_timesteps=args.timesteps,
+        block_out_channels=tuple(args.channels),
+        attention=args.attention,
+        classifier_steps=args.classifier_steps,
+        seed=args.seed,
+    )
+    run_pretrain(
+        config, args.dataset, args.data_root, args.image_size, args.output, args.overwrite, args.device, console
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="safemax-ray", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("unlearn", help="make a model forget one class with SAFEMax on Ray Train")
+    p.add_argument("--forget-class", type=int, help="class to forget (default 0)")
+    p.add_argument("--output-dir", help="where the unlearned model goes (default <results-dir>/models/<run_id>)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress bars")
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_unlearn)
+
+    p = sub.add_parser("pretrain", help="train the base diffusion model and the evaluation classifier")
+    p.add_argument("--dataset", default="digits", choices=["digits", "cifar10", "imagefolder"])
+    p.add_argument("--data-root")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--output", default="pretrained", help="folder for model/ and classifier/")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--timesteps", type=int, default=100, help="diffusion steps T (CIFAR-10 reference: 1000)")
+    p.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="UNet block widths")
+    p.add_argument("--attention", action="store_true", help="attention blocks (for 32px images and up)")
+    p.add_argument("--classifier-steps", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=cmd_pretrain)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SafemaxError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]")
+        return 130
+    except Exception as exc:  # noqa: BLE001  (a clear line for users; --debug shows the traceback)
+        if args.debug:
+            raise
+        cause = _root_cause(exc)
+        if isinstance(cause, SafemaxError):
+            console.print(f"[bold red]error:[/] {cause}")
+            return 2
+        console.print(f"[bold red]error:[/] {type(cause).__name__}: {cause} (rerun with --debug for the traceback)")
+        return 1
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """Ray wraps worker exceptions; dig out the user's own error where there is one."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if inner is None:
+            for err in getattr(exc, "worker_failures", {}).values() if hasattr(exc, "worker_failures") else []:
+                inner = err
+                break
+        if inner is None:
+            return exc
+        exc = inner
+    return exc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

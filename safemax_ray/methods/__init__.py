@@ -1,0 +1,15 @@
+"""Unlearning methods behind a small registry; importing this package registers the built-ins."""
+
+from safemax_ray.methods import safemax as _safemax  # noqa: F401  (registers "safemax")
+from safemax_ray.methods.base import LossOutput, UnlearnBatch, UnlearningMethod
+from safemax_ray.methods.registry import ENTRY_POINT_GROUP, available_methods, get_method, register_method
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "LossOutput",
+    "UnlearnBatch",
+    "UnlearningMethod",
+    "available_methods",
+    "get_method",
+    "register_method",
+]

@@ -1,0 +1,155 @@
+"""Class-conditional diffusion models in the diffusers format, and the weights shipped with the package.
+
+A model folder is what `DDPMPipeline.save_pretrained` writes: `model_index.json`, `unet/` (a
+`UNet2DModel` whose `num_class_embeds` is K + 1, index K being the null label for classifier-free
+guidance) and `scheduler/` (a `DDPMScheduler`), weights as safetensors. Loading reads local files only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from safemax_ray.errors import SafemaxError
+
+ASSETS = Path(__file__).parent / "assets"
+SHIPPED_MODEL = ASSETS / "digits" / "model"
+SHIPPED_CLASSIFIER = ASSETS / "digits" / "classifier"
+
+
+@dataclass
+class DiffusionModel:
+    unet: UNet2DModel
+    scheduler: DDPMScheduler
+
+    @property
+    def num_classes(self) -> int:
+        """Real classes, without the null label."""
+        return int(self.unet.config.num_class_embeds) - 1
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+
+def build_unet(
+    num_classes: int,
+    channels: int,
+    image_size: int,
+    block_out_channels: tuple[int, ...] = (32, 64),
+    layers_per_block: int = 1,
+    attention: bool = False,
+) -> UNet2DModel:
+    """A small class-conditional UNet; the null label is index `num_classes`."""
+    down = "AttnDownBlock2D" if attention else "DownBlock2D"
+    up = "AttnUpBlock2D" if attention else "UpBlock2D"
+    return UNet2DModel(
+        sample_size=image_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=block_out_channels,
+        layers_per_block=layers_per_block,
+        down_block_types=(down,) * len(block_out_channels),
+        up_block_types=(up,) * len(block_out_channels),
+        norm_num_groups=min(32, block_out_channels[0]),
+        add_attention=attention,
+        num_class_embeds=num_classes + 1,
+    )
+
+
+def build_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
+    """Linear betas; for fewer than 1000 steps they are scaled so that sum(beta), and so the noise
+    level of x_T, matches the reference schedule (1e-4..0.02 over 1000 steps)."""
+    scale = 1000 / num_train_timesteps
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_start=1e-4 * scale,
+        beta_end=0.02 * scale,
+        beta_schedule="linear",
+    )
+
+
+def save_model(model: DiffusionModel, path: str | Path, overwrite: bool = False) -> Path:
+    """Write the folder atomically: into a temporary sibling, then one rename."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise SafemaxError(f"model folder {path} already exists and is not empty; choose another --output-dir")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        DDPMPipeline(unet=model.unet, scheduler=model.scheduler).save_pretrained(tmp, safe_serialization=True)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_model(
+    path: str | Path | None,
+    num_classes: int | None = None,
+    channels: int | None = None,
+    image_size: int | None = None,
+) -> DiffusionModel:
+    """Load and check a model folder against the data it will be trained on."""
+    path = Path(path) if path else SHIPPED_MODEL
+    unet_config = path / "unet" / "config.json"
+    if not path.is_dir():
+        raise SafemaxError(f"model folder {path} does not exist")
+    if not unet_config.is_file() or not (path / "scheduler" / "scheduler_config.json").is_file():
+        raise SafemaxError(
+            f"{path} is not a diffusers model folder: expected unet/config.json and "
+            "scheduler/scheduler_config.json (as written by DDPMPipeline.save_pretrained)"
+        )
+    config = json.loads(unet_config.read_text())
+    if config.get("_class_name") != "UNet2DModel":
+        raise SafemaxError(f"{path}/unet holds a {config.get('_class_name')}, expected a UNet2DModel")
+    if not config.get("num_class_embeds"):
+        raise SafemaxError(
+            f"{path} is not class-conditional (unet num_class_embeds is unset); SAFEMax needs a model "
+            "trained with class labels plus a null label"
+        )
+    if num_classes is not None and config["num_class_embeds"] != num_classes + 1:
+        raise SafemaxError(
+            f"{path} has {config['num_class_embeds']} class embeddings but the data has {num_classes} classes; "
+            f"expected {num_classes + 1} (the classes plus the null label)"
+        )
+    if channels is not None and config.get("in_channels") != channels:
+        raise SafemaxError(f"{path} takes {config.get('in_channels')}-channel images but the data has {channels}")
+    if image_size is not None and config.get("sample_size") != image_size:
+        raise SafemaxError(f"{path} makes {config.get('sample_size')}px images but the data is {image_size}px")
+    unet = UNet2DModel.from_pretrained(path, subfolder="unet", local_files_only=True, use_safetensors=True)
+    scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
+    return DiffusionModel(unet, scheduler)
+
+
+def model_fingerprint(path: str | Path | None) -> str:
+    """Identifies a model's weights (for caching its evaluation) without hashing megabytes each time."""
+    path = Path(path) if path else SHIPPED_MODEL
+    weights = sorted((path / "unet").glob("*.safetensors"))
+    stats = [(w.name, w.stat().st_size, int(w.stat().st_mtime)) for w in weights]
+    blob = json.dumps([str(path.resolve()), stats, (path / "unet" / "config.json").read_text()])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA max allocated on a GPU; the process's peak resident set on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -1,0 +1,48 @@
+"""Connecting to Ray: an existing cluster, or a local one set up to work on a small machine.
+
+A local Ray here (ray 2.60) would otherwise write an auth token into the user's home, put its sockets
+under a temp path that can exceed the 107-byte socket limit, and deadlock when a trial and its workers
+need more whole CPUs than the machine has. So a local start disables token auth, uses a short temp dir,
+and declares enough logical CPUs for the job (training threads are still capped per worker).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from safemax_ray.errors import SafemaxError
+
+
+def ensure_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Connect or start; returns True when this call started a local Ray that the caller should stop."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    # Quiet the driver: rich draws progress, Ray's own progress and deduplicated logs would interleave.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env})
+        except ConnectionError as exc:
+            raise SafemaxError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
+        return False
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    ray.init(
+        num_cpus=num_cpus or max(4, (os.cpu_count() or 1) * 2),
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=temp_dir,
+    )
+    return True
+
+
+def cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) >= 1

@@ -1,0 +1,102 @@
+"""The Parquet results dataset: one explicit schema, one file per run, atomic writes.
+
+Layout: `<results_dir>/runs/<run_id>.parquet`, one row each. A file per run means concurrent writers
+(Tune trials, batch runs on many nodes) never touch the same file, and a crash mid-write leaves only a
+hidden temporary file that readers skip. The folder reads as one table in pandas, pyarrow and DuckDB
+(`SELECT * FROM 'safemax_results/runs/*.parquet'`).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from safemax_ray import storage
+from safemax_ray.errors import SafemaxError
+
+RUNS_DIR = "runs"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("run_key", pa.string(), nullable=False),  # method-dataset-class-confighash-seed
+        pa.field("timestamp", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("forget_class", pa.int32(), nullable=False),
+        pa.field("lam", pa.float64(), nullable=False),
+        pa.field("lr", pa.float64(), nullable=False),
+        pa.field("iterations", pa.int32(), nullable=False),
+        pa.field("batch_size", pa.int32(), nullable=False),
+        pa.field("alpha", pa.float64(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("target", pa.string(), nullable=False),
+        pa.field("guidance", pa.float64(), nullable=False),
+        pa.field("sample_steps", pa.int32(), nullable=False),
+        pa.field("n_forget_samples", pa.int32(), nullable=False),
+        pa.field("n_retain_per_class", pa.int32(), nullable=False),
+        pa.field("ua", pa.float64(), nullable=False),
+        pa.field("entropy", pa.float64(), nullable=False),
+        pa.field("fid", pa.float64(), nullable=False),
+        pa.field("retain_acc", pa.float64(), nullable=False),
+        pa.field("fid_features", pa.string(), nullable=False),
+        pa.field("base_ua", pa.float64()),
+        pa.field("base_entropy", pa.float64()),
+        pa.field("base_fid", pa.float64()),
+        pa.field("base_retain_acc", pa.float64()),
+        pa.field("rte_s", pa.float64(), nullable=False),
+        pa.field("peak_mem_mb", pa.float64(), nullable=False),
+        pa.field("device", pa.string(), nullable=False),
+        pa.field("num_workers", pa.int32(), nullable=False),
+        pa.field("model_path", pa.string()),  # the unlearned diffusers folder
+        pa.field("base_model", pa.string(), nullable=False),
+        pa.field("grid_path", pa.string()),
+        pa.field("study", pa.string(), nullable=False),
+        pa.field("trial_id", pa.string()),
+        pa.field("score", pa.float64()),
+        pa.field("pareto", pa.bool_()),
+        pa.field("config_json", pa.string(), nullable=False),
+    ]
+)
+
+
+def validate_row(row: dict[str, Any]) -> pa.Table:
+    """The row as a one-line table in SCHEMA, or an error naming the missing or extra columns."""
+    names = set(SCHEMA.names)
+    missing = [f.name for f in SCHEMA if not f.nullable and row.get(f.name) is None]
+    extra = sorted(set(row) - names)
+    if missing or extra:
+        raise SafemaxError(f"result row does not fit the schema: missing {missing}, unknown {extra}")
+    return pa.Table.from_pylist([{name: row.get(name) for name in SCHEMA.names}], schema=SCHEMA)
+
+
+def write_row(results_dir: str, row: dict[str, Any]) -> str:
+    """Write one run's row atomically; refuses to overwrite an existing run."""
+    table = validate_row(row)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    path = storage.join(results_dir, RUNS_DIR, f"{row['run_id']}.parquet")
+    try:
+        storage.write_bytes_atomic(path, buffer.getvalue())
+    except FileExistsError:
+        raise SafemaxError(f"a result for run {row['run_id']} already exists at {path}; not overwriting it") from None
+    return path
+
+
+def read_results(results_dir: str) -> pa.Table:
+    """All rows under `results_dir` as one table in SCHEMA (empty if there are none)."""
+    files = storage.list_files(storage.join(results_dir, RUNS_DIR), ".parquet")
+    if not files:
+        return SCHEMA.empty_table()
+    tables = []
+    for path in files:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(path)))
+        tables.append(table.select(SCHEMA.names).cast(SCHEMA))
+    return pa.concat_tables(tables)
+
+
+def read_dataframe(results_dir: str):
+    return read_results(results_dir).to_pandas()

@@ -1,0 +1,80 @@
+"""Local paths and object-store URIs (s3://, gs://) behind one small interface, with atomic writes.
+
+Local writes go to a hidden temporary file in the target folder and are renamed into place, so a reader
+never sees half a file. Object stores make a single PUT visible all at once, which gives the same
+guarantee without a rename.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    if is_uri(path):
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), str(Path(path.removeprefix("file://")).resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts]) if is_uri(base) else str(Path(base, *parts))
+
+
+def exists(path: str) -> bool:
+    fs, p = filesystem(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def read_bytes(path: str) -> bytes:
+    fs, p = filesystem(path)
+    with fs.open_input_stream(p) as f:
+        return f.read()
+
+
+def write_bytes_atomic(path: str, data: bytes, overwrite: bool = False) -> None:
+    """Write all of `data` or nothing; refuse to replace an existing file unless told to."""
+    if not overwrite and exists(path):
+        raise FileExistsError(f"{path} already exists")
+    if is_uri(path):
+        fs, p = filesystem(path)
+        with fs.open_output_stream(p) as f:
+            f.write(data)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            os.link(tmp, target)  # fails if target appeared meanwhile: no silent overwrite
+            os.unlink(tmp)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def list_files(folder: str, suffix: str) -> list[str]:
+    fs, p = filesystem(folder)
+    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=True))
+    names = [i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix)]
+    names = [n for n in names if not os.path.basename(n).startswith((".", "_"))]
+    if is_uri(folder):
+        scheme = folder.split("://", 1)[0]
+        return sorted(f"{scheme}://{n}" for n in names)
+    return sorted(names)
