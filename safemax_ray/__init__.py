@@ -1,0 +1,63 @@
+"""SAFEMax machine unlearning for class-conditional diffusion models, on Ray.
+
+    import safemax_ray
+    result = safemax_ray.unlearn(safemax_ray.UnlearnConfig(forget_class=0))
+    print(result.metrics["ua"], result.metrics["entropy"], result.metrics["fid"])
+
+`tune(...)` searches hyperparameters with Ray Tune + Optuna, `batch_unlearn(...)` runs many classes,
+and `register_method` adds unlearning methods (or use the `safemax_ray.methods` entry-point group).
+Heavy imports (Ray, diffusers) happen when a function is called, not when the package is imported.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from safemax_ray.config import EvalConfig, RayConfig, UnlearnConfig, load_unlearn_config
+from safemax_ray.errors import SafemaxError
+
+if TYPE_CHECKING:
+    from safemax_ray.batch import BatchResult
+    from safemax_ray.runner import UnlearnResult
+    from safemax_ray.tune import TuneConfig, TuneResult
+
+__version__ = "0.1.0"
+__all__ = [
+    "EvalConfig",
+    "RayConfig",
+    "SafemaxError",
+    "UnlearnConfig",
+    "batch_unlearn",
+    "load_unlearn_config",
+    "register_method",
+    "tune",
+    "unlearn",
+]
+
+
+def unlearn(config: UnlearnConfig | dict | str, **kwargs: Any) -> UnlearnResult:
+    """One SAFEMax run on Ray Train; see `safemax_ray.runner.unlearn`."""
+    from safemax_ray.runner import unlearn as run
+
+    return run(config, **kwargs)
+
+
+def tune(config: TuneConfig | dict | str, **kwargs: Any) -> TuneResult:
+    """A Ray Tune + Optuna search; see `safemax_ray.tune.tune`."""
+    from safemax_ray.tune import tune as search
+
+    return search(config, **kwargs)
+
+
+def batch_unlearn(base: UnlearnConfig, classes: list[int], **kwargs: Any) -> BatchResult:
+    """One run per class, resumable; see `safemax_ray.batch.batch_unlearn`."""
+    from safemax_ray.batch import batch_unlearn as run_batch
+
+    return run_batch(base, classes, **kwargs)
+
+
+def register_method(name: str):
+    """Decorator that registers an `UnlearningMethod` subclass under `name`."""
+    from safemax_ray.methods import register_method as register
+
+    return register(name)

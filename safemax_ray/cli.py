@@ -146,6 +146,74 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from safemax_ray.tune import load_tune_config, tune
+
+    cfg = load_tune_config(
+        args.config,
+        **{
+            "budget.num_samples": args.num_samples,
+            "budget.max_concurrent": args.max_concurrent,
+            "budget.workers_per_trial": args.workers_per_trial,
+            "results_dir": args.results_dir,
+            "forget_class": args.forget_class,
+            "study": args.study,
+            "objective": args.objective,
+            "address": args.address,
+        },
+    )
+    began = time.perf_counter()
+    result = tune(cfg, console=console)
+    table = Table(title=f"study {result.study}: {len(result.trials)} trials")
+    for column in ("trial", "lam", "lr", "iterations", "UA %", "H", "FID", "retained %", "score", "pareto"):
+        table.add_column(column, justify="right")
+    for row in sorted(result.trials, key=lambda r: -r["score"]):
+        table.add_row(
+            row["trial_id"],
+            f"{row['lam']:.3f}",
+            f"{row['lr']:.2e}",
+            str(row["iterations"]),
+            _fmt(row["ua"]),
+            _fmt(row["entropy"]),
+            _fmt(row["fid"]),
+            _fmt(row["retain_acc"]),
+            f"{row['score']:.3f}",
+            "*" if row["pareto"] else "",
+        )
+    console.print(table)
+    console.print(f"best: {result.best_params} -> {result.best_metrics}")
+    console.print(f"best config: {result.best_config_path}  (use with: safemax-ray unlearn --config FILE)")
+    console.print(f"results: {result.results_dir}/runs  wall time {time.perf_counter() - began:.0f}s")
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from safemax_ray.batch import batch_unlearn, parse_classes, tuned_params
+    from safemax_ray.config import load_unlearn_config
+
+    cfg = load_unlearn_config(args.config, **run_overrides(args))
+    classes = parse_classes(args.classes)
+    params = tuned_params(args.tuned_from, cfg.dataset, args.tuned_study) if args.tuned_from else None
+    result = batch_unlearn(cfg, classes, params, max_concurrent=args.max_concurrent, console=console)
+    console.print(
+        f"batch: {len(result.done)} run(s) done, {len(result.skipped)} already stored, "
+        f"{len(result.failed)} failed, in {result.seconds:.0f}s"
+    )
+    for cls, error in sorted(result.failed.items()):
+        console.print(f"[red]class {cls}[/]: {error}")
+    return 1 if result.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from safemax_ray.report import make_report
+
+    result = make_report(
+        args.results_dir, out_dir=args.out, method=args.method, dataset=args.dataset, study=args.study, console=console
+    )
+    console.print(f"wrote {len(result.files)} files to {result.out_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="safemax-ray", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -174,6 +242,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("tune", help="search lambda, lr and iterations with Ray Tune + Optuna")
+    p.add_argument("--config", required=True, help="tune YAML (see tune_configs/)")
+    p.add_argument("--num-samples", type=int, help="trials")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster fits)")
+    p.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial")
+    p.add_argument("--forget-class", type=int)
+    p.add_argument("--study", help="study name stored with every trial's row")
+    p.add_argument("--objective", choices=["score", "pareto"])
+    p.add_argument("--results-dir")
+    p.add_argument("--address", help="join a Ray cluster: 'auto' or ray://host:10001")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("batch", help="unlearn many classes, one run each, resumable")
+    p.add_argument("--classes", required=True, help="e.g. 0-9 or 0,2,5-7")
+    p.add_argument("--max-concurrent", type=int, help="runs at once (default: what the cluster fits)")
+    p.add_argument("--tuned-from", help="results folder whose best Tune trial per class sets lam, lr, iterations")
+    p.add_argument("--tuned-study", help="only trials of this study")
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("report", help="the paper's tables and figures from a results folder")
+    p.add_argument("results_dir")
+    p.add_argument("--out", help="folder for Markdown, CSV and PNG files (default <results_dir>/report)")
+    p.add_argument("--method")
+    p.add_argument("--dataset")
+    p.add_argument("--study")
+    p.set_defaults(func=cmd_report)
 
     return parser
 

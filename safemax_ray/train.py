@@ -12,17 +12,35 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from safemax_ray.classifier import load_classifier
 from safemax_ray.config import UnlearnConfig, from_dict, to_dict
 from safemax_ray.data import ImageData, draw, load_dataset, shard
-from safemax_ray.evaluate import base_cache_path, base_samples, eval_labels, sample_sharded, score, select_for_class
+from safemax_ray.evaluate import (
+    base_cache_path,
+    base_samples,
+    classify,
+    eval_labels,
+    sample_sharded,
+    score,
+    select_for_class,
+)
 from safemax_ray.methods import UnlearnBatch, UnlearningMethod, get_method
-from safemax_ray.models import DiffusionModel, load_model, model_fingerprint, peak_memory_mb, save_model
+from safemax_ray.models import (
+    SHIPPED_CLASSIFIER,
+    DiffusionModel,
+    load_model,
+    model_fingerprint,
+    peak_memory_mb,
+    save_model,
+)
+from safemax_ray.objective import score as objective_score
 
 TRAIN_STATE = "train_state.pt"
 MODEL_DIR = "model"
@@ -101,11 +119,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from safemax_ray.classifier import load_classifier
-    from safemax_ray.models import SHIPPED_CLASSIFIER
-
     cfg = from_dict(UnlearnConfig, loop_config["config"])
     progress = loop_config.get("progress")
+    probe_samples = loop_config.get("probe_samples")
     crash_at = loop_config.get("crash_at_step")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -126,6 +142,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         start, elapsed = _restore(checkpoint, unet, optimizer)
     unet = ray.train.torch.prepare_model(unet)
 
+    gather = _gather_fn(device) if world > 1 else None
+    classifier = load_classifier(cfg.classifier or SHIPPED_CLASSIFIER, data.num_classes)
     forget_idx, remain_idx = data.split(cfg.forget_class)
     forget_idx, remain_idx = shard(forget_idx, rank, world), shard(remain_idx, rank, world)
     per_rank = cfg.batch_size // world
@@ -144,6 +162,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if rank == 0 and progress is not None and (done % 5 == 0 or done == cfg.iterations):
             progress.update.remote("train", done, cfg.iterations, stats.get("loss"))
         if done % cfg.ray.checkpoint_every == 0 and done < cfg.iterations:
+            if probe_samples:
+                probe_began = time.perf_counter()
+                stats.update(_probe(unet, model, data, classifier, cfg, probe_samples, rank, world, gather))
+                began += time.perf_counter() - probe_began  # RTE counts unlearning, not probing
             so_far = elapsed + time.perf_counter() - began
             _report(
                 rank,
@@ -154,10 +176,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     peak = peak_memory_mb(device)
 
     # Evaluation: every rank samples a share, rank 0 scores.
-    gather = _gather_fn(device) if world > 1 else None
     unet.eval()
     final = DiffusionModel(_unwrap(unet), model.scheduler)
-    classifier = load_classifier(cfg.classifier or SHIPPED_CLASSIFIER, data.num_classes)
 
     def on_sample(phase: str):
         if rank != 0 or progress is None:
@@ -185,6 +205,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         "peak_mem_mb": peak,
         "num_workers": world,
         "sample_steps": cfg.eval.sample_steps or model.num_train_timesteps,
+        "num_classes": data.num_classes,
     }
     metrics.update({f"train_{k}": v for k, v in stats.items()})
     if rank == 0:
@@ -198,6 +219,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         )
         metrics.update(result.as_dict())
         metrics.update({f"base_{k}": v for k, v in base.as_dict().items() if k != "fid_features"})
+        metrics["score"] = objective_score(metrics, data.num_classes)
 
     def write_final(folder: Path) -> None:
         _save_checkpoint(folder, model=model, unet=unet, optimizer=optimizer, step=cfg.iterations, elapsed=rte)
@@ -206,6 +228,31 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         save_file({"images": images.contiguous(), "labels": labels}, folder / SAMPLES)
 
     _report(rank, metrics, write_final)
+
+
+def _probe(
+    unet, model: DiffusionModel, data: ImageData, classifier, cfg: UnlearnConfig, n: int, rank: int, world: int, gather
+) -> dict[str, float]:
+    """A cheap mid-run estimate for early stopping: a few samples, no FID, no base model.
+
+    probe_score = UA/100 + H/ln K - (100 - retained accuracy)/100, comparable across trials at a rung.
+    """
+    import math
+
+    from safemax_ray.metrics import accuracy, mean_entropy, unlearning_accuracy
+
+    unet.eval()
+    settings = replace(cfg.eval, n_forget_samples=n, n_retain_per_class=max(2, n // (data.num_classes - 1)))
+    labels = eval_labels(data.num_classes, cfg.forget_class, settings)
+    images = sample_sharded(DiffusionModel(_unwrap(unet), model.scheduler), labels, settings, rank, world, gather)
+    unet.train()
+    logits = classify(classifier, images)
+    is_forget = labels == cfg.forget_class
+    ua = unlearning_accuracy(logits[is_forget], cfg.forget_class)
+    entropy = mean_entropy(logits[is_forget])
+    acc = accuracy(logits[~is_forget], labels[~is_forget])
+    score = ua / 100 + entropy / math.log(data.num_classes) - (100 - acc) / 100
+    return {"probe_ua": ua, "probe_entropy": entropy, "probe_retain_acc": acc, "score": score}
 
 
 def _report(rank: int, metrics: dict[str, Any], write) -> None:
@@ -234,6 +281,7 @@ def build_trainer(
     callbacks: list | None = None,
     crash_at_step: int | None = None,
     crash_marker: str | None = None,
+    probe_samples: int | None = None,
 ):
     """A TorchTrainer for one run: DDP over `cfg.ray.num_workers`, gloo on CPU and NCCL on GPU."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -250,6 +298,7 @@ def build_trainer(
             "cache_dir": cache_dir,
             "crash_at_step": crash_at_step,
             "crash_marker": crash_marker,
+            "probe_samples": probe_samples,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=use_gpu, resources_per_worker=resources),

@@ -1,0 +1,175 @@
+"""Batch unlearning: one SAFEMax run per class, as many at once as the cluster fits, resumable.
+
+Every run has a deterministic key (method, dataset, class, config hash, seed). A batch first reads the
+results dataset and skips every class whose key already has a row, so re-running a batch after a crash,
+a kill or a failed run repeats only what is missing and never writes a second row for the same key.
+Each run is its own Ray task that trains, evaluates, exports its model and writes its own Parquet file;
+killing the batch loses at most the runs in flight.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from safemax_ray import storage
+from safemax_ray.config import UnlearnConfig, to_dict
+from safemax_ray.errors import SafemaxError
+from safemax_ray.results import read_dataframe
+
+TUNED = ("lam", "lr", "iterations")
+
+
+def parse_classes(spec: str) -> list[int]:
+    """'0-9', '1,3,5' or '0-2,7' -> sorted unique class indices."""
+    classes: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match:
+            raise SafemaxError(f"bad class list {spec!r}: use numbers and ranges such as 0-9 or 0,2,5-7")
+        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        if high < low:
+            raise SafemaxError(f"bad class range {part!r}: the end is before the start")
+        classes.update(range(low, high + 1))
+    return sorted(classes)
+
+
+def tuned_params(results_dir: str, dataset: str, study: str | None = None) -> dict[int, dict[str, Any]]:
+    """Best (highest-score) searched hyperparameters per forget class from stored Tune trials."""
+    df = read_dataframe(results_dir)
+    df = df[df.score.notna() & (df.dataset == dataset)]
+    if study:
+        df = df[df.study == study]
+    if df.empty:
+        raise SafemaxError(
+            f"no tuned trials for dataset {dataset!r} under {results_dir}"
+            + (f" in study {study!r}" if study else "")
+            + "; run `safemax-ray tune` first"
+        )
+    best = df.sort_values("score", ascending=False).groupby("forget_class").head(1)
+    return {int(r.forget_class): {k: getattr(r, k) for k in TUNED} for r in best.itertuples()}
+
+
+@dataclass
+class BatchResult:
+    done: list[dict[str, Any]] = field(default_factory=list)  # rows written by this batch
+    skipped: list[int] = field(default_factory=list)  # classes that already had a row
+    failed: dict[int, str] = field(default_factory=dict)  # class -> error
+    seconds: float = 0.0
+
+
+def plan(
+    base: UnlearnConfig, classes: list[int], params: dict[int, dict[str, Any]] | None = None
+) -> list[UnlearnConfig]:
+    configs = []
+    for c in classes:
+        cfg = replace(
+            base,
+            forget_class=c,
+            eval=replace(base.eval),
+            ray=replace(base.ray),
+            method_options=dict(base.method_options),
+        )
+        for key, value in (params or {}).get(c, {}).items():
+            setattr(cfg, key, type(getattr(cfg, key))(value))
+        cfg.output_dir = None
+        configs.append(cfg)
+    return configs
+
+
+def _one_run(config: dict[str, Any], results_dir: str, use_gpu: bool) -> dict[str, Any]:
+    """A Ray task: one class, start to finish, with a row named after its run key."""
+    from safemax_ray.config import from_dict
+    from safemax_ray.results import write_row
+    from safemax_ray.runner import build_row, export_run
+    from safemax_ray.train import build_trainer
+
+    cfg = from_dict(UnlearnConfig, config)
+    run_id = cfg.run_key()
+    output = Path(storage.join(results_dir, "models", run_id))
+    if output.exists():  # left by a run killed before its row was written: not a result, redo it
+        shutil.rmtree(output)
+    trainer = build_trainer(
+        cfg,
+        name=f"batch-{run_id}-{time.time_ns()}",
+        storage_path=storage.join(results_dir, "ray"),
+        use_gpu=use_gpu,
+        cache_dir=storage.join(results_dir, "cache"),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    model_path, grid_path = export_run(cfg, result.checkpoint, str(output))
+    row = build_row(cfg, dict(result.metrics), run_id, model_path, grid_path, "cuda" if use_gpu else "cpu")
+    write_row(results_dir, row)
+    return row
+
+
+def batch_unlearn(
+    base: UnlearnConfig,
+    classes: list[int],
+    params: dict[int, dict[str, Any]] | None = None,
+    max_concurrent: int | None = None,
+    console: Console | None = None,
+) -> BatchResult:
+    """Unlearn each class in `classes` with `base`'s settings (or tuned `params` per class)."""
+    import ray
+
+    from safemax_ray.ray_cluster import cluster_has_gpus, ensure_ray
+    from safemax_ray.runner import absolute, preflight
+
+    console = console or Console(quiet=True)
+    if not classes:
+        raise SafemaxError("no classes to unlearn")
+    configs = plan(base, classes, params)
+    for cfg in configs:
+        preflight(cfg)
+    results_dir = absolute(base.results_dir)
+    for cfg in configs:
+        cfg.results_dir = results_dir
+    stored = set(read_dataframe(results_dir).run_key)
+    todo = [c for c in configs if c.run_key() not in stored]
+    outcome = BatchResult(skipped=[c.forget_class for c in configs if c.run_key() in stored])
+    if outcome.skipped:
+        console.log(f"already stored, skipped: classes {outcome.skipped}")
+    if not todo:
+        return outcome
+    began = time.perf_counter()
+    per_run_cpus = 1 + base.ray.num_workers * base.ray.cpus_per_worker
+    started = ensure_ray(base.ray.address, base.ray.num_cpus or max(4, int(2 * per_run_cpus)))
+    try:
+        use_gpu = cluster_has_gpus() if base.ray.use_gpu is None else base.ray.use_gpu
+        fits = int(ray.cluster_resources().get("CPU", 1) // per_run_cpus)
+        limit = max(1, max_concurrent or fits)
+        console.log(f"{len(todo)} runs, {limit} at a time, {base.ray.num_workers} worker(s) each")
+        task = ray.remote(_one_run).options(num_cpus=1, max_retries=0)
+        pending: dict[Any, int] = {}
+        queue = list(todo)
+        while queue or pending:
+            while queue and len(pending) < limit:
+                cfg = queue.pop(0)
+                pending[task.remote(to_dict(cfg), results_dir, use_gpu)] = cfg.forget_class
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            cls = pending.pop(ready[0])
+            try:
+                row = ray.get(ready[0])
+                outcome.done.append(row)
+                console.log(
+                    f"class {cls}: UA {row['ua']:.1f}%  H {row['entropy']:.2f}  FID {row['fid']:.2f}  "
+                    f"retained acc {row['retain_acc']:.1f}%  ({row['rte_s']:.0f}s)"
+                )
+            except Exception as exc:  # noqa: BLE001  (one class failing must not stop the others)
+                outcome.failed[cls] = f"{type(exc).__name__}: {exc}"
+                console.log(f"[red]class {cls} failed[/]: {exc}")
+    finally:
+        if started:
+            ray.shutdown()
+    outcome.seconds = time.perf_counter() - began
+    return outcome

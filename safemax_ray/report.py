@@ -1,0 +1,378 @@
+"""Paper-style tables and figures from the Parquet results dataset.
+
+The paper reports two tables per method over the forget classes 0..K-1, each closed by a mean row:
+quality (entropy H, unlearning accuracy UA, FID) and cost (run time RTE, peak GPU memory). This module
+builds the same two tables from the rows that `safemax_ray.results` stores, with one column group per
+method (or per study, when rows carry a study label), adds a standard-deviation row so the spread over
+classes is visible, and writes them as Markdown and CSV together with a few bar charts and a montage of
+each run's sample grid.
+
+It is pure pandas/matplotlib on purpose: a report must be possible on a laptop that has the results
+folder but no Ray cluster and no GPU.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from safemax_ray import results, storage
+from safemax_ray.errors import SafemaxError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+GROUP = "group"
+SUMMARY_ROWS = ("mean", "std")
+
+# (stored column, label in the tables). Units follow what the runner stores: UA and retain accuracy are
+# percentages, RTE is seconds (the paper uses minutes; seconds keep small digit runs readable).
+QUALITY_METRICS: tuple[tuple[str, str], ...] = (
+    ("entropy", "H"),
+    ("ua", "UA %"),
+    ("fid", "FID"),
+    ("retain_acc", "retain acc %"),
+)
+COST_METRICS: tuple[tuple[str, str], ...] = (
+    ("rte_s", "RTE s"),
+    ("peak_mem_mb", "peak mem MB"),
+)
+# Per-class bar charts: (stored column, file stem, y-axis label).
+BAR_CHARTS: tuple[tuple[str, str, str], ...] = (
+    ("ua", "ua", "UA % (higher = more forgotten)"),
+    ("entropy", "entropy", "H (nats; ln 10 = 2.30 is uniform)"),
+    ("fid", "fid", "FID on retained classes (lower = better)"),
+)
+
+
+@dataclass
+class ReportResult:
+    """What `make_report` built: the tables, the files it wrote and where."""
+
+    tables: dict[str, pd.DataFrame]
+    files: list[Path]
+    out_dir: Path
+    runs: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_runs(
+    results_dir: str,
+    method: str | None = None,
+    dataset: str | None = None,
+    study: str | None = None,
+) -> pd.DataFrame:
+    """The runs under `results_dir`, filtered, with a "group" column, one row per (group, forget class).
+
+    `group` is the row's study label when it has a non-empty one, else its method, so a Tune study or a
+    labelled batch shows as its own column group next to plain runs of the same method. When the rows
+    left after filtering span several datasets, the dataset is appended to the group ("safemax/digits"),
+    because class 0 of one dataset has nothing to do with class 0 of another.
+
+    When several rows share (group, forget_class) -- a rerun, or several trials of one study -- only the
+    latest by `timestamp` is kept (ties broken by run_id, so the choice is deterministic).
+
+    Raises SafemaxError when the folder holds no rows, or when the filters leave none (the message names
+    the filters and what values the folder does hold).
+    """
+    df = results.read_dataframe(results_dir)
+    if df.empty:
+        raise SafemaxError(
+            f"no results under {storage.join(results_dir, results.RUNS_DIR)}; "
+            "run an unlearning job that writes to this results folder first"
+        )
+
+    filters = {"method": method, "dataset": dataset, "study": study}
+    active = {name: value for name, value in filters.items() if value is not None}
+    mask = pd.Series(True, index=df.index)
+    for name, value in active.items():
+        mask &= df[name] == value
+    kept = df[mask].copy()
+    if kept.empty:
+        wanted = ", ".join(f"{name}={value!r}" for name, value in active.items())
+        held = "; ".join(f"{name}s {sorted(df[name].astype(str).unique())}" for name in active)
+        raise SafemaxError(f"no results in {results_dir} match {wanted} (the folder holds {held})")
+
+    study_label = kept["study"].fillna("").astype(str).str.strip()
+    kept[GROUP] = study_label.where(study_label != "", kept["method"])
+    if kept["dataset"].nunique() > 1:
+        kept[GROUP] = kept[GROUP] + "/" + kept["dataset"]
+
+    # Latest wins: sort so the wanted row is last in each (group, class), then keep it.
+    kept = kept.sort_values(["timestamp", "run_id"], kind="mergesort")
+    kept = kept.drop_duplicates([GROUP, "forget_class"], keep="last")
+    return kept.sort_values([GROUP, "forget_class"], kind="mergesort").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _per_class_table(df: pd.DataFrame, metrics: tuple[tuple[str, str], ...]) -> pd.DataFrame:
+    """Rows: forget classes then "mean" and "std"; columns: MultiIndex (group, metric label)."""
+    groups = sorted(df[GROUP].unique())
+    classes = sorted(int(c) for c in df["forget_class"].unique())
+    columns = pd.MultiIndex.from_tuples([(g, label) for g in groups for _, label in metrics], names=[GROUP, "metric"])
+    body = pd.DataFrame(np.nan, index=pd.Index(classes, name="class"), columns=columns, dtype=float)
+    for row in df.itertuples(index=False):
+        for column, label in metrics:
+            value = getattr(row, column)
+            body.loc[int(row.forget_class), (row.group, label)] = np.nan if value is None else float(value)
+
+    # Summaries over the classes a group actually ran (skipna); std uses ddof=1 like the spread of a
+    # sample, and is NaN for a group with a single class rather than a misleading 0.
+    summary = pd.DataFrame(
+        [body.mean(axis=0, skipna=True), body.std(axis=0, ddof=1, skipna=True)],
+        index=list(SUMMARY_ROWS),
+    )
+    table = pd.concat([body, summary])
+    table.index = pd.Index(list(body.index) + list(SUMMARY_ROWS), name="class", dtype=object)
+    table.columns = columns
+    return table
+
+
+def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The paper's two tables from `load_runs` output: {"quality": ..., "cost": ...}.
+
+    quality: H, UA %, FID and retain accuracy % per forget class and group; cost: RTE (seconds) and peak
+    GPU memory (MB). Each ends with a "mean" and a "std" (ddof=1) row over the classes, ignoring NaN.
+    """
+    if df.empty:
+        raise SafemaxError("no runs to tabulate")
+    if GROUP not in df.columns:
+        raise SafemaxError("tables() needs the output of load_runs() (it lacks the 'group' column)")
+    return {
+        "quality": _per_class_table(df, QUALITY_METRICS),
+        "cost": _per_class_table(df, COST_METRICS),
+    }
+
+
+def _format_number(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    try:
+        return f"{float(value):.2f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _column_label(column: Any) -> str:
+    # A MultiIndex column (group, metric) flattens to "group/metric": one header line in Markdown/CSV.
+    return "/".join(str(part) for part in column) if isinstance(column, tuple) else str(column)
+
+
+def _escape_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-style Markdown table: index as the first column, numbers to 2 decimals, NaN as "-".
+
+    Written here rather than with DataFrame.to_markdown so the package does not need `tabulate`.
+    """
+    header = [str(table.index.name or "")] + [_column_label(c) for c in table.columns]
+    lines = [
+        "| " + " | ".join(_escape_cell(h) for h in header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|",
+    ]
+    for label, row in table.iterrows():
+        cells = [str(label)] + [_format_number(v) for v in row.tolist()]
+        lines.append("| " + " | ".join(_escape_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, data: bytes) -> Path:
+    """Replace `path` with `data` all at once: a reader sees the old file or the new, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # same dir: os.replace is atomic
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _local_out_dir(out_dir: str | os.PathLike[str]) -> Path:
+    if storage.is_uri(str(out_dir)):
+        raise SafemaxError(f"report folder {out_dir} is a URI; pass a local folder as out_dir")
+    return Path(str(out_dir).removeprefix("file://"))
+
+
+def export(tables: dict[str, pd.DataFrame], out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write `<name>.md` and `<name>.csv` for each table (quality, cost) atomically; return the paths.
+
+    CSV columns are flattened to "group/metric" so the file has one header line for spreadsheets and
+    DuckDB; the first column is the class (0..K-1, then mean, std).
+    """
+    folder = _local_out_dir(out_dir)
+    written = []
+    for name, table in tables.items():
+        written.append(_write_atomic(folder / f"{name}.md", to_markdown(table).encode()))
+        flat = table.copy()
+        flat.columns = [_column_label(c) for c in table.columns]
+        written.append(_write_atomic(folder / f"{name}.csv", flat.to_csv().encode()))
+    return written
+
+
+# --------------------------------------------------------------------------------------------- figures
+
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    # matplotlib is imported here, not at module top, so the CLI and table-only callers start fast.
+    # Figure + Agg canvas directly (no pyplot): no global backend switch, no GUI, safe in any thread.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_figure(fig: Figure, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    return _write_atomic(path, buffer.getvalue())
+
+
+def _bar_chart(df: pd.DataFrame, column: str, ylabel: str, path: Path) -> Path:
+    groups = sorted(df[GROUP].unique())
+    classes = sorted(int(c) for c in df["forget_class"].unique())
+    values = df.pivot(index="forget_class", columns=GROUP, values=column).reindex(index=classes, columns=groups)
+    x = np.arange(len(classes))
+    width = 0.8 / max(len(groups), 1)
+    fig = _new_figure((max(4.0, 0.6 * len(classes) * max(len(groups), 1) + 1.5), 3.5))
+    ax = fig.add_subplot()
+    for i, group in enumerate(groups):
+        ax.bar(x + (i - (len(groups) - 1) / 2) * width, values[group].to_numpy(dtype=float), width, label=group)
+    ax.set_xticks(x, [str(c) for c in classes])
+    ax.set_xlabel("forget class")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never hides a bar
+    return _save_figure(fig, path)
+
+
+def _read_image(path: str, results_dir: str | None) -> np.ndarray | None:
+    """The image at `path` as an array, or None when it is missing or unreadable (that run is skipped)."""
+    from PIL import Image  # Pillow comes with matplotlib
+
+    candidates = [path]
+    if results_dir is not None and not storage.is_uri(path) and not Path(path).is_absolute():
+        candidates.append(storage.join(results_dir, path))  # a relative path may be relative to the results
+    for candidate in candidates:
+        try:
+            if not storage.exists(candidate):
+                continue
+            with Image.open(io.BytesIO(storage.read_bytes(candidate))) as image:
+                return np.asarray(image.convert("RGB"))
+        except Exception as exc:  # a corrupt PNG must not sink the whole report
+            log.warning("skipping sample grid %s: %s", candidate, exc)
+            return None
+    return None
+
+
+def _samples_montage(df: pd.DataFrame, path: Path, results_dir: str | None) -> Path | None:
+    """One panel per run with a readable grid: a row per group, a column per forget class."""
+    panels = []
+    for row in df.itertuples(index=False):
+        if not isinstance(row.grid_path, str) or not row.grid_path:
+            continue
+        image = _read_image(row.grid_path, results_dir)
+        if image is not None:
+            panels.append((row.group, int(row.forget_class), image))
+    if not panels:
+        return None
+    groups = sorted({g for g, _, _ in panels})
+    classes = sorted({c for _, c, _ in panels})
+    fig = _new_figure((2.6 * len(classes), 2.8 * len(groups)))
+    axes = fig.subplots(len(groups), len(classes), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for group, forget_class, image in panels:
+        ax = axes[groups.index(group), classes.index(forget_class)]
+        ax.imshow(image)
+        ax.set_title(f"{group}: forget class {forget_class}", fontsize="small")
+    return _save_figure(fig, path)
+
+
+def figures(df: pd.DataFrame, out_dir: str | os.PathLike[str], results_dir: str | None = None) -> list[Path]:
+    """Bar charts ua.png, entropy.png, fid.png (per class, bars by group) and samples_grid.png.
+
+    samples_grid.png tiles each run's sample grid (`grid_path`); runs whose file is missing are skipped,
+    and the file is not written when no run has one. `results_dir`, if given, is also tried as the base
+    of relative grid paths.
+    """
+    folder = _local_out_dir(out_dir)
+    written = [_bar_chart(df, column, ylabel, folder / f"{stem}.png") for column, stem, ylabel in BAR_CHARTS]
+    montage = _samples_montage(df, folder / "samples_grid.png", results_dir)
+    if montage is not None:
+        written.append(montage)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def print_tables(tables: dict[str, pd.DataFrame], console: Any) -> None:
+    """Print each table with rich; the mean and std rows are bold and set off by a rule."""
+    from rich.table import Table
+
+    for name, table in tables.items():
+        rich_table = Table(title=name, title_justify="left")
+        rich_table.add_column(str(table.index.name or ""), justify="right")
+        for column in table.columns:
+            label = "\n".join(str(p) for p in column) if isinstance(column, tuple) else str(column)
+            rich_table.add_column(label, justify="right")
+        labels = list(table.index)
+        for i, (label, row) in enumerate(table.iterrows()):
+            is_summary = label in SUMMARY_ROWS
+            next_is_summary = i + 1 < len(labels) and labels[i + 1] in SUMMARY_ROWS and not is_summary
+            rich_table.add_row(
+                str(label),
+                *[_format_number(v) for v in row.tolist()],
+                style="bold" if is_summary else None,
+                end_section=next_is_summary,
+            )
+        console.print(rich_table)
+
+
+def make_report(
+    results_dir: str,
+    out_dir: str | os.PathLike[str] | None = None,
+    method: str | None = None,
+    dataset: str | None = None,
+    study: str | None = None,
+    console: Any = None,
+) -> ReportResult:
+    """Load, tabulate, write tables and figures to `out_dir` (default `<results_dir>/report`), and print
+    the tables to `console` when one is given."""
+    if out_dir is None:
+        if storage.is_uri(results_dir):
+            raise SafemaxError(f"results folder {results_dir} is a URI; pass a local out_dir for the report")
+        out_dir = Path(results_dir.removeprefix("file://")) / "report"
+    runs = load_runs(results_dir, method=method, dataset=dataset, study=study)
+    built = tables(runs)
+    folder = _local_out_dir(out_dir)
+    files = export(built, folder) + figures(runs, folder, results_dir=results_dir)
+    if console is not None:
+        print_tables(built, console)
+    return ReportResult(tables=built, files=files, out_dir=folder, runs=runs)

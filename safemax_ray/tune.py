@@ -1,0 +1,332 @@
+"""The Tune driver: Optuna searches lambda, learning rate and iterations for one forget class.
+
+Ray 2.60's Train V2 pattern: each Tune trial is a function that builds a `TorchTrainer` for one SAFEMax
+run and calls `fit()`; `TuneReportCallback` forwards the workers' reports to Tune. OptunaSearch proposes
+the next point from the finished trials' final figures, starting from the paper's defaults
+(`points_to_evaluate`). Two objectives: the scalar `score` of `safemax_ray.objective`, or the Pareto
+front over (UA up, H up, FID down). ASHA can stop weak trials early on the score; intermediate reports
+then carry a cheap probe score (small forget and retained samples, no FID term).
+
+Afterwards every trial becomes a Parquet row (with trial_id, study, score, pareto) and the best
+configuration is written as a YAML file that `safemax-ray unlearn --config` accepts.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from safemax_ray import storage
+from safemax_ray.config import UnlearnConfig, from_dict, read_yaml, to_dict
+from safemax_ray.errors import SafemaxError
+from safemax_ray.objective import PARETO_OBJECTIVES, pareto_mask
+from safemax_ray.results import write_row
+from safemax_ray.runner import absolute, build_row, export_run, preflight
+
+SEARCHED = ("lam", "lr", "iterations")
+
+
+@dataclass
+class SearchRange:
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None  # grid spacing (iterations: e.g. 50)
+
+    def validate(self, name: str) -> None:
+        if not self.low <= self.high:
+            raise SafemaxError(f"search.{name}: low ({self.low}) must be <= high ({self.high})")
+        if self.log and self.low <= 0:
+            raise SafemaxError(f"search.{name}: a log-scale range needs low > 0")
+
+
+@dataclass
+class SearchSpace:
+    lam: SearchRange = field(default_factory=lambda: SearchRange(0.0, 4.0))
+    lr: SearchRange = field(default_factory=lambda: SearchRange(1e-4, 1e-2, log=True))
+    iterations: SearchRange = field(default_factory=lambda: SearchRange(50, 300, step=50))
+
+
+@dataclass
+class Budget:
+    num_samples: int = 8
+    max_concurrent: int | None = None  # None: as many as the cluster's resources fit
+    workers_per_trial: int = 2
+    cpus_per_worker: float = 1.0
+    use_gpu: bool | None = None  # None: GPUs when the cluster has them
+
+
+@dataclass
+class AshaSettings:
+    enabled: bool = False
+    grace_period: int = 50  # iterations before a trial may be stopped
+    reduction_factor: float = 2.0
+    probe_samples: int = 32  # forget-class samples in each intermediate probe
+
+
+@dataclass
+class TuneConfig:
+    """A search, as written in tune_configs/*.yaml."""
+
+    study: str = "safemax-search"
+    forget_class: int = 0
+    objective: str = "score"  # or "pareto"
+    seed: int = 0
+    results_dir: str = "safemax_results"
+    address: str | None = None
+    search: SearchSpace = field(default_factory=SearchSpace)
+    points_to_evaluate: list[dict[str, Any]] = field(
+        default_factory=lambda: [{"lam": 1.0, "lr": 1e-3, "iterations": 200}]
+    )
+    budget: Budget = field(default_factory=Budget)
+    asha: AshaSettings = field(default_factory=AshaSettings)
+    run: dict[str, Any] = field(default_factory=dict)  # UnlearnConfig settings shared by every trial
+
+    def validate(self) -> None:
+        if self.objective not in ("score", "pareto"):
+            raise SafemaxError(f"objective must be 'score' or 'pareto', got {self.objective!r}")
+        if self.asha.enabled and self.objective != "score":
+            raise SafemaxError("ASHA early stopping needs objective: score (it ranks trials by one number)")
+        if self.budget.num_samples < 1 or self.budget.workers_per_trial < 1:
+            raise SafemaxError("budget.num_samples and budget.workers_per_trial must be >= 1")
+        if self.budget.max_concurrent is not None and self.budget.max_concurrent < 1:
+            raise SafemaxError("budget.max_concurrent must be >= 1 or null")
+        for name in SEARCHED:
+            getattr(self.search, name).validate(name)
+        for i, point in enumerate(self.points_to_evaluate):
+            if set(point) != set(SEARCHED):
+                raise SafemaxError(f"points_to_evaluate[{i}] must set exactly {', '.join(SEARCHED)}")
+        for key in ("forget_class", "results_dir", "study", *SEARCHED):
+            if key in self.run:
+                raise SafemaxError(f"run.{key} is set by the search itself; set it at the top level or in search")
+        self.trial_config({"lam": 1.0, "lr": 1e-3, "iterations": 1}).validate()
+
+    def trial_config(self, params: dict[str, Any]) -> UnlearnConfig:
+        cfg = from_dict(UnlearnConfig, dict(self.run), where="run")
+        cfg.forget_class, cfg.study, cfg.results_dir = self.forget_class, self.study, self.results_dir
+        cfg.lam, cfg.lr, cfg.iterations = float(params["lam"]), float(params["lr"]), int(params["iterations"])
+        cfg.ray.num_workers = self.budget.workers_per_trial
+        cfg.ray.cpus_per_worker = self.budget.cpus_per_worker
+        cfg.ray.use_gpu = self.budget.use_gpu
+        cfg.ray.address = self.address
+        return cfg
+
+
+@dataclass
+class TuneResult:
+    study: str
+    best_params: dict[str, Any]
+    best_metrics: dict[str, Any]
+    best_config_path: str
+    trials: list[dict[str, Any]]  # one Parquet row per trial
+    results_dir: str
+
+
+def load_tune_config(path: str | Path | None = None, **overrides: Any) -> TuneConfig:
+    data = read_yaml(path) if path else {}
+    cfg = from_dict(TuneConfig, data, where=str(path or "tune config"))
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        target: Any = cfg
+        *parents, name = key.split(".")
+        for parent in parents:
+            target = getattr(target, parent)
+        setattr(target, name, value)
+    cfg.validate()
+    return cfg
+
+
+def optuna_space(space: SearchSpace) -> dict[str, Any]:
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    it = space.iterations
+    return {
+        "lam": FloatDistribution(space.lam.low, space.lam.high, log=space.lam.log, step=space.lam.step),
+        "lr": FloatDistribution(space.lr.low, space.lr.high, log=space.lr.log, step=space.lr.step),
+        "iterations": IntDistribution(int(it.low), int(it.high), log=it.log, step=int(it.step or 1)),
+    }
+
+
+def max_concurrent(cfg: TuneConfig, resources: dict[str, float], use_gpu: bool) -> int:
+    """How many trials fit at once: the trial's own CPU plus its workers' CPUs (and GPUs)."""
+    if cfg.budget.max_concurrent:
+        return cfg.budget.max_concurrent
+    per_trial_cpu = 1 + cfg.budget.workers_per_trial * cfg.budget.cpus_per_worker
+    fits = int(resources.get("CPU", 1) // per_trial_cpu)
+    if use_gpu:
+        fits = min(fits, int(resources.get("GPU", 0) // cfg.budget.workers_per_trial))
+    return max(1, min(fits, cfg.budget.num_samples))
+
+
+def _trial(
+    params: dict[str, Any], *, tune_cfg: dict[str, Any], use_gpu: bool, cache_dir: str, storage_path: str
+) -> None:
+    """One Tune trial: a full SAFEMax run on its own Ray Train worker group."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from safemax_ray.train import build_trainer
+
+    cfg = from_dict(TuneConfig, tune_cfg)
+    run_cfg = cfg.trial_config(params)
+    trial_id = ray.tune.get_context().get_trial_id()
+    trainer = build_trainer(
+        run_cfg,
+        name=f"{cfg.study}-{trial_id}",
+        storage_path=storage_path,
+        use_gpu=use_gpu,
+        cache_dir=cache_dir,
+        callbacks=[TuneReportCallback()],
+        probe_samples=cfg.asha.probe_samples if cfg.asha.enabled else None,
+    )
+    trainer.fit()
+
+
+def tune(config: TuneConfig | dict | str | Path, console: Console | None = None) -> TuneResult:
+    """Run the search; returns the best parameters and one row per trial (also written as Parquet)."""
+    import ray
+    from ray import tune as ray_tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from safemax_ray.ray_cluster import cluster_has_gpus, ensure_ray
+
+    if isinstance(config, (str, Path)):
+        config = load_tune_config(config)
+    elif isinstance(config, dict):
+        config = from_dict(TuneConfig, config)
+        config.validate()
+    cfg = config
+    console = console or Console(quiet=True)
+    preflight(
+        cfg.trial_config(
+            cfg.points_to_evaluate[0]
+            if cfg.points_to_evaluate
+            else {"lam": cfg.search.lam.low, "lr": cfg.search.lr.low, "iterations": 1}
+        )
+    )
+    results_dir = absolute(cfg.results_dir)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    study_dir = storage.join(results_dir, "studies", f"{cfg.study}-{stamp}-{uuid.uuid4().hex[:4]}")
+    started = ensure_ray(cfg.address, _local_cpus(cfg))
+    try:
+        use_gpu = cluster_has_gpus() if cfg.budget.use_gpu is None else cfg.budget.use_gpu
+        concurrency = max_concurrent(cfg, ray.cluster_resources(), use_gpu)
+        if cfg.objective == "score":
+            metric, mode = "score", "max"
+        else:
+            metric, mode = [m for m, _ in PARETO_OBJECTIVES], [d for _, d in PARETO_OBJECTIVES]
+        search = OptunaSearch(
+            space=optuna_space(cfg.search),
+            metric=metric,
+            mode=mode,
+            points_to_evaluate=[dict(p) for p in cfg.points_to_evaluate] or None,
+            seed=cfg.seed,
+        )
+        scheduler = None
+        if cfg.asha.enabled:
+            scheduler = ASHAScheduler(
+                time_attr="step",
+                max_t=int(cfg.search.iterations.high),
+                grace_period=cfg.asha.grace_period,
+                reduction_factor=cfg.asha.reduction_factor,
+            )
+        storage_path = absolute(storage.join(cfg.results_dir, "ray"))
+        trainable = ray_tune.with_parameters(
+            _trial,
+            tune_cfg=to_dict(cfg),
+            use_gpu=use_gpu,
+            cache_dir=storage.join(results_dir, "cache"),
+            storage_path=storage_path,
+        )
+        console.log(
+            f"study {cfg.study}: {cfg.budget.num_samples} trials, {concurrency} at a time, "
+            f"{cfg.budget.workers_per_trial} workers each ({'GPU' if use_gpu else 'CPU'})"
+        )
+        tuner = ray_tune.Tuner(
+            trainable,
+            tune_config=ray_tune.TuneConfig(
+                search_alg=ray_tune.search.ConcurrencyLimiter(search, max_concurrent=concurrency),
+                scheduler=scheduler,
+                num_samples=cfg.budget.num_samples,
+                # The searcher gets metric/mode already; Tune needs them only for the scheduler.
+                metric="score" if scheduler else None,
+                mode="max" if scheduler else None,
+            ),
+            run_config=ray_tune.RunConfig(name=Path(study_dir).name, storage_path=storage_path, verbose=0),
+        )
+        grid = tuner.fit()
+        finished = [r for r in grid if r.error is None and r.metrics and "ua" in r.metrics]
+        if not finished:
+            errors = [str(r.error) for r in grid if r.error is not None]
+            raise SafemaxError(f"no trial of study {cfg.study} finished; first error: {errors[:1]}")
+        return _record(cfg, finished, grid, results_dir, study_dir, use_gpu, console)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _local_cpus(cfg: TuneConfig) -> int:
+    """Logical CPUs for a local Ray: at least one full trial (its own CPU plus its workers')."""
+    per_trial = 1 + cfg.budget.workers_per_trial * cfg.budget.cpus_per_worker
+    return max(4, math.ceil(per_trial))
+
+
+def _record(
+    cfg: TuneConfig, finished, grid, results_dir: str, study_dir: str, use_gpu: bool, console: Console
+) -> TuneResult:
+    """One Parquet row per finished trial, the Pareto flags, and the best config as YAML."""
+    from ray.train import Checkpoint
+
+    from safemax_ray.objective import score as score_fn
+
+    points = [[r.metrics[m] for m, _ in PARETO_OBJECTIVES] for r in finished]
+    front = pareto_mask(points, [d for _, d in PARETO_OBJECTIVES])
+    rows = []
+    for result, on_front in zip(finished, front, strict=True):
+        params = {k: result.config[k] for k in SEARCHED}
+        run_cfg = cfg.trial_config(params)
+        trial_id = result.metrics.get("trial_id") or Path(result.path).name
+        run_id = f"{cfg.study}-{trial_id}"
+        output = storage.join(results_dir, "models", run_id)
+        model_path, grid_path = export_run(run_cfg, Checkpoint(result.metrics["checkpoint_path"]), output)
+        num_classes = int(result.metrics.get("num_classes", 10))
+        trial_score = score_fn(result.metrics, num_classes)
+        row = build_row(
+            run_cfg,
+            result.metrics,
+            run_id,
+            model_path,
+            grid_path,
+            "cuda" if use_gpu else "cpu",
+            trial_id=trial_id,
+            score=trial_score,
+            pareto=bool(on_front),
+        )
+        write_row(results_dir, row)
+        rows.append({**row, **params})
+    # The best: the highest score (in pareto mode, the highest score on the front).
+    candidates = [r for r in rows if r["pareto"]] if cfg.objective == "pareto" else rows
+    best = max(candidates, key=lambda r: r["score"])
+    best_cfg = cfg.trial_config({k: best[k] for k in SEARCHED})
+    best_path = storage.join(study_dir, "best_config.yaml")
+    storage.write_bytes_atomic(best_path, yaml.safe_dump(to_dict(best_cfg), sort_keys=False).encode())
+    skipped = len(list(grid)) - len(finished)
+    if skipped:
+        console.log(f"[yellow]{skipped} trial(s) failed or were stopped early and have no row[/]")
+    return TuneResult(
+        cfg.study,
+        {k: best[k] for k in SEARCHED},
+        {k: best[k] for k in ("ua", "entropy", "fid", "retain_acc", "score")},
+        best_path,
+        rows,
+        results_dir,
+    )

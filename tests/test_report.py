@@ -1,0 +1,211 @@
+"""safemax_ray.report on a small fake results folder: real numbers, filters, latest-wins, files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from safemax_ray import report, results
+from safemax_ray.errors import SafemaxError
+
+T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+
+# (method, study, class) -> (ua, entropy, fid, retain_acc, rte_s, peak_mem_mb)
+VALUES = {
+    ("safemax", "", 0): (100.0, 1.10, 16.0, 95.0, 300.0, 9000.0),
+    ("safemax", "", 1): (90.0, 0.80, 17.5, 96.0, 320.0, 9100.0),
+    ("safemax", "", 2): (100.0, 1.40, 15.0, 94.0, 290.0, 8900.0),
+    ("salun", "sweep", 0): (99.0, 0.05, 18.0, 97.0, 700.0, 23000.0),
+    ("salun", "sweep", 1): (100.0, 0.02, 16.5, 98.0, 710.0, 23500.0),
+    ("salun", "sweep", 2): (98.0, 0.10, 17.0, 96.5, 690.0, 22800.0),
+}
+
+
+def make_row(method: str, study: str, forget_class: int, minutes: int, values, **extra) -> dict:
+    ua, entropy, fid, retain_acc, rte_s, peak = values
+    row = {
+        "run_id": f"{method}-{study or 'none'}-{forget_class}-{minutes}",
+        "run_key": f"{method}-digits-{forget_class}-abc-0",
+        "timestamp": T0 + dt.timedelta(minutes=minutes),
+        "method": method,
+        "dataset": "digits",
+        "forget_class": forget_class,
+        "lam": 0.5,
+        "lr": 1e-4,
+        "iterations": 100,
+        "batch_size": 16,
+        "alpha": 0.1,
+        "seed": 0,
+        "target": "uniform",
+        "guidance": 2.0,
+        "sample_steps": 50,
+        "n_forget_samples": 64,
+        "n_retain_per_class": 16,
+        "ua": ua,
+        "entropy": entropy,
+        "fid": fid,
+        "retain_acc": retain_acc,
+        "fid_features": "classifier",
+        "rte_s": rte_s,
+        "peak_mem_mb": peak,
+        "device": "cpu",
+        "num_workers": 1,
+        "base_model": "/models/base",
+        "study": study,
+        "config_json": "{}",
+    }
+    row.update(extra)
+    return row
+
+
+@pytest.fixture()
+def results_dir(tmp_path):
+    folder = tmp_path / "results"
+    grid = tmp_path / "grid0.png"
+    Image.new("RGB", (24, 16), (200, 30, 30)).save(grid)
+    for i, ((method, study, c), values) in enumerate(VALUES.items()):
+        extra = {"grid_path": str(grid)} if (method, c) == ("safemax", 0) else {}
+        if (method, c) == ("safemax", 2):
+            extra = {"grid_path": str(tmp_path / "missing.png")}  # must be skipped, not fail
+        results.write_row(str(folder), make_row(method, study, c, minutes=10 + i, values=values, **extra))
+    # An older and a newer rerun of safemax class 1: the newer one (minute 99) must replace minute 11's.
+    results.write_row(str(folder), make_row("safemax", "", 1, 1, (0.0, 9.9, 99.0, 1.0, 1.0, 1.0)))
+    results.write_row(str(folder), make_row("safemax", "", 1, 99, (80.0, 0.70, 18.5, 93.0, 330.0, 9200.0)))
+    return str(folder)
+
+
+def expected(method: str, study: str, index: int) -> list[float]:
+    vals = [VALUES[(method, study, c)][index] for c in range(3)]
+    if method == "safemax":
+        vals[1] = (80.0, 0.70, 18.5, 93.0, 330.0, 9200.0)[index]  # latest rerun wins
+    return vals
+
+
+def test_load_runs_groups_and_latest_wins(results_dir):
+    df = report.load_runs(results_dir)
+    assert len(df) == 6
+    assert sorted(df["group"].unique()) == ["safemax", "sweep"]  # study label beats method name
+    row = df[(df["group"] == "safemax") & (df["forget_class"] == 1)]
+    assert len(row) == 1
+    assert row["ua"].item() == 80.0 and row["run_id"].item().endswith("-99")
+
+
+def test_quality_and_cost_tables_match_numpy(results_dir):
+    t = report.tables(report.load_runs(results_dir))
+    quality, cost = t["quality"], t["cost"]
+    assert list(quality.index) == [0, 1, 2, "mean", "std"]
+    assert list(cost.index) == [0, 1, 2, "mean", "std"]
+    assert isinstance(quality.columns, pd.MultiIndex)
+    checks = [
+        (quality, "UA %", 0), (quality, "H", 1), (quality, "FID", 2), (quality, "retain acc %", 3),
+        (cost, "RTE s", 4), (cost, "peak mem MB", 5),
+    ]
+    for group, (method, study) in {"safemax": ("safemax", ""), "sweep": ("salun", "sweep")}.items():
+        for table, label, index in checks:
+            vals = expected(method, study, index)
+            np.testing.assert_allclose(table.loc[[0, 1, 2], (group, label)].to_numpy(float), vals)
+            assert table.loc["mean", (group, label)] == pytest.approx(np.mean(vals))
+            assert table.loc["std", (group, label)] == pytest.approx(np.std(vals, ddof=1))
+
+
+def test_summary_rows_are_nan_safe(results_dir, tmp_path):
+    # A group that ran only class 0 has a mean equal to that value and a NaN std, not 0 or an error.
+    df = report.load_runs(results_dir)
+    df = df[~((df["group"] == "sweep") & (df["forget_class"] > 0))]
+    quality = report.tables(df)["quality"]
+    assert np.isnan(quality.loc[1, ("sweep", "UA %")])
+    assert quality.loc["mean", ("sweep", "UA %")] == pytest.approx(99.0)
+    assert np.isnan(quality.loc["std", ("sweep", "UA %")])
+    assert "| 1 | " in report.to_markdown(quality) and " - |" in report.to_markdown(quality)
+
+
+def test_filters(results_dir):
+    assert set(report.load_runs(results_dir, method="salun")["group"]) == {"sweep"}
+    assert set(report.load_runs(results_dir, study="")["method"]) == {"safemax"}
+    only = report.load_runs(results_dir, study="sweep", dataset="digits")
+    assert len(only) == 3 and set(only["method"]) == {"salun"}
+
+
+def test_errors_name_the_problem(results_dir, tmp_path):
+    with pytest.raises(SafemaxError, match="no results under"):
+        report.load_runs(str(tmp_path / "empty"))
+    with pytest.raises(SafemaxError, match=r"method='nope'") as info:
+        report.load_runs(results_dir, method="nope", dataset="digits")
+    assert "dataset='digits'" in str(info.value) and "safemax" in str(info.value)
+
+
+def test_markdown_format(results_dir):
+    quality = report.tables(report.load_runs(results_dir))["quality"]
+    md = report.to_markdown(quality)
+    lines = md.strip().splitlines()
+    assert lines[0].startswith("| class | safemax/H | safemax/UA % |")
+    assert len(lines) == 2 + 5
+    mean_h = np.mean(expected("safemax", "", 1))
+    mean_line = next(line for line in lines if line.startswith("| mean |"))
+    assert f"| {mean_h:.2f} |" in mean_line
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+def test_make_report_writes_tables_and_images(results_dir, tmp_path):
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=200, force_terminal=False)
+    result = report.make_report(results_dir, console=console)
+    assert result.out_dir == tmp_path / "results" / "report"
+    names = sorted(p.name for p in result.files)
+    assert names == sorted(
+        ["quality.md", "quality.csv", "cost.md", "cost.csv", "ua.png", "entropy.png", "fid.png", "samples_grid.png"]
+    )
+    for path in result.files:
+        assert path.is_file() and path.stat().st_size > 0
+        if path.suffix == ".png":
+            with Image.open(path) as image:
+                image.verify()
+    assert not [p for p in result.out_dir.iterdir() if p.name.startswith(".")]  # no temp files left
+
+    assert "| mean |" in (result.out_dir / "quality.md").read_text()
+    csv = pd.read_csv(result.out_dir / "cost.csv", index_col=0)
+    assert csv.loc["mean", "sweep/RTE s"] == pytest.approx(700.0)
+    assert csv.loc["std", "safemax/peak mem MB"] == pytest.approx(np.std([9000.0, 9200.0, 8900.0], ddof=1))
+
+    printed = buffer.getvalue()
+    assert "quality" in printed and "cost" in printed and "mean" in printed and "std" in printed
+
+    # Rerunning overwrites the report in place (atomically) rather than failing.
+    again = report.make_report(results_dir, out_dir=tmp_path / "other", method="safemax")
+    assert again.out_dir == tmp_path / "other"
+    assert list(again.tables["quality"].columns.get_level_values(0).unique()) == ["safemax"]
+
+
+def test_samples_grid_skipped_when_no_image(results_dir, tmp_path):
+    files = report.figures(report.load_runs(results_dir, method="salun"), tmp_path / "figs")
+    assert sorted(p.name for p in files) == ["entropy.png", "fid.png", "ua.png"]
+
+
+def test_print_tables_bold_summary_rows(results_dir):
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=200, force_terminal=True, color_system="standard")
+    report.print_tables(report.tables(report.load_runs(results_dir)), console)
+    out = buffer.getvalue()
+    bold_lines = [line for line in out.splitlines() if "\x1b[1m" in line]
+    assert any("mean" in line for line in bold_lines) and any("std" in line for line in bold_lines)
+    assert not any(" 0 " in line.split("│")[1] for line in bold_lines if "│" in line)
+
+
+def test_several_datasets_get_separate_groups(results_dir):
+    # Class 0 of another dataset must not replace (latest-wins) or be averaged with class 0 of digits.
+    results.write_row(
+        results_dir,
+        make_row("safemax", "", 0, 500, (50.0, 2.0, 30.0, 90.0, 60.0, 500.0), dataset="cifar10", run_id="c10-0"),
+    )
+    df = report.load_runs(results_dir)
+    assert sorted(df["group"].unique()) == ["safemax/cifar10", "safemax/digits", "sweep/digits"]
+    quality = report.tables(df)["quality"]
+    assert quality.loc[0, ("safemax/digits", "UA %")] == 100.0
+    assert quality.loc["mean", ("safemax/cifar10", "UA %")] == 50.0
+    assert set(report.load_runs(results_dir, dataset="digits")["group"]) == {"safemax", "sweep"}

@@ -1,0 +1,114 @@
+"""The Parquet results: schema, atomic one-file-per-run writes, and reading back with three engines."""
+
+import os
+from datetime import datetime, timezone
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from safemax_ray import results
+from safemax_ray.errors import SafemaxError
+
+
+def make_row(run_id="r1", forget_class=0, **extra):
+    row = {
+        "run_id": run_id,
+        "run_key": f"safemax-digits-c{forget_class}-abc-s0",
+        "timestamp": datetime.now(timezone.utc),
+        "method": "safemax",
+        "dataset": "digits",
+        "forget_class": forget_class,
+        "lam": 1.0,
+        "lr": 1e-3,
+        "iterations": 10,
+        "batch_size": 8,
+        "alpha": 1.0,
+        "seed": 0,
+        "target": "independent",
+        "guidance": 2.0,
+        "sample_steps": 100,
+        "n_forget_samples": 8,
+        "n_retain_per_class": 4,
+        "ua": 100.0,
+        "entropy": 1.5,
+        "fid": 3.2,
+        "retain_acc": 97.0,
+        "fid_features": "classifier",
+        "rte_s": 12.0,
+        "peak_mem_mb": 800.0,
+        "device": "cpu",
+        "num_workers": 1,
+        "base_model": "shipped",
+        "study": "",
+        "config_json": "{}",
+    }
+    row.update(extra)
+    return row
+
+
+def test_schema_has_the_documented_columns():
+    required = (
+        "run_id timestamp method dataset forget_class lam lr iterations batch_size alpha seed guidance "
+        "sample_steps n_forget_samples ua entropy fid retain_acc rte_s peak_mem_mb num_workers model_path "
+        "trial_id study score pareto"
+    ).split()
+    assert set(required) <= set(results.SCHEMA.names)
+
+
+def test_write_and_read_back(tmp_path):
+    results.write_row(str(tmp_path), make_row("a", 0))
+    results.write_row(str(tmp_path), make_row("b", 1, score=0.7, pareto=True, trial_id="t1"))
+    table = results.read_results(str(tmp_path))
+    assert table.schema == results.SCHEMA
+    df = table.to_pandas().sort_values("run_id")
+    assert list(df.run_id) == ["a", "b"]
+    assert df.score.iloc[1] == 0.7 and bool(df.pareto.iloc[1]) is True
+
+
+def test_rows_missing_a_column_or_with_extras_are_refused(tmp_path):
+    bad = make_row()
+    del bad["ua"]
+    with pytest.raises(SafemaxError, match="missing \\['ua'\\]"):
+        results.write_row(str(tmp_path), bad)
+    with pytest.raises(SafemaxError, match="unknown \\['typo'\\]"):
+        results.write_row(str(tmp_path), make_row(typo=1))
+    assert results.read_results(str(tmp_path)).num_rows == 0  # nothing half-written
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path):
+    results.write_row(str(tmp_path), make_row("same", ua=10.0))
+    with pytest.raises(SafemaxError, match="already exists"):
+        results.write_row(str(tmp_path), make_row("same", ua=99.0))
+    assert results.read_dataframe(str(tmp_path)).ua.tolist() == [10.0]
+
+
+def test_a_crash_mid_write_leaves_no_row(tmp_path, monkeypatch):
+    def exploding_fsync(fd):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "fsync", exploding_fsync)
+    with pytest.raises(OSError):
+        results.write_row(str(tmp_path), make_row("crash"))
+    monkeypatch.undo()
+    runs = tmp_path / results.RUNS_DIR
+    assert list(runs.iterdir()) == []  # the temporary file is gone too
+    assert results.read_results(str(tmp_path)).num_rows == 0
+
+
+def test_leftover_temporary_files_are_ignored_by_readers(tmp_path):
+    results.write_row(str(tmp_path), make_row("ok"))
+    (tmp_path / results.RUNS_DIR / ".ok2.parquet.tmp123").write_bytes(b"PAR1 half a file")
+    assert results.read_dataframe(str(tmp_path)).run_id.tolist() == ["ok"]
+
+
+def test_pandas_pyarrow_and_duckdb_read_the_files(tmp_path):
+    import duckdb  # the dev extra installs it
+
+    for i in range(3):
+        results.write_row(str(tmp_path), make_row(f"run{i}", i, fid=float(i)))
+    pattern = str(tmp_path / results.RUNS_DIR / "*.parquet")
+    assert pq.read_table(str(tmp_path / results.RUNS_DIR)).num_rows == 3
+    assert len(pd.read_parquet(str(tmp_path / results.RUNS_DIR))) == 3
+    mean_fid = duckdb.sql(f"SELECT avg(fid) AS m, count(*) AS n FROM '{pattern}'").fetchall()[0]
+    assert mean_fid == (1.0, 3)
