@@ -88,6 +88,7 @@ def save_model(model: DiffusionModel, path: str | Path, overwrite: bool = False)
         raise SafemaxError(f"model folder {path} already exists and is not empty; choose another --output-dir")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is for sharing
     try:
         DDPMPipeline(unet=model.unet, scheduler=model.scheduler).save_pretrained(tmp, safe_serialization=True)
         if path.exists():

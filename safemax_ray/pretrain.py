@@ -159,6 +159,7 @@ def run_pretrain(
         )
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    tmp.chmod(0o755)
     try:
         save_model(model, tmp / "model")
         save_classifier(classifier, tmp / "classifier")

@@ -129,6 +129,7 @@ def export_run(cfg: UnlearnConfig, checkpoint, output_dir: str) -> tuple[str, st
         raise SafemaxError(f"output folder {out} already exists and is not empty; not overwriting it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)
     try:
         with checkpoint.as_directory() as folder:
             shutil.copytree(Path(folder) / MODEL_DIR, tmp, dirs_exist_ok=True)

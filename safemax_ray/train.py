@@ -206,6 +206,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         "num_workers": world,
         "sample_steps": cfg.eval.sample_steps or model.num_train_timesteps,
         "num_classes": data.num_classes,
+        "resumed_from_step": start,  # > 0 when a worker failure made Ray Train restore a checkpoint
     }
     metrics.update({f"train_{k}": v for k, v in stats.items()})
     if rank == 0:

@@ -1,0 +1,81 @@
+"""Batch runs: class lists, tuned parameters per class, and a batch interrupted then resumed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import tiny_flags
+
+from safemax_ray.batch import parse_classes, plan, tuned_params
+from safemax_ray.config import UnlearnConfig
+from safemax_ray.errors import SafemaxError
+from safemax_ray.results import RUNS_DIR, read_dataframe, write_row
+
+
+def test_parse_classes():
+    assert parse_classes("0-9") == list(range(10))
+    assert parse_classes("1,3, 5-6,3") == [1, 3, 5, 6]
+    for bad in ("a", "3-1", "1,,2"):
+        with pytest.raises(SafemaxError):
+            parse_classes(bad)
+
+
+def test_plan_gives_each_class_its_own_key_and_tuned_values():
+    configs = plan(UnlearnConfig(lam=1.0), [0, 1], {1: {"lam": 3.0, "lr": 1e-4, "iterations": 50}})
+    assert [c.forget_class for c in configs] == [0, 1]
+    assert configs[0].lam == 1.0 and (configs[1].lam, configs[1].iterations) == (3.0, 50)
+    assert len({c.run_key() for c in configs}) == 2
+
+
+def test_tuned_params_pick_the_best_trial_per_class(tmp_path):
+    from test_results import make_row
+
+    write_row(str(tmp_path), make_row("a", 0, score=0.5, lam=1.0, study="s", trial_id="a"))
+    write_row(str(tmp_path), make_row("b", 0, score=0.9, lam=2.0, study="s", trial_id="b"))
+    write_row(str(tmp_path), make_row("c", 1, score=0.1, lam=3.0, study="s", trial_id="c"))
+    write_row(str(tmp_path), make_row("d", 2, lam=4.0))  # not a tuned trial: no score
+    params = tuned_params(str(tmp_path), "digits")
+    assert params == {0: {"lam": 2.0, "lr": 1e-3, "iterations": 10}, 1: {"lam": 3.0, "lr": 1e-3, "iterations": 10}}
+    with pytest.raises(SafemaxError, match="no tuned trials"):
+        tuned_params(str(tmp_path), "digits", study="other")
+
+
+def _batch_cmd(tiny_assets, results):
+    flags = tiny_flags(tiny_assets, results, **{"--num-workers": "1", "--max-concurrent": "1"})
+    return [sys.executable, "-m", "safemax_ray.cli", "batch", "--classes", "0-3", *flags]
+
+
+def test_interrupted_batch_resumes_and_stores_every_class_once(tiny_assets, tmp_path):
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_batch_cmd(tiny_assets, results), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    runs = results / RUNS_DIR
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if runs.is_dir() and len(list(runs.glob("*.parquet"))) >= 1:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, f"batch ended before it could be interrupted:\n{proc.stdout.read()}"
+    proc.send_signal(signal.SIGINT)  # Ctrl-C part-way through
+    proc.wait(timeout=120)
+    first = read_dataframe(str(results))
+    assert 1 <= len(first) < 4
+    assert not [p for p in runs.iterdir() if p.name.startswith(".")]  # no partial file left
+
+    done = subprocess.run(_batch_cmd(tiny_assets, results), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "already stored" in done.stdout
+    df = read_dataframe(str(results))
+    assert sorted(df.forget_class) == [0, 1, 2, 3]  # every class exactly once
+    assert df.run_key.is_unique
+    assert set(first.run_id) <= set(df.run_id)  # the rows from before the interruption were kept
+
+    again = subprocess.run(_batch_cmd(tiny_assets, results), env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "0 run(s) done, 4 already stored" in again.stdout
+    assert len(read_dataframe(str(results))) == 4
+    assert Path(df.model_path.iloc[0]).is_dir()

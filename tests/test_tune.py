@@ -1,0 +1,89 @@
+"""The Tune driver on a tiny model and budget: Optuna trials, Parquet rows, the best config."""
+
+import pytest
+import yaml
+
+from safemax_ray.config import load_unlearn_config
+from safemax_ray.errors import SafemaxError
+from safemax_ray.results import read_dataframe
+from safemax_ray.tune import load_tune_config, max_concurrent, tune
+
+
+def tiny_tune(tiny_assets, tmp_path, **top):
+    model, classifier = tiny_assets
+    data = {
+        "study": "tiny",
+        "forget_class": 4,
+        "results_dir": str(tmp_path),
+        "search": {
+            "lam": {"low": 0.0, "high": 2.0},
+            "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+            "iterations": {"low": 2, "high": 4, "step": 2},
+        },
+        "points_to_evaluate": [{"lam": 1.0, "lr": 1e-3, "iterations": 2}],
+        "budget": {"num_samples": 2, "workers_per_trial": 1, "cpus_per_worker": 1.0},
+        "run": {
+            "model": model,
+            "classifier": classifier,
+            "batch_size": 8,
+            "eval": {"n_forget_samples": 8, "n_retain_per_class": 2},
+            "ray": {"checkpoint_every": 2},
+        },
+    }
+    data.update(top)
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("objective", ["score", "pareto"])
+def test_search_writes_a_row_per_trial_and_a_usable_best_config(tiny_assets, ray_session, tmp_path, objective):
+    result = tune(load_tune_config(tiny_tune(tiny_assets, tmp_path, objective=objective)))
+    df = read_dataframe(str(tmp_path))
+    assert len(df) == 2 and set(df.study) == {"tiny"}
+    assert df.trial_id.notna().all() and df.score.notna().all() and df.pareto.notna().all()
+    assert df.pareto.any()  # some trial is always on the front
+    # The paper-default point was evaluated first, as asked.
+    assert ((df.lam == 1.0) & (df.lr == 1e-3) & (df.iterations == 2)).any()
+    assert result.best_metrics["score"] == pytest.approx(df[df.pareto].score.max() if objective == "pareto"
+                                                         else df.score.max())
+    best = load_unlearn_config(result.best_config_path)
+    assert best.forget_class == 4 and best.lam == pytest.approx(result.best_params["lam"])
+    assert best.iterations == result.best_params["iterations"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"objective": "fastest"}, "objective must be"),
+        ({"budgett": {}}, "unknown key.*'budgett'"),
+        ({"search": {"lr": {"low": 0.0, "high": 1.0, "log": True}}}, "log-scale range needs low > 0"),
+        ({"points_to_evaluate": [{"lam": 1.0}]}, "must set exactly"),
+        ({"run": {"lam": 2.0}}, "run.lam is set by the search"),
+        ({"asha": {"enabled": True}, "objective": "pareto"}, "ASHA"),
+    ],
+)
+def test_bad_tune_config_is_refused_by_name(tiny_assets, tmp_path, change, message):
+    with pytest.raises(SafemaxError, match=message):
+        load_tune_config(tiny_tune(tiny_assets, tmp_path, **change))
+
+
+def test_concurrency_follows_resources(tiny_assets, tmp_path):
+    cfg = load_tune_config(tiny_tune(tiny_assets, tmp_path))
+    cfg.budget.workers_per_trial, cfg.budget.num_samples = 2, 8
+    assert max_concurrent(cfg, {"CPU": 4}, use_gpu=False) == 1  # 1 + 2 workers = 3 CPUs a trial
+    assert max_concurrent(cfg, {"CPU": 12}, use_gpu=False) == 4
+    assert max_concurrent(cfg, {"CPU": 64, "GPU": 4}, use_gpu=True) == 2  # 2 GPUs a trial
+    cfg.budget.max_concurrent = 3
+    assert max_concurrent(cfg, {"CPU": 4}, use_gpu=False) == 3
+
+
+def test_shipped_tune_configs_load():
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent / "tune_configs"
+    digits = load_tune_config(root / "digits.yaml")
+    assert digits.budget.num_samples >= 8 and digits.budget.workers_per_trial == 2
+    cifar = load_tune_config(root / "cifar10.yaml")
+    assert cifar.trial_config(cifar.points_to_evaluate[0]).eval.n_forget_samples == 500
+    assert cifar.points_to_evaluate[0] == {"lam": 1.0, "lr": 1e-4, "iterations": 1000}
