@@ -128,6 +128,9 @@ def batch_unlearn(
     console = console or Console(quiet=True)
     if not classes:
         raise SafemaxError("no classes to unlearn")
+    if base.ray.cpus_per_worker is None:
+        # Several runs share each node: one thread per worker, and Ray packs runs by CPU count.
+        base = replace(base, ray=replace(base.ray, cpus_per_worker=1.0))
     configs = plan(base, classes, params)
     for cfg in configs:
         preflight(cfg)

@@ -280,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except SafemaxError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         cause = _root_cause(exc)
         if isinstance(cause, SafemaxError):
-            console.print(f"[bold red]error:[/] {cause}")
+            console.print(f"[bold red]error:[/] {cause}", soft_wrap=True)
             return 2
         console.print(f"[bold red]error:[/] {type(cause).__name__}: {cause} (rerun with --debug for the traceback)")
         return 1

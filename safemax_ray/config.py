@@ -58,7 +58,7 @@ class RayConfig:
 
     num_workers: int = 1
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None  # None: 1 CPU reserved, torch threads = node cores / workers
     address: str | None = None  # None: start a local Ray; "auto" or "ray://host:10001" joins a cluster
     num_cpus: int | None = None  # logical CPUs for a local Ray; None: enough for the workers
     checkpoint_every: int = 100
@@ -68,7 +68,7 @@ class RayConfig:
     def validate(self) -> None:
         if self.num_workers < 1:
             raise SafemaxError(f"ray.num_workers must be >= 1, got {self.num_workers}")
-        if self.cpus_per_worker <= 0:
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             raise SafemaxError(f"ray.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
         if self.checkpoint_every < 1:
             raise SafemaxError(f"ray.checkpoint_every must be >= 1, got {self.checkpoint_every}")

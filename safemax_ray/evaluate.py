@@ -1,8 +1,8 @@
 """Judging a model the paper's way: sample with guidance, classify, compute UA, H, FID and accuracy.
 
 Sampling is the expensive part, so it can be split across Ray Train workers (each samples its share,
-rank 0 gathers) and the base model's samples are cached: every forget class's "before" figures come from
-one sampling of the base model for all classes.
+rank 0 gathers) and the base model's samples are cached, so its "before" figures are computed once per
+(model, forget class, evaluation setting).
 """
 
 from __future__ import annotations
@@ -115,48 +115,34 @@ def score(
     )
 
 
-def base_cache_path(cache_dir: str, model_id: str, dataset: str, config: EvalConfig) -> str:
-    key = json.dumps([model_id, dataset, asdict(config)], sort_keys=True)
+def base_cache_path(cache_dir: str, model_id: str, dataset: str, forget_class: int, config: EvalConfig) -> str:
+    key = json.dumps([model_id, dataset, forget_class, asdict(config)], sort_keys=True)
     return storage.join(cache_dir, f"base-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors")
 
 
 def base_samples(
     model: DiffusionModel,
-    num_classes: int,
+    labels: torch.Tensor,
     config: EvalConfig,
     cache_path: str,
     rank: int = 0,
     world_size: int = 1,
     gather: Gather | None = None,
     on_step: OnStep | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Samples of every class from the base model, from the cache or made (and cached by rank 0)."""
+) -> torch.Tensor:
+    """The base model's samples for `labels`, from the cache or made (and cached by rank 0).
+
+    Same labels and seeds as the unlearned model's evaluation: both are judged on identical noise.
+    """
     if storage.exists(cache_path):
-        tensors = load_tensors(storage.read_bytes(cache_path))
-        return tensors["images"], tensors["labels"]
-    per_class = max(config.n_forget_samples, config.n_retain_per_class)
-    labels = torch.arange(num_classes).repeat_interleave(per_class)
+        return load_tensors(storage.read_bytes(cache_path))["images"]
     images = sample_sharded(model, labels, config, rank, world_size, gather, on_step)
     if rank == 0:
         try:
             storage.write_bytes_atomic(cache_path, save_tensors({"images": images.contiguous(), "labels": labels}))
         except FileExistsError:
             pass  # a concurrent run cached the same samples first
-    return images, labels
-
-
-def select_for_class(
-    images: torch.Tensor, labels: torch.Tensor, forget_class: int, config: EvalConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """From all-class base samples, the same layout that `eval_labels` gives an unlearned model."""
-    picks = []
-    for c in labels.unique().tolist():
-        idx = (labels == c).nonzero().flatten()
-        n = config.n_forget_samples if c == forget_class else config.n_retain_per_class
-        picks.append(idx[:n])
-    forget = picks[forget_class]
-    order = torch.cat([forget] + [p for c, p in enumerate(picks) if c != forget_class])
-    return images[order], labels[order]
+    return images
 
 
 def save_grid(images: torch.Tensor, labels: torch.Tensor, forget_class: int, path: str, per_row: int = 10) -> None:
@@ -168,8 +154,10 @@ def save_grid(images: torch.Tensor, labels: torch.Tensor, forget_class: int, pat
         picks = images[labels == c][:per_row]
         if len(picks) < per_row:
             picks = torch.cat([picks, -torch.ones((per_row - len(picks), *images.shape[1:]))])
-        rows.append(torch.cat(list(picks), dim=-1))
-    grid = torch.cat(rows, dim=-2)  # (C, rows*H, per_row*W)
+        gap = -torch.ones((images.shape[1], images.shape[2], 1))  # a dark column between samples
+        rows.append(torch.cat([torch.cat([p, gap], dim=-1) for p in picks], dim=-1))
+        rows.append(-torch.ones((images.shape[1], 1, rows[-1].shape[-1])))  # and a dark row between classes
+    grid = torch.cat(rows, dim=-2)  # (C, rows*(H+1), per_row*(W+1))
     pixels = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     img = Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)
     scale = max(1, 256 // max(img.size))

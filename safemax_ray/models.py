@@ -133,7 +133,9 @@ def load_model(
         raise SafemaxError(f"{path} takes {config.get('in_channels')}-channel images but the data has {channels}")
     if image_size is not None and config.get("sample_size") != image_size:
         raise SafemaxError(f"{path} makes {config.get('sample_size')}px images but the data is {image_size}px")
-    unet = UNet2DModel.from_pretrained(path, subfolder="unet", local_files_only=True, use_safetensors=True)
+    unet = UNet2DModel.from_pretrained(
+        path, subfolder="unet", local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False
+    )
     scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
     return DiffusionModel(unet, scheduler)
 

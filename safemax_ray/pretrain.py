@@ -113,16 +113,33 @@ def train_classifier(
         # Small shifts and noise make the classifier robust to the imperfections of generated samples.
         x = torch.roll(x, shifts=tuple(torch.randint(-1, 2, (2,), generator=generator).tolist()), dims=(2, 3))
         x = (x + 0.1 * torch.randn(x.shape, generator=generator)).clamp(-1, 1)
-        loss = F.cross_entropy(model(x.to(device)), data.labels[idx].to(device))
+        loss = F.cross_entropy(model(x.to(device)), data.labels[idx].to(device), label_smoothing=0.1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         sched.step()
     model.eval()
     with torch.no_grad():
-        pred = model(data.images[test].to(device)).argmax(1).cpu()
-    accuracy = (pred == data.labels[test]).float().mean().item() if n_test else float("nan")
+        logits = model(data.images[test].to(device)).cpu()
+    accuracy = (logits.argmax(1) == data.labels[test]).float().mean().item() if n_test else float("nan")
+    if n_test:
+        model.config.temperature = fit_temperature(logits, data.labels[test])
     return model.cpu(), accuracy
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The softmax temperature that minimises held-out NLL (Guo et al., 2017)."""
+    log_t = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], max_iter=100)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp())
 
 
 def run_pretrain(

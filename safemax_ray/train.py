@@ -29,7 +29,6 @@ from safemax_ray.evaluate import (
     eval_labels,
     sample_sharded,
     score,
-    select_for_class,
 )
 from safemax_ray.methods import UnlearnBatch, UnlearningMethod, get_method
 from safemax_ray.models import (
@@ -114,6 +113,13 @@ def _gather_fn(device: torch.device):
     return gather
 
 
+def _threads(cpus_per_worker: float | None, local_workers: int) -> int:
+    """Torch threads: the worker's CPUs, or by default this node's cores shared among its workers."""
+    if cpus_per_worker is not None:
+        return max(1, int(cpus_per_worker))
+    return max(1, (os.cpu_count() or 1) // local_workers)
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: restore, train, evaluate, report with checkpoints."""
     import ray.train
@@ -126,7 +132,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
+    torch.set_num_threads(_threads(cfg.ray.cpus_per_worker, ctx.get_local_world_size()))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -184,20 +190,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             return None
         return lambda i, n: progress.update.remote(phase, i, n, None) if i % 5 == 0 or i == n else None
 
-    cache = base_cache_path(loop_config["cache_dir"], model_fingerprint(cfg.model), cfg.dataset, cfg.eval)
-    base_model = load_model(cfg.model).unet.to(device).eval()
-    base_imgs, base_lbls = base_samples(
-        DiffusionModel(base_model, model.scheduler),
-        data.num_classes,
-        cfg.eval,
-        cache,
-        rank,
-        world,
-        gather,
-        on_sample("sample base"),
-    )
-    del base_model
     labels = eval_labels(data.num_classes, cfg.forget_class, cfg.eval)
+    cache = base_cache_path(
+        loop_config["cache_dir"], model_fingerprint(cfg.model), cfg.dataset, cfg.forget_class, cfg.eval
+    )
+    base_model = DiffusionModel(load_model(cfg.model).unet.to(device).eval(), model.scheduler)
+    base_images = base_samples(base_model, labels, cfg.eval, cache, rank, world, gather, on_sample("sample base"))
+    del base_model
     images = sample_sharded(final, labels, cfg.eval, rank, world, gather, on_sample("sample unlearned"))
     metrics: dict[str, Any] = {
         "step": cfg.iterations,
@@ -211,13 +210,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     metrics.update({f"train_{k}": v for k, v in stats.items()})
     if rank == 0:
         result = score(images, labels, cfg.forget_class, classifier, data, cfg.eval)
-        base = score(
-            *select_for_class(base_imgs, base_lbls, cfg.forget_class, cfg.eval),
-            cfg.forget_class,
-            classifier,
-            data,
-            cfg.eval,
-        )
+        base = score(base_images, labels, cfg.forget_class, classifier, data, cfg.eval)
         metrics.update(result.as_dict())
         metrics.update({f"base_{k}": v for k, v in base.as_dict().items() if k != "fid_features"})
         metrics["score"] = objective_score(metrics, data.num_classes)
@@ -288,7 +281,7 @@ def build_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    resources = {"CPU": cfg.ray.cpus_per_worker}
+    resources = {"CPU": cfg.ray.cpus_per_worker or 1.0}
     if use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(

@@ -31,19 +31,43 @@ def main() -> None:
     console = Console()
     ensure_ray(None, num_cpus=4)
     table = Table(title=f"forget class {args.forget_class}, {args.iterations} iterations, global batch 128 + 128")
-    for column in ("workers", "seed", "RTE s", "s/step", "peak MB (rank 0)", "UA %", "H", "FID", "retained %",
-                   "wall s"):
+    for column in (
+        "workers",
+        "seed",
+        "RTE s",
+        "s/step",
+        "peak MB (rank 0)",
+        "UA %",
+        "H",
+        "FID",
+        "retained %",
+        "wall s",
+    ):
         table.add_column(column, justify="right")
     with tempfile.TemporaryDirectory() as results:
         for seed in args.seeds:
             for n in args.workers:
-                cfg = UnlearnConfig(forget_class=args.forget_class, iterations=args.iterations, seed=seed,
-                                    results_dir=results, ray=RayConfig(num_workers=n))
+                cfg = UnlearnConfig(
+                    forget_class=args.forget_class,
+                    iterations=args.iterations,
+                    seed=seed,
+                    results_dir=results,
+                    ray=RayConfig(num_workers=n),
+                )
                 began = time.perf_counter()
                 m = unlearn(cfg).metrics
-                table.add_row(str(n), str(seed), f"{m['rte_s']:.1f}", f"{m['rte_s'] / args.iterations:.3f}",
-                              f"{m['peak_mem_mb']:.0f}", f"{m['ua']:.1f}", f"{m['entropy']:.3f}",
-                              f"{m['fid']:.2f}", f"{m['retain_acc']:.1f}", f"{time.perf_counter() - began:.0f}")
+                table.add_row(
+                    str(n),
+                    str(seed),
+                    f"{m['rte_s']:.1f}",
+                    f"{m['rte_s'] / args.iterations:.3f}",
+                    f"{m['peak_mem_mb']:.0f}",
+                    f"{m['ua']:.1f}",
+                    f"{m['entropy']:.3f}",
+                    f"{m['fid']:.2f}",
+                    f"{m['retain_acc']:.1f}",
+                    f"{time.perf_counter() - began:.0f}",
+                )
     console.print(table)
 
 

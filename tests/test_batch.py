@@ -52,8 +52,9 @@ def _batch_cmd(tiny_assets, results):
 def test_interrupted_batch_resumes_and_stores_every_class_once(tiny_assets, tmp_path):
     results = tmp_path / "results"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_batch_cmd(tiny_assets, results), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _batch_cmd(tiny_assets, results), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     runs = results / RUNS_DIR
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:

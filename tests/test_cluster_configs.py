@@ -443,7 +443,9 @@ def test_ray_cluster_spec(where):
             assert c["image"].endswith(f"/safemax-ray:{RAY_VERSION}"), f"{where} {pod_name}: image {c['image']!r}"
         # The shared results volume, mounted at /results in every Ray pod.
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
-        pvc_volumes = [n for n, v in volumes.items() if v.get("persistentVolumeClaim", {}).get("claimName") == RESULTS_PVC]
+        pvc_volumes = [
+            n for n, v in volumes.items() if v.get("persistentVolumeClaim", {}).get("claimName") == RESULTS_PVC
+        ]
         assert pvc_volumes, f"{where} {pod_name}: no volume from PVC {RESULTS_PVC}"
         mounts = [m for c in pod["containers"] for m in c.get("volumeMounts", [])]
         assert any(m["name"] in pvc_volumes and m["mountPath"] == RESULTS_MOUNT for m in mounts), (

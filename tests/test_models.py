@@ -60,8 +60,15 @@ def test_not_a_diffusers_folder(tmp_path):
 
 
 def test_unconditional_model_is_refused(tmp_path):
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-                       norm_num_groups=8, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+    )
     DDPMPipeline(unet=unet, scheduler=build_scheduler(10)).save_pretrained(tmp_path / "m")
     with pytest.raises(SafemaxError, match="not class-conditional"):
         load_model(tmp_path / "m")

@@ -8,8 +8,14 @@ from safemax_ray.objective import PARETO_OBJECTIVES, pareto_mask, score
 
 
 def test_perfect_run_scores_two_and_damage_costs():
-    perfect = {"ua": 100.0, "entropy": math.log(10), "fid": 5.0, "base_fid": 5.0, "retain_acc": 99.0,
-               "base_retain_acc": 98.0}
+    perfect = {
+        "ua": 100.0,
+        "entropy": math.log(10),
+        "fid": 5.0,
+        "base_fid": 5.0,
+        "retain_acc": 99.0,
+        "base_retain_acc": 98.0,
+    }
     assert score(perfect, 10) == pytest.approx(2.0)
     damaged = dict(perfect, fid=7.5, retain_acc=88.0)
     assert score(damaged, 10) == pytest.approx(2.0 - 0.5 - 0.10)

@@ -103,8 +103,12 @@ def test_quality_and_cost_tables_match_numpy(results_dir):
     assert list(cost.index) == [0, 1, 2, "mean", "std"]
     assert isinstance(quality.columns, pd.MultiIndex)
     checks = [
-        (quality, "UA %", 0), (quality, "H", 1), (quality, "FID", 2), (quality, "retain acc %", 3),
-        (cost, "RTE s", 4), (cost, "peak mem MB", 5),
+        (quality, "UA %", 0),
+        (quality, "H", 1),
+        (quality, "FID", 2),
+        (quality, "retain acc %", 3),
+        (cost, "RTE s", 4),
+        (cost, "peak mem MB", 5),
     ]
     for group, (method, study) in {"safemax": ("safemax", ""), "sweep": ("salun", "sweep")}.items():
         for table, label, index in checks:

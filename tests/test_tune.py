@@ -45,8 +45,9 @@ def test_search_writes_a_row_per_trial_and_a_usable_best_config(tiny_assets, ray
     assert df.pareto.any()  # some trial is always on the front
     # The paper-default point was evaluated first, as asked.
     assert ((df.lam == 1.0) & (df.lr == 1e-3) & (df.iterations == 2)).any()
-    assert result.best_metrics["score"] == pytest.approx(df[df.pareto].score.max() if objective == "pareto"
-                                                         else df.score.max())
+    assert result.best_metrics["score"] == pytest.approx(
+        df[df.pareto].score.max() if objective == "pareto" else df.score.max()
+    )
     best = load_unlearn_config(result.best_config_path)
     assert best.forget_class == 4 and best.lam == pytest.approx(result.best_params["lam"])
     assert best.iterations == result.best_params["iterations"]
