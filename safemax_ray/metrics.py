@@ -33,13 +33,16 @@ def frechet_distance(
     real: torch.Tensor, fake: torch.Tensor, extractor: nn.Module | int, weights_path: str | None = None
 ) -> float:
     """FID between image sets in [-1, 1]. `extractor` is a feature module (with `num_features`) or, for
-    the Inception network, its feature size (2048) plus a local weights file."""
+    the Inception network, its feature size (2048) plus a local weights file.
+
+    The caller holds all images, so the metric must not sync across DDP ranks (rank 0 scores alone).
+    """
     if isinstance(extractor, nn.Module):
-        metric = FrechetInceptionDistance(feature=extractor, normalize=True)
+        metric = FrechetInceptionDistance(feature=extractor, normalize=True, sync_on_compute=False)
         prepare = lambda x: x  # noqa: E731  (the module takes our [-1, 1] images as they are)
     else:
         metric = FrechetInceptionDistance(
-            feature=extractor, normalize=True, feature_extractor_weights_path=weights_path
+            feature=extractor, normalize=True, feature_extractor_weights_path=weights_path, sync_on_compute=False
         )
         prepare = lambda x: ((x + 1) / 2).expand(-1, 3, -1, -1)  # noqa: E731  ([0, 1] RGB for Inception)
     with torch.no_grad():

@@ -73,6 +73,8 @@ def build_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
     """Linear betas; for fewer than 1000 steps they are scaled so that sum(beta), and so the noise
     level of x_T, matches the reference schedule (1e-4..0.02 over 1000 steps)."""
     scale = 1000 / num_train_timesteps
+    if 0.02 * scale >= 0.9:
+        raise SafemaxError(f"num_train_timesteps must be >= 23 for a linear schedule, got {num_train_timesteps}")
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps,
         beta_start=1e-4 * scale,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -128,7 +129,8 @@ def train_classifier(
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The softmax temperature that minimises held-out NLL (Guo et al., 2017)."""
+    """The softmax temperature that minimises held-out NLL (Guo et al., 2017); 1.0 (no calibration)
+    when the fit runs off, as it can for a barely trained model."""
     log_t = torch.zeros((), requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], max_iter=100)
 
@@ -139,7 +141,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp())
+    temperature = float(log_t.detach().exp())
+    return temperature if math.isfinite(temperature) and 0.05 <= temperature <= 20 else 1.0
 
 
 def run_pretrain(

@@ -15,7 +15,7 @@ os.environ["HOME"] = tempfile.mkdtemp(prefix="safemax-home-")
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
-    """(model_dir, classifier_dir): a 2-level UNet with 8/16 channels and T = 10, trained 30 steps."""
+    """(model_dir, classifier_dir): a 2-level UNet with 8/16 channels and T = 25, trained 30 steps."""
     from safemax_ray.classifier import save_classifier
     from safemax_ray.data import load_digits
     from safemax_ray.models import save_model
@@ -23,7 +23,7 @@ def tiny_assets(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny")
     data = load_digits()
-    cfg = PretrainConfig(steps=30, classifier_steps=30, num_train_timesteps=10, block_out_channels=(8, 16))
+    cfg = PretrainConfig(steps=30, classifier_steps=30, num_train_timesteps=25, block_out_channels=(8, 16))
     save_classifier(train_classifier(data, cfg, torch.device("cpu"))[0], root / "classifier")
     save_model(pretrain_diffusion(data, cfg, torch.device("cpu")), root / "model")
     return str(root / "model"), str(root / "classifier")

@@ -20,7 +20,7 @@ from safemax_ray.models import (
 
 
 def tiny(num_classes=10):
-    return DiffusionModel(build_unet(num_classes, 1, 8, (8, 16)), build_scheduler(10))
+    return DiffusionModel(build_unet(num_classes, 1, 8, (8, 16)), build_scheduler(25))
 
 
 def test_round_trip_is_a_diffusers_pipeline(tmp_path):
@@ -28,7 +28,7 @@ def test_round_trip_is_a_diffusers_pipeline(tmp_path):
     save_model(model, tmp_path / "m")
     assert (tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     loaded = load_model(tmp_path / "m", num_classes=10, channels=1, image_size=8)
-    assert loaded.num_classes == 10 and loaded.null_label == 10 and loaded.num_train_timesteps == 10
+    assert loaded.num_classes == 10 and loaded.null_label == 10 and loaded.num_train_timesteps == 25
     for a, b in zip(model.unet.state_dict().values(), loaded.unet.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     pipe = DDPMPipeline.from_pretrained(tmp_path / "m", local_files_only=True)  # plain diffusers reads it
@@ -69,7 +69,7 @@ def test_unconditional_model_is_refused(tmp_path):
         down_block_types=("DownBlock2D",) * 2,
         up_block_types=("UpBlock2D",) * 2,
     )
-    DDPMPipeline(unet=unet, scheduler=build_scheduler(10)).save_pretrained(tmp_path / "m")
+    DDPMPipeline(unet=unet, scheduler=build_scheduler(25)).save_pretrained(tmp_path / "m")
     with pytest.raises(SafemaxError, match="not class-conditional"):
         load_model(tmp_path / "m")
 

@@ -1,5 +1,7 @@
 """Ray Train: DDP across two workers, and a worker killed mid-run that resumes from its checkpoint."""
 
+import torch
+
 from safemax_ray.config import EvalConfig, RayConfig, UnlearnConfig
 from safemax_ray.models import load_model
 from safemax_ray.runner import unlearn
@@ -30,11 +32,16 @@ def test_two_workers_run_ddp_and_change_the_model(tiny_assets, ray_session, tmp_
 
 def test_killed_worker_resumes_from_checkpoint_with_the_right_step_count(tiny_assets, ray_session, tmp_path):
     cfg = tiny_config(tiny_assets, tmp_path, num_workers=2, max_failures=1)
-    result = unlearn(cfg, crash_at_step=5)  # rank 1 exits the process at step index 5, once
-    # Checkpoints were written after steps 2 and 4; the restarted group resumes at 4 and stops at 8.
-    assert result.metrics["resumed_from_step"] == 4
-    assert result.metrics["step"] == 8
-    assert result.row["iterations"] == 8
+    result = unlearn(cfg, crash_at_step=5)  # rank 1 exits its process at step index 5, once
+    # Checkpoints follow steps 2 and 4; the restarted group resumes from the latest one the controller
+    # registered before the crash (Ray Train registers reports asynchronously) and stops at 8.
+    assert result.metrics["resumed_from_step"] in (2, 4)
+    assert result.metrics["step"] == 8 and result.row["iterations"] == 8
+    # Adam counts its own updates: the final state shows exactly 8, not more, not fewer.
+    states = sorted((tmp_path / "ray").glob(f"{result.run_id}/checkpoint_*/train_state.pt"))
+    final = torch.load(states[-1], weights_only=True)
+    assert final["step"] == 8
+    assert {int(s["step"]) for s in final["optimizer"]["state"].values()} == {8}
 
 
 def test_without_failures_allowed_the_kill_fails_the_run(tiny_assets, ray_session, tmp_path):
