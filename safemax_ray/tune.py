@@ -178,6 +178,11 @@ def _trial(
     cfg = from_dict(TuneConfig, tune_cfg)
     run_cfg = cfg.trial_config(params)
     trial_id = ray.tune.get_context().get_trial_id()
+    if not cfg.asha.enabled:
+        # OptunaSearch reads its metric from every report, and only the final report is evaluated;
+        # without ASHA's probe scores a trial reports once, at the end. A failed worker then restarts
+        # the trial's run from step 0 (still within max_failures).
+        run_cfg.ray.checkpoint_every = run_cfg.iterations
     trainer = build_trainer(
         run_cfg,
         name=f"{cfg.study}-{trial_id}",
