@@ -250,8 +250,8 @@ def load_unlearn_config(path: str | Path | None = None, **overrides: Any) -> Unl
     return apply_overrides(config, overrides)
 
 
-def apply_overrides(config: UnlearnConfig, overrides: dict[str, Any]) -> UnlearnConfig:
-    """Set top-level, `eval.` and `ray.` fields from flat overrides such as {'ray.num_workers': 2}."""
+def apply_overrides(config: T, overrides: dict[str, Any]) -> T:
+    """Set fields from flat overrides such as {'ray.num_workers': 2}; None means 'not given'."""
     for key, value in overrides.items():
         if value is None:
             continue

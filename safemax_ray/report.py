@@ -17,7 +17,6 @@ import io
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -197,18 +196,7 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def _write_atomic(path: Path, data: bytes) -> Path:
     """Replace `path` with `data` all at once: a reader sees the old file or the new, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # same dir: os.replace is atomic
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    storage.write_bytes_atomic(str(path), data, overwrite=True)
     return path
 
 

@@ -24,7 +24,7 @@ import yaml
 from rich.console import Console
 
 from safemax_ray import storage
-from safemax_ray.config import UnlearnConfig, from_dict, read_yaml, to_dict
+from safemax_ray.config import UnlearnConfig, apply_overrides, from_dict, read_yaml, to_dict
 from safemax_ray.errors import SafemaxError
 from safemax_ray.objective import PARETO_OBJECTIVES, pareto_mask
 from safemax_ray.results import write_row
@@ -131,15 +131,7 @@ class TuneResult:
 
 def load_tune_config(path: str | Path | None = None, **overrides: Any) -> TuneConfig:
     data = read_yaml(path) if path else {}
-    cfg = from_dict(TuneConfig, data, where=str(path or "tune config"))
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        target: Any = cfg
-        *parents, name = key.split(".")
-        for parent in parents:
-            target = getattr(target, parent)
-        setattr(target, name, value)
+    cfg = apply_overrides(from_dict(TuneConfig, data, where=str(path or "tune config")), overrides)
     cfg.validate()
     return cfg
 
