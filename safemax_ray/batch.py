@@ -93,8 +93,9 @@ def _one_run(config: dict[str, Any], results_dir: str, use_gpu: bool) -> dict[st
 
     cfg = from_dict(UnlearnConfig, config)
     run_id = cfg.run_key()
-    output = Path(storage.join(results_dir, "models", run_id))
-    if output.exists():  # left by a run killed before its row was written: not a result, redo it
+    output = storage.join(results_dir, "models", run_id)
+    if not storage.is_uri(output) and Path(output).exists():
+        # Left by a run killed before its row was written: not a result, so it is redone.
         shutil.rmtree(output)
     trainer = build_trainer(
         cfg,
@@ -106,7 +107,7 @@ def _one_run(config: dict[str, Any], results_dir: str, use_gpu: bool) -> dict[st
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    model_path, grid_path = export_run(cfg, result.checkpoint, str(output))
+    model_path, grid_path = export_run(cfg, result.checkpoint, output)
     row = build_row(cfg, dict(result.metrics), run_id, model_path, grid_path, "cuda" if use_gpu else "cpu")
     write_row(results_dir, row)
     return row

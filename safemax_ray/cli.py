@@ -215,7 +215,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="safemax-ray", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="safemax-ray", description="SAFEMax machine unlearning for class-conditional diffusion models on Ray."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -124,6 +124,14 @@ def export_run(cfg: UnlearnConfig, checkpoint, output_dir: str) -> tuple[str, st
     from safemax_ray.evaluate import save_grid
     from safemax_ray.train import MODEL_DIR, SAMPLES
 
+    if storage.is_uri(output_dir):  # build it locally, then one upload
+        with tempfile.TemporaryDirectory() as local:
+            export_run(cfg, checkpoint, str(Path(local) / "model"))
+            try:
+                storage.upload_dir(Path(local) / "model", output_dir)
+            except FileExistsError:
+                raise SafemaxError(f"{output_dir} already exists; not overwriting it") from None
+        return output_dir, storage.join(output_dir, "samples.png")
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()):
         raise SafemaxError(f"output folder {out} already exists and is not empty; not overwriting it")

@@ -78,3 +78,11 @@ def list_files(folder: str, suffix: str) -> list[str]:
         scheme = folder.split("://", 1)[0]
         return sorted(f"{scheme}://{n}" for n in names)
     return sorted(names)
+
+
+def upload_dir(local: str | Path, uri: str) -> None:
+    """Copy a local folder to an object-store URI (which must not exist yet)."""
+    if exists(uri):
+        raise FileExistsError(f"{uri} already exists")
+    fs, path = filesystem(uri)
+    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
