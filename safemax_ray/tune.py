@@ -62,6 +62,11 @@ class Budget:
     cpus_per_worker: float = 1.0
     use_gpu: bool | None = None  # None: GPUs when the cluster has them
 
+    @property
+    def cpus_per_trial(self) -> float:
+        """The trial's own CPU (the function trainable that drives the run) plus its workers' CPUs."""
+        return 1 + self.workers_per_trial * self.cpus_per_worker
+
 
 @dataclass
 class AshaSettings:
@@ -151,8 +156,7 @@ def max_concurrent(cfg: TuneConfig, resources: dict[str, float], use_gpu: bool) 
     """How many trials fit at once: the trial's own CPU plus its workers' CPUs (and GPUs)."""
     if cfg.budget.max_concurrent:
         return cfg.budget.max_concurrent
-    per_trial_cpu = 1 + cfg.budget.workers_per_trial * cfg.budget.cpus_per_worker
-    fits = int(resources.get("CPU", 1) // per_trial_cpu)
+    fits = int(resources.get("CPU", 1) // cfg.budget.cpus_per_trial)
     if use_gpu:
         fits = min(fits, int(resources.get("GPU", 0) // cfg.budget.workers_per_trial))
     return max(1, min(fits, cfg.budget.num_samples))
@@ -272,9 +276,8 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
 
 
 def _local_cpus(cfg: TuneConfig) -> int:
-    """Logical CPUs for a local Ray: at least one full trial (its own CPU plus its workers')."""
-    per_trial = 1 + cfg.budget.workers_per_trial * cfg.budget.cpus_per_worker
-    return max(4, math.ceil(per_trial))
+    """Logical CPUs for a local Ray: at least one full trial."""
+    return max(4, math.ceil(cfg.budget.cpus_per_trial))
 
 
 def _record(

@@ -385,8 +385,8 @@ def test_cluster_launcher_config(rel, provider):
 @pytest.mark.parametrize("rel", ["aws.yaml", "gcp.yaml"])
 def test_cluster_launcher_config_passes_rays_own_schema(rel):
     """What `ray up` itself checks before touching the cloud (no credentials needed for this)."""
-    from ray.autoscaler._private import util
     import ray
+    from ray.autoscaler._private import util
 
     assert ray.__version__ == RAY_VERSION, f"installed ray {ray.__version__} != pyproject pin {RAY_VERSION}"
     cfg = load_one(CLUSTER / rel)
