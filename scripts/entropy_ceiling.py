@@ -65,9 +65,7 @@ def main() -> None:
     labels = torch.full((args.n,), args.forget_class)
 
     def sampled(unet: torch.nn.Module) -> torch.Tensor:
-        return sample(
-            unet, base.scheduler, labels, base.null_label, args.guidance, args.sample_steps, seed=args.seed
-        )
+        return sample(unet, base.scheduler, labels, base.null_label, args.guidance, args.sample_steps, seed=args.seed)
 
     rows = [
         ("N(0, I) noise", torch.randn(shape, generator=generator)),
