@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 GROUP = "group"
 SUMMARY_ROWS = ("mean", "std")
+MONTAGE_COLUMNS = 5  # forget-class panels per row of samples_grid.png
 
 # (stored column, label in the tables). Units follow what the runner stores: UA and retain accuracy are
 # percentages, RTE is seconds (the paper uses minutes; seconds keep small digit runs readable).
@@ -291,12 +292,16 @@ def _samples_montage(df: pd.DataFrame, path: Path, results_dir: str | None) -> P
         return None
     groups = sorted({g for g, _, _ in panels})
     classes = sorted({c for _, c, _ in panels})
-    fig = _new_figure((2.6 * len(classes), 2.8 * len(groups)))
-    axes = fig.subplots(len(groups), len(classes), squeeze=False)
+    # Wrap long class lists: ten panels in one row are too small to read.
+    ncols = min(len(classes), MONTAGE_COLUMNS)
+    rows_per_group = math.ceil(len(classes) / ncols)
+    fig = _new_figure((2.6 * ncols, 2.8 * rows_per_group * len(groups)))
+    axes = fig.subplots(rows_per_group * len(groups), ncols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for group, forget_class, image in panels:
-        ax = axes[groups.index(group), classes.index(forget_class)]
+        row, col = divmod(classes.index(forget_class), ncols)
+        ax = axes[groups.index(group) * rows_per_group + row, col]
         ax.imshow(image)
         ax.set_title(f"{group}: forget class {forget_class}", fontsize="small")
     return _save_figure(fig, path)

@@ -213,3 +213,17 @@ def test_several_datasets_get_separate_groups(results_dir):
     assert quality.loc[0, ("safemax/digits", "UA %")] == 100.0
     assert quality.loc["mean", ("safemax/cifar10", "UA %")] == 50.0
     assert set(report.load_runs(results_dir, dataset="digits")["group"]) == {"safemax", "sweep"}
+
+
+def test_samples_grid_wraps_ten_classes_into_rows_of_five(tmp_path):
+    folder = str(tmp_path / "ten")
+    grid = tmp_path / "grid.png"
+    Image.new("RGB", (24, 24), (30, 200, 30)).save(grid)
+    for c in range(10):
+        values = (100.0, 0.7, 1.0, 100.0, 100.0, 800.0)
+        results.write_row(folder, make_row("safemax", "", c, minutes=c, values=values, grid_path=str(grid)))
+    (path,) = [p for p in report.figures(report.load_runs(folder), tmp_path / "figs") if p.name == "samples_grid.png"]
+    with Image.open(path) as image:
+        width, height = image.size
+    # Two rows of five panels (figure 13 x 5.6 in); one row of ten would be 26 x 2.8 in.
+    assert width / height == pytest.approx(13 / 5.6, rel=0.1)
