@@ -139,7 +139,8 @@ def base_samples(
     images = sample_sharded(model, labels, config, rank, world_size, gather, on_step)
     if rank == 0:
         try:
-            storage.write_bytes_atomic(cache_path, save_tensors({"images": images.contiguous(), "labels": labels}))
+            # The labels are part of the cache key (forget class and evaluation settings), so only images are kept.
+            storage.write_bytes_atomic(cache_path, save_tensors({"images": images.contiguous()}))
         except FileExistsError:
             pass  # a concurrent run cached the same samples first
     return images
