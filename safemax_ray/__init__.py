@@ -17,9 +17,9 @@ from safemax_ray.config import EvalConfig, RayConfig, UnlearnConfig, load_unlear
 from safemax_ray.errors import SafemaxError
 
 if TYPE_CHECKING:
-    from safemax_ray.batch import BatchResult
-    from safemax_ray.runner import UnlearnResult
-    from safemax_ray.tune import TuneConfig, TuneResult
+    from safemax_ray.drivers.batch import BatchResult
+    from safemax_ray.drivers.tune import TuneConfig, TuneResult
+    from safemax_ray.drivers.unlearn import UnlearnResult
 
 __version__ = "0.1.0"
 __all__ = [
@@ -36,22 +36,22 @@ __all__ = [
 
 
 def unlearn(config: UnlearnConfig | dict | str, **kwargs: Any) -> UnlearnResult:
-    """One SAFEMax run on Ray Train; see `safemax_ray.runner.unlearn`."""
-    from safemax_ray.runner import unlearn as run
+    """One SAFEMax run on Ray Train; see `safemax_ray.drivers.unlearn.unlearn`."""
+    from safemax_ray.drivers.unlearn import unlearn as run
 
     return run(config, **kwargs)
 
 
 def tune(config: TuneConfig | dict | str, **kwargs: Any) -> TuneResult:
     """A Ray Tune + Optuna search; see `safemax_ray.tune.tune`."""
-    from safemax_ray.tune import tune as search
+    from safemax_ray.drivers.tune import tune as search
 
     return search(config, **kwargs)
 
 
 def batch_unlearn(base: UnlearnConfig, classes: list[int], **kwargs: Any) -> BatchResult:
-    """One run per class, resumable; see `safemax_ray.batch.batch_unlearn`."""
-    from safemax_ray.batch import batch_unlearn as run_batch
+    """One run per class, resumable; see `safemax_ray.drivers.batch.batch_unlearn`."""
+    from safemax_ray.drivers.batch import batch_unlearn as run_batch
 
     return run_batch(base, classes, **kwargs)
 

@@ -7,6 +7,7 @@ User errors (SafemaxError) print one red line and exit with status 2, never a tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -29,13 +30,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, help="ImageFolder: resize to this size")
     p.add_argument("--model", help="diffusers model folder (default: the shipped digits model)")
     p.add_argument("--classifier", help="evaluation classifier folder (default: the shipped digits one)")
-    p.add_argument("--lam", type=float, help="lambda of psi(t) = exp(-lambda t / T)")
     p.add_argument("--lr", type=float, help="Adam learning rate")
     p.add_argument("--iterations", type=int, help="optimiser steps")
     p.add_argument("--batch-size", type=int, help="global images per stream per step (forget and remain each)")
-    p.add_argument("--alpha", type=float, help="weight of the remain loss")
     p.add_argument("--seed", type=int)
-    p.add_argument("--target", choices=["independent", "trajectory"], help="eps_T reading")
     p.add_argument("--study", help="label stored with the results")
     p.add_argument("--results-dir", help="Parquet results folder or s3:// URI (default safemax_results/)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight w")
@@ -49,6 +47,37 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="join a Ray cluster: 'auto' or ray://host:10001 (default: local Ray)")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--max-failures", type=int)
+    _add_method_flags(p)
+
+
+OPTION_DEST = "method_option__"
+
+
+def _add_method_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per option that some method declares (its Options dataclass); --lam sets
+    method_options.lam, and the chosen method refuses options it does not have."""
+    from safemax_ray.methods import available_methods, get_method
+
+    owners: dict[str, list[str]] = {}
+    fields: dict[str, dataclasses.Field] = {}
+    for name in available_methods():
+        try:
+            options = get_method(name).Options
+        except Exception:  # noqa: BLE001  (a broken plugin must not break the command; using it says why)
+            continue
+        for f in dataclasses.fields(options):
+            owners.setdefault(f.name, []).append(name)
+            fields.setdefault(f.name, f)
+    group = p.add_argument_group("method options (under method_options in YAML)")
+    for opt, f in fields.items():
+        kind = {"float": float, "int": int, "str": str}.get(str(f.type), str)
+        group.add_argument(
+            "--" + opt.replace("_", "-"),
+            dest=OPTION_DEST + opt,
+            metavar=opt.upper(),
+            type=kind,
+            help=f"{f.metadata.get('help', '')} [{', '.join(owners[opt])}]",
+        )
 
 
 RUN_FLAG_KEYS = {
@@ -58,13 +87,10 @@ RUN_FLAG_KEYS = {
     "image_size": "image_size",
     "model": "model",
     "classifier": "classifier",
-    "lam": "lam",
     "lr": "lr",
     "iterations": "iterations",
     "batch_size": "batch_size",
-    "alpha": "alpha",
     "seed": "seed",
-    "target": "target",
     "study": "study",
     "results_dir": "results_dir",
     "guidance": "eval.guidance",
@@ -81,7 +107,11 @@ RUN_FLAG_KEYS = {
 
 
 def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {key: getattr(args, flag) for flag, key in RUN_FLAG_KEYS.items() if hasattr(args, flag)}
+    overrides = {key: getattr(args, flag) for flag, key in RUN_FLAG_KEYS.items() if hasattr(args, flag)}
+    for dest, value in vars(args).items():
+        if dest.startswith(OPTION_DEST):
+            overrides["method_options." + dest.removeprefix(OPTION_DEST)] = value
+    return overrides
 
 
 def _fmt(value: Any) -> str:
@@ -90,6 +120,10 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
+
+
+def _fmt_param(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def metrics_table(metrics: dict[str, Any], title: str) -> Table:
@@ -105,13 +139,22 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
     ):
         table.add_row(label, _fmt(metrics.get(f"base_{key}")), _fmt(metrics.get(key)))
     table.add_row("RTE (s, unlearning only)", "", _fmt(metrics.get("rte_s")))
+    table.add_row("set-up (s)", "", _fmt(metrics.get("setup_s")))
     table.add_row("peak memory (MB)", "", _fmt(metrics.get("peak_mem_mb")))
+    if metrics.get("base_ok") is False:
+        table.caption = BASE_WARNING
     return table
+
+
+BASE_WARNING = (
+    "[bold yellow]warning: the base model fails its own check (its samples are not recognised as their "
+    "classes), so UA and H say nothing about unlearning; train the base model or classifier longer[/]"
+)
 
 
 def cmd_unlearn(args: argparse.Namespace) -> int:
     from safemax_ray.config import load_unlearn_config
-    from safemax_ray.runner import unlearn
+    from safemax_ray.drivers.unlearn import unlearn
 
     overrides = run_overrides(args)
     overrides["forget_class"] = args.forget_class
@@ -119,7 +162,8 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     cfg = load_unlearn_config(args.config, **overrides)
     began = time.perf_counter()
     result = unlearn(cfg, console=console, show_progress=not args.no_progress)
-    console.print(metrics_table(result.metrics, f"SAFEMax: forget class {cfg.forget_class} ({cfg.dataset})"))
+    title = f"{cfg.method}: forget class {cfg.forget_class} ({cfg.dataset})"
+    console.print(metrics_table(result.metrics, title))
     console.print(f"model:   {result.model_path}")
     console.print(f"samples: {result.grid_path}")
     console.print(f"results: {result.results_path}")
@@ -128,7 +172,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from safemax_ray.pretrain import PretrainConfig, run_pretrain
+    from safemax_ray.engine.pretrain import PretrainConfig, run_pretrain
 
     config = PretrainConfig(
         steps=args.steps,
@@ -147,7 +191,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from safemax_ray.tune import load_tune_config, tune
+    from safemax_ray.drivers.tune import load_tune_config, tune
 
     cfg = load_tune_config(
         args.config,
@@ -165,14 +209,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     result = tune(cfg, console=console)
     table = Table(title=f"study {result.study}: {len(result.trials)} trials")
-    for column in ("trial", "lam", "lr", "iterations", "UA %", "H", "FID", "retained %", "score", "pareto"):
+    searched = list(cfg.search)
+    for column in ("trial", *searched, "UA %", "H", "FID", "retained %", "score", "pareto"):
         table.add_column(column, justify="right")
     for row in sorted(result.trials, key=lambda r: -r["score"]):
         table.add_row(
             row["trial_id"],
-            f"{row['lam']:.3f}",
-            f"{row['lr']:.2e}",
-            str(row["iterations"]),
+            *(_fmt_param(row["params"][name]) for name in searched),
             _fmt(row["ua"]),
             _fmt(row["entropy"]),
             _fmt(row["fid"]),
@@ -188,8 +231,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from safemax_ray.batch import batch_unlearn, parse_classes, tuned_params
     from safemax_ray.config import load_unlearn_config
+    from safemax_ray.drivers.batch import batch_unlearn, parse_classes, tuned_params
 
     cfg = load_unlearn_config(args.config, **run_overrides(args))
     classes = parse_classes(args.classes)
@@ -205,7 +248,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from safemax_ray.report import make_report
+    from safemax_ray.results.report import make_report
 
     result = make_report(
         args.results_dir, out_dir=args.out, method=args.method, dataset=args.dataset, study=args.study, console=console
@@ -221,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("unlearn", help="make a model forget one class with SAFEMax on Ray Train")
+    p = sub.add_parser("unlearn", help="make a model forget one class (SAFEMax by default) on Ray Train")
     p.add_argument("--forget-class", type=int, help="class to forget (default 0)")
     p.add_argument("--output-dir", help="where the unlearned model goes (default <results-dir>/models/<run_id>)")
     p.add_argument("--no-progress", action="store_true", help="no live progress bars")
@@ -245,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("tune", help="search lambda, lr and iterations with Ray Tune + Optuna")
+    p = sub.add_parser("tune", help="search lr, iterations and method options with Ray Tune + Optuna")
     p.add_argument("--config", required=True, help="tune YAML (see tune_configs/)")
     p.add_argument("--num-samples", type=int, help="trials")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster fits)")
@@ -260,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("batch", help="unlearn many classes, one run each, resumable")
     p.add_argument("--classes", required=True, help="e.g. 0-9 or 0,2,5-7")
     p.add_argument("--max-concurrent", type=int, help="runs at once (default: what the cluster fits)")
-    p.add_argument("--tuned-from", help="results folder whose best Tune trial per class sets lam, lr, iterations")
+    p.add_argument(
+        "--tuned-from", help="results folder whose best Tune trial per class sets lr, iterations and method options"
+    )
     p.add_argument("--tuned-study", help="only trials of this study")
     _add_run_flags(p)
     p.set_defaults(func=cmd_batch)

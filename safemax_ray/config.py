@@ -22,7 +22,7 @@ from safemax_ray.errors import SafemaxError
 T = TypeVar("T")
 
 DATASETS = ("digits", "cifar10", "imagefolder")
-TARGETS = ("independent", "trajectory")
+MOVED_TO_OPTIONS = {"lam", "alpha", "target", "null_drop"}  # top-level keys before method options existed
 
 
 @dataclass
@@ -37,9 +37,10 @@ class EvalConfig:
     sample_steps: int | None = None  # None: the model's full training schedule
     n_forget_samples: int = 200
     n_retain_per_class: int = 30
-    batch_size: int = 512
+    batch_size: int = 512  # images per chunk; chunk c is sampled from a generator seeded by (seed, c)
     seed: int = 1234  # the same noise for the base and the unlearned model
     fid_weights: str | None = None  # Inception weights file (FID for image datasets other than digits)
+    base_min_acc: float = 80.0  # % the base model must reach on its own samples, else UA and H mean nothing
 
     def validate(self) -> None:
         if self.guidance < 0:
@@ -50,6 +51,8 @@ class EvalConfig:
             raise SafemaxError("eval.n_forget_samples and eval.n_retain_per_class must be >= 2 (FID needs 2+)")
         if self.batch_size < 1:
             raise SafemaxError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.base_min_acc <= 100:
+            raise SafemaxError(f"eval.base_min_acc must be a percentage in [0, 100], got {self.base_min_acc}")
 
 
 @dataclass
@@ -87,16 +90,13 @@ class UnlearnConfig:
     image_size: int | None = None  # ImageFolder only: resize to this square size
     model: str | None = None  # diffusers folder; None: the shipped digits model
     classifier: str | None = None  # classifier folder; None: the shipped digits classifier
-    lam: float = 1.0
+    method_options: dict[str, Any] = field(default_factory=dict)  # the method's own (safemax: lam, alpha, ...)
     lr: float = 1e-3
     iterations: int = 200
     batch_size: int = 128  # global, per stream: this many forget and this many remain images a step
-    alpha: float = 1.0
     seed: int = 0
-    target: str = "independent"
-    null_drop: float = 0.1
     grad_clip: float = 1.0
-    method_options: dict[str, Any] = field(default_factory=dict)
+    stats_every: int = 10  # steps between host syncs for loss statistics and the divergence check on a GPU
     results_dir: str = "safemax_results"
     output_dir: str | None = None  # None: <results_dir>/models/<run_id>
     study: str = ""
@@ -108,8 +108,6 @@ class UnlearnConfig:
             raise SafemaxError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         if self.dataset != "digits" and not self.data_root:
             raise SafemaxError(f"dataset {self.dataset!r} needs --data-root pointing at the local files")
-        if self.lam < 0:
-            raise SafemaxError(f"lam (lambda) must be >= 0, got {self.lam}; 0 turns the psi weighting off")
         if self.lr <= 0:
             raise SafemaxError(f"lr must be > 0, got {self.lr}")
         if self.iterations < 1:
@@ -121,34 +119,41 @@ class UnlearnConfig:
                 f"batch_size {self.batch_size} must be divisible by num_workers {self.ray.num_workers} "
                 "so that every worker gets the same share of the global batch"
             )
-        if self.alpha < 0:
-            raise SafemaxError(f"alpha must be >= 0, got {self.alpha}")
-        if self.target not in TARGETS:
-            raise SafemaxError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
-        if not 0 <= self.null_drop < 1:
-            raise SafemaxError(f"null_drop must be in [0, 1), got {self.null_drop}")
         if self.grad_clip <= 0:
             raise SafemaxError(f"grad_clip must be > 0, got {self.grad_clip}")
         if self.forget_class < 0:
             raise SafemaxError(f"forget_class must be >= 0, got {self.forget_class}")
+        if self.stats_every < 1:
+            raise SafemaxError(f"stats_every must be >= 1, got {self.stats_every}")
+        self.options()
         self.eval.validate()
         self.ray.validate()
 
+    def options(self) -> Any:
+        """The method's typed options (defaults filled in), validated; unknown names refused."""
+        from safemax_ray.methods import method_options
+
+        return method_options(self.method, self.method_options)
+
     def hparams(self) -> dict[str, Any]:
-        """The settings that change what a run computes (not where it runs or writes)."""
+        """Everything that changes what a run computes (not where it runs or writes): the model and
+        classifier by content, the data by root and size, the method with all its options, the seeds."""
+        from safemax_ray.core.classifier import classifier_fingerprint
+        from safemax_ray.core.models import model_fingerprint
+
         return {
             "method": self.method,
+            "options": to_dict(self.options()),
             "dataset": self.dataset,
-            "model": self.model or "<shipped>",
-            "lam": self.lam,
+            "data_root": self.data_root,
+            "image_size": self.image_size,
+            "model": model_fingerprint(self.model),
+            "classifier": classifier_fingerprint(self.classifier),
             "lr": self.lr,
             "iterations": self.iterations,
             "batch_size": self.batch_size,
-            "alpha": self.alpha,
-            "target": self.target,
-            "null_drop": self.null_drop,
             "grad_clip": self.grad_clip,
-            "method_options": self.method_options,
+            "seed": self.seed,
             "eval": to_dict(self.eval),
         }
 
@@ -181,7 +186,8 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise SafemaxError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        item = typing.get_args(hint)[1] if typing.get_args(hint) else Any
+        return {k: _check_type(v, item, f"{where}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise SafemaxError(f"{where}: expected a list, got {value!r}")
@@ -246,6 +252,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_unlearn_config(path: str | Path | None = None, **overrides: Any) -> UnlearnConfig:
     """Defaults, then the YAML file, then explicit overrides (None means 'not given')."""
     data = read_yaml(path) if path else {}
+    moved = sorted(set(data) & MOVED_TO_OPTIONS)
+    if moved:
+        raise SafemaxError(
+            f"{path}: {', '.join(moved)} belong to the method now: put them under method_options "
+            f"(e.g. method_options: {{{moved[0]}: {data[moved[0]]!r}}})"
+        )
     config = from_dict(UnlearnConfig, data, where=str(path or "config"))
     return apply_overrides(config, overrides)
 
@@ -259,6 +271,9 @@ def apply_overrides(config: T, overrides: dict[str, Any]) -> T:
         *parents, name = key.split(".")
         for parent in parents:
             target = getattr(target, parent)
+        if isinstance(target, dict):  # method_options.<name>: checked by the method's Options later
+            target[name] = value
+            continue
         hints = typing.get_type_hints(type(target))
         if name not in hints:
             raise SafemaxError(f"unknown setting {key!r}")

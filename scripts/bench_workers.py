@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from safemax_ray.config import RayConfig, UnlearnConfig
-from safemax_ray.ray_cluster import ensure_ray
-from safemax_ray.runner import unlearn
+from safemax_ray.drivers.unlearn import unlearn
+from safemax_ray.ray.cluster import ensure_ray
 
 
 def main() -> None:

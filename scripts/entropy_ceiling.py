@@ -23,11 +23,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from safemax_ray.classifier import load_classifier
-from safemax_ray.evaluate import classify
-from safemax_ray.metrics import mean_entropy, unlearning_accuracy
-from safemax_ray.models import SHIPPED_CLASSIFIER, load_model
-from safemax_ray.sampling import sample
+from safemax_ray.core.classifier import load_classifier
+from safemax_ray.core.metrics import mean_entropy, unlearning_accuracy
+from safemax_ray.core.models import SHIPPED_CLASSIFIER, load_model
+from safemax_ray.core.sampling import sample
+from safemax_ray.engine.evaluate import classify
 
 
 class ForgetOptimum(torch.nn.Module):

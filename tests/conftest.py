@@ -16,10 +16,10 @@ os.environ["HOME"] = tempfile.mkdtemp(prefix="safemax-home-")
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
     """(model_dir, classifier_dir): a 2-level UNet with 8/16 channels and T = 25, trained 30 steps."""
-    from safemax_ray.classifier import save_classifier
-    from safemax_ray.data import load_digits
-    from safemax_ray.models import save_model
-    from safemax_ray.pretrain import PretrainConfig, pretrain_diffusion, train_classifier
+    from safemax_ray.core.classifier import save_classifier
+    from safemax_ray.core.data import load_digits
+    from safemax_ray.core.models import save_model
+    from safemax_ray.engine.pretrain import PretrainConfig, pretrain_diffusion, train_classifier
 
     root = tmp_path_factory.mktemp("tiny")
     data = load_digits()
@@ -33,7 +33,7 @@ def tiny_assets(tmp_path_factory):
 def ray_session():
     import ray
 
-    from safemax_ray.ray_cluster import ensure_ray
+    from safemax_ray.ray.cluster import ensure_ray
 
     ensure_ray(None, num_cpus=4)
     yield

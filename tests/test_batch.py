@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import tiny_flags
 
-from safemax_ray.batch import parse_classes, plan, tuned_params
 from safemax_ray.config import UnlearnConfig
+from safemax_ray.drivers.batch import parse_classes, plan, tuned_params
 from safemax_ray.errors import SafemaxError
-from safemax_ray.results import RUNS_DIR, read_dataframe, write_row
+from safemax_ray.results.parquet import RUNS_DIR, read_dataframe, write_row
 
 
 def test_parse_classes():

@@ -7,8 +7,8 @@ from conftest import tiny_flags
 from PIL import Image
 
 from safemax_ray.cli import main
-from safemax_ray.models import load_model
-from safemax_ray.results import read_dataframe
+from safemax_ray.core.models import load_model
+from safemax_ray.results.parquet import read_dataframe
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from safemax_ray.data import draw, load_cifar10, load_dataset, load_digits, load_image_folder, shard
+from safemax_ray.core.data import draw, load_cifar10, load_dataset, load_digits, load_image_folder, shard
 from safemax_ray.errors import SafemaxError
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from safemax_ray.models import load_model
-from safemax_ray.sampling import sample
+from safemax_ray.core.models import load_model
+from safemax_ray.core.sampling import sample
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "entropy_ceiling.py"
 

@@ -6,9 +6,8 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, UNet2DModel
 
-from safemax_ray.classifier import Classifier, ClassifierConfig, load_classifier, save_classifier
-from safemax_ray.errors import SafemaxError
-from safemax_ray.models import (
+from safemax_ray.core.classifier import Classifier, ClassifierConfig, load_classifier, save_classifier
+from safemax_ray.core.models import (
     SHIPPED_CLASSIFIER,
     SHIPPED_MODEL,
     DiffusionModel,
@@ -17,6 +16,7 @@ from safemax_ray.models import (
     load_model,
     save_model,
 )
+from safemax_ray.errors import SafemaxError
 
 
 def tiny(num_classes=10):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from safemax_ray.objective import PARETO_OBJECTIVES, pareto_mask, score
+from safemax_ray.core.objective import PARETO_OBJECTIVES, pareto_mask, score
 
 
 def test_perfect_run_scores_two_and_damage_costs():

@@ -3,8 +3,8 @@
 import torch
 
 from safemax_ray.config import EvalConfig, RayConfig, UnlearnConfig
-from safemax_ray.models import load_model
-from safemax_ray.runner import unlearn
+from safemax_ray.core.models import load_model
+from safemax_ray.drivers.unlearn import unlearn
 
 
 def tiny_config(tiny_assets, tmp_path, **ray_settings):
@@ -50,6 +50,6 @@ def test_without_failures_allowed_the_kill_fails_the_run(tiny_assets, ray_sessio
     cfg = tiny_config(tiny_assets, tmp_path, num_workers=2, max_failures=0)
     with pytest.raises(Exception):  # noqa: B017  (Ray's error type for a dead worker group)
         unlearn(cfg, crash_at_step=3)
-    from safemax_ray.results import read_dataframe
+    from safemax_ray.results.parquet import read_dataframe
 
     assert read_dataframe(str(tmp_path)).empty  # no row for a failed run

@@ -1,4 +1,4 @@
-"""safemax_ray.report on a small fake results folder: real numbers, filters, latest-wins, files."""
+"""safemax_ray.results.report on a small fake results folder: real numbers, filters, latest-wins, files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from safemax_ray import report, results
 from safemax_ray.errors import SafemaxError
+from safemax_ray.results import parquet as results
+from safemax_ray.results import report
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 

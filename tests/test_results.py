@@ -7,8 +7,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from safemax_ray import results
 from safemax_ray.errors import SafemaxError
+from safemax_ray.results import parquet as results
 
 
 def make_row(run_id="r1", forget_class=0, **extra):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from safemax_ray.config import UnlearnConfig
+from safemax_ray.core.models import build_scheduler
 from safemax_ray.methods import UnlearnBatch, get_method
 from safemax_ray.methods.safemax import independent_target, psi, safemax_loss, trajectory_target
-from safemax_ray.models import build_scheduler
 
 
 def test_psi_values():

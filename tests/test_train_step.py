@@ -3,10 +3,10 @@
 import torch
 
 from safemax_ray.config import UnlearnConfig
-from safemax_ray.data import load_digits, shard
+from safemax_ray.core.data import load_digits, shard
+from safemax_ray.core.models import build_scheduler, build_unet
 from safemax_ray.methods import get_method
-from safemax_ray.models import build_scheduler, build_unet
-from safemax_ray.train import draw_batch, step_generator, train_step
+from safemax_ray.ray.worker import draw_batch, step_generator, train_step
 
 
 def setup(seed=0):

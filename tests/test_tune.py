@@ -4,9 +4,9 @@ import pytest
 import yaml
 
 from safemax_ray.config import load_unlearn_config
+from safemax_ray.drivers.tune import load_tune_config, max_concurrent, tune
 from safemax_ray.errors import SafemaxError
-from safemax_ray.results import read_dataframe
-from safemax_ray.tune import load_tune_config, max_concurrent, tune
+from safemax_ray.results.parquet import read_dataframe
 
 
 def tiny_tune(tiny_assets, tmp_path, **top):

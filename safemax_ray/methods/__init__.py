@@ -1,15 +1,24 @@
 """Unlearning methods behind a small registry; importing this package registers the built-ins."""
 
 from safemax_ray.methods import safemax as _safemax  # noqa: F401  (registers "safemax")
-from safemax_ray.methods.base import LossOutput, UnlearnBatch, UnlearningMethod
-from safemax_ray.methods.registry import ENTRY_POINT_GROUP, available_methods, get_method, register_method
+from safemax_ray.methods.base import LossOutput, MethodOptions, SetupContext, UnlearnBatch, UnlearningMethod
+from safemax_ray.methods.registry import (
+    ENTRY_POINT_GROUP,
+    available_methods,
+    get_method,
+    method_options,
+    register_method,
+)
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "LossOutput",
+    "MethodOptions",
+    "SetupContext",
     "UnlearnBatch",
     "UnlearningMethod",
     "available_methods",
     "get_method",
+    "method_options",
     "register_method",
 ]

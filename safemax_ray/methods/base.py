@@ -1,41 +1,100 @@
-"""What an unlearning method is: something that turns a forget batch and a remain batch into a loss.
+"""What an unlearning method is, and the life it leads inside the engine.
 
-The trainer owns everything else (data, optimiser, clipping, DDP, checkpoints), so a method is a few
-dozen lines of math. Methods get the whole run config and read the fields they need; settings that only
-one method knows go in `config.method_options`.
+The engine owns data, optimiser, clipping, DDP, checkpoints and timing. A method brings:
+
+- `Options`: a dataclass of its own hyperparameters, validated by `validate()`; `SEARCHABLE` names the
+  ones a Tune search may vary (as `method.<name>`);
+- `setup(ctx)`: once before step 0 on every rank (saliency masks, Fisher diagonals, frozen copies); it
+  may sample, all-reduce, and cache under `ctx.cache_dir`. Its time is measured apart (`setup_s`);
+- `loss(unet, batch, rng)`: the step's loss; randomness only from `rng`, so work splits and resumes
+  reproducibly;
+- `after_backward(unet)`: a gradient hook (e.g. masking), after DDP has averaged the gradients;
+- `state_dict()` / `load_state_dict()`: what a resumed run needs instead of running `setup` again.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from safemax_ray.config import UnlearnConfig
+from safemax_ray.core.data import ImageData
+from safemax_ray.core.randomness import RankRandom
+
+
+def option(default: Any, help: str) -> Any:
+    """A field of an Options dataclass; `help` becomes the text of its command-line flag."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class MethodOptions:
+    """A method's hyperparameters; subclasses add fields and checks."""
+
+    def validate(self) -> None:
+        """Raise SafemaxError naming the bad option."""
 
 
 @dataclass
 class UnlearnBatch:
-    x_forget: torch.Tensor  # images of the forget class, [-1, 1]
+    """This rank's rows of the step's global batch, on the training device."""
+
+    x_forget: torch.Tensor  # forget-class images, [-1, 1]
+    y_forget: torch.Tensor  # their labels (the forget class)
     x_remain: torch.Tensor  # images of the other classes
     y_remain: torch.Tensor  # their labels
-    forget_class: int
     null_label: int
 
 
 @dataclass
 class LossOutput:
     loss: torch.Tensor
-    stats: dict[str, float] = field(default_factory=dict)  # detached figures for logging
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars, left on the device
+
+
+@dataclass
+class SetupContext:
+    """What `setup` may use; everything is this rank's view of the run."""
+
+    unet: UNet2DModel  # the model being unlearned (not yet wrapped for DDP)
+    scheduler: DDPMScheduler
+    data: ImageData  # on `device`
+    forget_idx: torch.Tensor  # indices of the forget class in `data`
+    remain_idx: torch.Tensor
+    forget_class: int
+    device: torch.device
+    rank: int
+    world: int
+    seed: int
+    all_reduce: Callable[[torch.Tensor], torch.Tensor]  # sum over ranks (identity on one worker)
+    sample: Callable[[torch.Tensor], torch.Tensor]  # guided samples of the *base* model for the given labels
+    cache_dir: str | None  # a folder shared by runs, for set-up results keyed by content
 
 
 class UnlearningMethod(ABC):
-    def __init__(self, config: UnlearnConfig, scheduler: DDPMScheduler):
-        self.config = config
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    SEARCHABLE: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, options: MethodOptions, scheduler: DDPMScheduler):
+        self.options = options
         self.scheduler = scheduler
 
+    def setup(self, ctx: SetupContext) -> None:  # noqa: B027  (optional hook)
+        """Once before step 0 on every rank."""
+
     @abstractmethod
-    def loss(self, unet: UNet2DModel, batch: UnlearnBatch, generator: torch.Generator) -> LossOutput:
-        """The training loss for one step; randomness must come from `generator` (CPU)."""
+    def loss(self, unet: UNet2DModel, batch: UnlearnBatch, rng: RankRandom) -> LossOutput:
+        """The training loss for one step."""
+
+    def after_backward(self, unet: torch.nn.Module) -> None:  # noqa: B027  (optional hook)
+        """Called after backward (gradients already averaged over ranks), before clipping."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027  (optional hook)
+        """Restore what `state_dict` returned, instead of running `setup` again."""

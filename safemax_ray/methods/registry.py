@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from typing import Any
 
 from safemax_ray.errors import SafemaxError
-from safemax_ray.methods.base import UnlearningMethod
+from safemax_ray.methods.base import MethodOptions, UnlearningMethod
 
 ENTRY_POINT_GROUP = "safemax_ray.methods"
 METHODS: dict[str, type[UnlearningMethod]] = {}
@@ -52,3 +53,12 @@ def get_method(name: str) -> type[UnlearningMethod]:
     if name not in METHODS:
         raise SafemaxError(f"unknown unlearning method {name!r}; available: {', '.join(available_methods())}")
     return METHODS[name]
+
+
+def method_options(name: str, values: dict[str, Any]) -> MethodOptions:
+    """The method's typed, validated options from a mapping; unknown names are refused by name."""
+    from safemax_ray.config import from_dict
+
+    options = from_dict(get_method(name).Options, dict(values), where=f"method_options ({name})")
+    options.validate()
+    return options

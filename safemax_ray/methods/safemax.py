@@ -14,12 +14,35 @@ guidance uses for every class.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from safemax_ray.methods.base import LossOutput, UnlearnBatch, UnlearningMethod
+from safemax_ray.core.diffusion import drop_labels, eps_mse
+from safemax_ray.core.randomness import RankRandom
+from safemax_ray.errors import SafemaxError
+from safemax_ray.methods.base import LossOutput, MethodOptions, UnlearnBatch, UnlearningMethod, option
 from safemax_ray.methods.registry import register_method
-from safemax_ray.pretrain import drop_labels
+
+TARGETS = ("independent", "trajectory")
+
+
+@dataclass
+class SafeMaxOptions(MethodOptions):
+    lam: float = option(1.0, "lambda of psi(t) = exp(-lambda t / T); 0 turns the weighting off")
+    alpha: float = option(1.0, "weight of the remain loss")
+    target: str = option("independent", "eps_T reading: independent or trajectory")
+    null_drop: float = option(0.1, "null-label drop in the remain loss (classifier-free guidance)")
+
+    def validate(self) -> None:
+        if self.lam < 0:
+            raise SafemaxError(f"lam (lambda) must be >= 0, got {self.lam}; 0 turns the psi weighting off")
+        if self.alpha < 0:
+            raise SafemaxError(f"alpha must be >= 0, got {self.alpha}")
+        if self.target not in TARGETS:
+            raise SafemaxError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if not 0 <= self.null_drop < 1:
+            raise SafemaxError(f"null_drop must be in [0, 1), got {self.null_drop}")
 
 
 def psi(t: torch.Tensor, lam: float, num_train_timesteps: int) -> torch.Tensor:
@@ -27,22 +50,18 @@ def psi(t: torch.Tensor, lam: float, num_train_timesteps: int) -> torch.Tensor:
     return torch.exp(-lam * t.float() / num_train_timesteps)
 
 
-def independent_target(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(shape, generator=generator)
-
-
 def trajectory_target(
-    eps: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, generator: torch.Generator
+    eps: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, eta: torch.Tensor
 ) -> torch.Tensor:
-    """Cumulative noise of x_T reached from x_t on the same forward trajectory.
+    """Cumulative noise of x_T reached from x_t on the same forward trajectory, continued with fresh noise eta.
 
-    x_T = sqrt(abar_T) x_0 + sqrt(1 - abar_T) eps_T, continuing x_t with fresh noise eta:
+    x_T = sqrt(abar_T) x_0 + sqrt(1 - abar_T) eps_T, so
     eps_T = (sqrt(abar_T / abar_t) sqrt(1 - abar_t) eps + sqrt(1 - abar_T / abar_t) eta) / sqrt(1 - abar_T).
     """
+    alphas_cumprod = alphas_cumprod.to(eps.device)
     abar_t = alphas_cumprod[t].view(-1, *([1] * (eps.dim() - 1))).to(eps.dtype)
     abar_T = alphas_cumprod[-1].to(eps.dtype)
     ratio = abar_T / abar_t
-    eta = torch.randn(eps.shape, generator=generator).to(eps.dtype)
     return (ratio.sqrt() * (1 - abar_t).sqrt() * eps + (1 - ratio).clamp_min(0).sqrt() * eta) / math.sqrt(
         1 - float(abar_T)
     )
@@ -62,10 +81,7 @@ def safemax_loss(
     per_sample = (target_forget.float() - pred_forget.float()).pow(2).flatten(1).mean(1)
     weights = psi(t_forget, lam, num_train_timesteps).to(per_sample.device)
     loss_f = (weights * per_sample).mean()
-    if pred_remain.numel():
-        loss_r = (eps_remain.float() - pred_remain.float()).pow(2).mean()
-    else:
-        loss_r = pred_forget.new_zeros(())
+    loss_r = eps_mse(pred_remain, eps_remain) if pred_remain.numel() else pred_forget.new_zeros((), dtype=torch.float32)
     return loss_f + alpha * loss_r, loss_f, loss_r
 
 
@@ -73,27 +89,24 @@ def safemax_loss(
 class SafeMax(UnlearningMethod):
     """SAFEMax with one forward pass over the concatenated forget and remain batches."""
 
-    def loss(self, unet, batch: UnlearnBatch, generator: torch.Generator) -> LossOutput:
-        config, scheduler = self.config, self.scheduler
+    Options = SafeMaxOptions
+    SEARCHABLE = ("lam", "alpha", "target")
+    options: SafeMaxOptions
+
+    def loss(self, unet, batch: UnlearnBatch, rng: RankRandom) -> LossOutput:
+        opts, scheduler = self.options, self.scheduler
         num_t = int(scheduler.config.num_train_timesteps)
-        device = next(unet.parameters()).device
-        n_f = len(batch.x_forget)
-        x0 = torch.cat([batch.x_forget, batch.x_remain])
-        eps = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(num_t, (len(x0),), generator=generator)
-        x_t = scheduler.add_noise(x0, eps, t)
-        labels = torch.cat(
-            [
-                torch.full((n_f,), batch.forget_class, dtype=torch.int64),
-                drop_labels(batch.y_remain, batch.null_label, config.null_drop, generator),
-            ]
-        )
-        if config.target == "independent":
-            target_f = independent_target(batch.x_forget.shape, generator)
+        n_f, n_r = len(batch.x_forget), len(batch.x_remain)
+        # Each stream draws its own global tensors, so a rank's rows do not depend on the worker count.
+        eps_f, eps_r = rng.normal(batch.x_forget.shape), rng.normal(batch.x_remain.shape)
+        t_f, t_r = rng.integers(num_t, n_f), rng.integers(num_t, n_r)
+        y_r = drop_labels(batch.y_remain, batch.null_label, opts.null_drop, rng.uniform(n_r))
+        if opts.target == "independent":
+            target_f = rng.normal(batch.x_forget.shape)
         else:
-            target_f = trajectory_target(eps[:n_f], t[:n_f], scheduler.alphas_cumprod, generator)
-        pred = unet(x_t.to(device), t.to(device), class_labels=labels.to(device)).sample
-        loss, loss_f, loss_r = safemax_loss(
-            pred[:n_f], target_f.to(device), t[:n_f], pred[n_f:], eps[n_f:].to(device), config.lam, num_t, config.alpha
-        )
-        return LossOutput(loss, {"loss": loss.item(), "loss_forget": loss_f.item(), "loss_remain": loss_r.item()})
+            target_f = trajectory_target(eps_f, t_f, scheduler.alphas_cumprod, rng.normal(batch.x_forget.shape))
+        x0, eps, t = torch.cat([batch.x_forget, batch.x_remain]), torch.cat([eps_f, eps_r]), torch.cat([t_f, t_r])
+        x_t = scheduler.add_noise(x0, eps, t)
+        pred = unet(x_t, t, class_labels=torch.cat([batch.y_forget, y_r])).sample
+        loss, loss_f, loss_r = safemax_loss(pred[:n_f], target_f, t_f, pred[n_f:], eps_r, opts.lam, num_t, opts.alpha)
+        return LossOutput(loss, {"loss": loss.detach(), "loss_forget": loss_f.detach(), "loss_remain": loss_r.detach()})

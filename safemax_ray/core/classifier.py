@@ -91,3 +91,11 @@ def load_classifier(path: str | Path, num_classes: int | None = None) -> Classif
     model = Classifier(config)
     model.load_state_dict(load_file(path / "model.safetensors"))
     return model.eval()
+
+
+def classifier_fingerprint(path: str | Path | None) -> str:
+    """Identifies a classifier by content (None: the shipped digits classifier)."""
+    from safemax_ray.core.models import SHIPPED_CLASSIFIER, content_hash
+
+    path = Path(path) if path else SHIPPED_CLASSIFIER
+    return content_hash([path / "model.safetensors", path / "config.json"])

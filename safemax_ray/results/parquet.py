@@ -18,6 +18,8 @@ from safemax_ray import storage
 from safemax_ray.errors import SafemaxError
 
 RUNS_DIR = "runs"
+# Options common enough to get typed columns of their own; every option is in method_options_json.
+COMMON_OPTIONS = ("lam", "alpha", "target")
 
 SCHEMA = pa.schema(
     [
@@ -27,13 +29,14 @@ SCHEMA = pa.schema(
         pa.field("method", pa.string(), nullable=False),
         pa.field("dataset", pa.string(), nullable=False),
         pa.field("forget_class", pa.int32(), nullable=False),
-        pa.field("lam", pa.float64(), nullable=False),
+        pa.field("lam", pa.float64()),  # the method's option of that name, where it has one
+        pa.field("alpha", pa.float64()),
+        pa.field("target", pa.string()),
+        pa.field("method_options_json", pa.string(), nullable=False),  # all the method's options
         pa.field("lr", pa.float64(), nullable=False),
         pa.field("iterations", pa.int32(), nullable=False),
         pa.field("batch_size", pa.int32(), nullable=False),
-        pa.field("alpha", pa.float64(), nullable=False),
         pa.field("seed", pa.int64(), nullable=False),
-        pa.field("target", pa.string(), nullable=False),
         pa.field("guidance", pa.float64(), nullable=False),
         pa.field("sample_steps", pa.int32(), nullable=False),
         pa.field("n_forget_samples", pa.int32(), nullable=False),
@@ -47,7 +50,9 @@ SCHEMA = pa.schema(
         pa.field("base_entropy", pa.float64()),
         pa.field("base_fid", pa.float64()),
         pa.field("base_retain_acc", pa.float64()),
-        pa.field("rte_s", pa.float64(), nullable=False),
+        pa.field("base_ok", pa.bool_(), nullable=False),  # the base model recognised its own samples
+        pa.field("rte_s", pa.float64(), nullable=False),  # training steps only
+        pa.field("setup_s", pa.float64(), nullable=False),  # the method's set-up phase
         pa.field("peak_mem_mb", pa.float64(), nullable=False),
         pa.field("device", pa.string(), nullable=False),
         pa.field("num_workers", pa.int32(), nullable=False),
@@ -94,6 +99,12 @@ def read_results(results_dir: str) -> pa.Table:
     tables = []
     for path in files:
         table = pq.read_table(io.BytesIO(storage.read_bytes(path)))
+        missing = sorted(set(SCHEMA.names) - set(table.column_names))
+        if missing:
+            raise SafemaxError(
+                f"{path} was written by an older safemax_ray (no column {', '.join(missing)}); "
+                "move it out of the results folder or use another --results-dir"
+            )
         tables.append(table.select(SCHEMA.names).cast(SCHEMA))
     return pa.concat_tables(tables)
 

@@ -20,7 +20,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from safemax_ray.errors import SafemaxError
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parent.parent / "assets"
 SHIPPED_MODEL = ASSETS / "digits" / "model"
 SHIPPED_CLASSIFIER = ASSETS / "digits" / "classifier"
 
@@ -143,12 +143,31 @@ def load_model(
 
 
 def model_fingerprint(path: str | Path | None) -> str:
-    """Identifies a model's weights (for caching its evaluation) without hashing megabytes each time."""
+    """Identifies a model by the content of its weights and configs (for run keys and caches)."""
     path = Path(path) if path else SHIPPED_MODEL
-    weights = sorted((path / "unet").glob("*.safetensors"))
-    stats = [(w.name, w.stat().st_size, int(w.stat().st_mtime)) for w in weights]
-    blob = json.dumps([str(path.resolve()), stats, (path / "unet" / "config.json").read_text()])
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    files = sorted((path / "unet").glob("*.safetensors")) + [
+        path / "unet" / "config.json",
+        path / "scheduler" / "scheduler_config.json",
+    ]
+    return content_hash(files)
+
+
+def content_hash(files: list[Path]) -> str:
+    """sha256 over the files' bytes, remembered per (path, size, mtime) so a model is read once."""
+    stats = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
+    if stats not in _HASHES:
+        digest = hashlib.sha256()
+        for f in files:
+            if f.is_file():
+                digest.update(f.name.encode())
+                with f.open("rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+        _HASHES[stats] = digest.hexdigest()[:16]
+    return _HASHES[stats]
+
+
+_HASHES: dict[tuple, str] = {}
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -1,6 +1,7 @@
-"""Batch unlearning: one SAFEMax run per class, as many at once as the cluster fits, resumable.
+"""Batch unlearning: one run per class, as many at once as the cluster fits, resumable.
 
-Every run has a deterministic key (method, dataset, class, config hash, seed). A batch first reads the
+Every run has a deterministic key (method, dataset, class, a hash of everything that changes the result,
+seed). A batch first reads the
 results dataset and skips every class whose key already has a row, so re-running a batch after a crash,
 a kill or a failed run repeats only what is missing and never writes a second row for the same key.
 Each run is its own Ray task that trains, evaluates, exports its model and writes its own Parquet file;
@@ -9,6 +10,7 @@ killing the batch loses at most the runs in flight.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -21,9 +23,7 @@ from rich.console import Console
 from safemax_ray import storage
 from safemax_ray.config import UnlearnConfig, to_dict
 from safemax_ray.errors import SafemaxError
-from safemax_ray.results import read_dataframe
-
-TUNED = ("lam", "lr", "iterations")
+from safemax_ray.results.parquet import read_dataframe
 
 
 def parse_classes(spec: str) -> list[int]:
@@ -42,7 +42,8 @@ def parse_classes(spec: str) -> list[int]:
 
 
 def tuned_params(results_dir: str, dataset: str, study: str | None = None) -> dict[int, dict[str, Any]]:
-    """Best (highest-score) searched hyperparameters per forget class from stored Tune trials."""
+    """Per forget class, the settings of its best (highest-score) stored Tune trial: lr, iterations and
+    the method's options."""
     df = read_dataframe(results_dir)
     df = df[df.score.notna() & (df.dataset == dataset)]
     if study:
@@ -54,7 +55,14 @@ def tuned_params(results_dir: str, dataset: str, study: str | None = None) -> di
             + "; run `safemax-ray tune` first"
         )
     best = df.sort_values("score", ascending=False).groupby("forget_class").head(1)
-    return {int(r.forget_class): {k: getattr(r, k) for k in TUNED} for r in best.itertuples()}
+    return {
+        int(r.forget_class): {
+            "lr": float(r.lr),
+            "iterations": int(r.iterations),
+            "method_options": json.loads(r.method_options_json),
+        }
+        for r in best.itertuples()
+    }
 
 
 @dataclass
@@ -77,22 +85,24 @@ def plan(
             ray=replace(base.ray),
             method_options=dict(base.method_options),
         )
-        for key, value in (params or {}).get(c, {}).items():
-            setattr(cfg, key, type(getattr(cfg, key))(value))
+        tuned = (params or {}).get(c, {})
+        cfg.lr = float(tuned.get("lr", cfg.lr))
+        cfg.iterations = int(tuned.get("iterations", cfg.iterations))
+        cfg.method_options.update(tuned.get("method_options", {}))
         cfg.output_dir = None
         configs.append(cfg)
     return configs
 
 
-def _one_run(config: dict[str, Any], results_dir: str, use_gpu: bool) -> dict[str, Any]:
+def _one_run(config: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
     """A Ray task: one class, start to finish, with a row named after its run key."""
     from safemax_ray.config import from_dict
-    from safemax_ray.results import write_row
-    from safemax_ray.runner import build_row, export_run
-    from safemax_ray.train import build_trainer
+    from safemax_ray.drivers.finish import finish_run
+    from safemax_ray.ray.worker import build_trainer
 
     cfg = from_dict(UnlearnConfig, config)
     run_id = cfg.run_key()
+    results_dir = cfg.results_dir
     output = storage.join(results_dir, "models", run_id)
     if not storage.is_uri(output) and Path(output).exists():
         # Left by a run killed before its row was written: not a result, so it is redone.
@@ -107,9 +117,7 @@ def _one_run(config: dict[str, Any], results_dir: str, use_gpu: bool) -> dict[st
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    model_path, grid_path = export_run(cfg, result.checkpoint, output)
-    row = build_row(cfg, dict(result.metrics), run_id, model_path, grid_path, "cuda" if use_gpu else "cpu")
-    write_row(results_dir, row)
+    row, _ = finish_run(cfg, dict(result.metrics), result.checkpoint, run_id, output, "cuda" if use_gpu else "cpu")
     return row
 
 
@@ -123,8 +131,8 @@ def batch_unlearn(
     """Unlearn each class in `classes` with `base`'s settings (or tuned `params` per class)."""
     import ray
 
-    from safemax_ray.ray_cluster import cluster_has_gpus, ensure_ray
-    from safemax_ray.runner import absolute, preflight
+    from safemax_ray.drivers.preflight import preflight
+    from safemax_ray.ray.cluster import cluster_has_gpus, ensure_ray
 
     console = console or Console(quiet=True)
     if not classes:
@@ -132,12 +140,8 @@ def batch_unlearn(
     if base.ray.cpus_per_worker is None:
         # Several runs share each node: one thread per worker, and Ray packs runs by CPU count.
         base = replace(base, ray=replace(base.ray, cpus_per_worker=1.0))
-    configs = plan(base, classes, params)
-    for cfg in configs:
-        preflight(cfg)
-    results_dir = absolute(base.results_dir)
-    for cfg in configs:
-        cfg.results_dir = results_dir
+    configs = [preflight(cfg) for cfg in plan(base, classes, params)]
+    results_dir = configs[0].results_dir
     stored = set(read_dataframe(results_dir).run_key)
     todo = [c for c in configs if c.run_key() not in stored]
     outcome = BatchResult(skipped=[c.forget_class for c in configs if c.run_key() in stored])
@@ -159,7 +163,7 @@ def batch_unlearn(
         while queue or pending:
             while queue and len(pending) < limit:
                 cfg = queue.pop(0)
-                pending[task.remote(to_dict(cfg), results_dir, use_gpu)] = cfg.forget_class
+                pending[task.remote(to_dict(cfg), use_gpu)] = cfg.forget_class
             ready, _ = ray.wait(list(pending), num_returns=1)
             cls = pending.pop(ready[0])
             try:

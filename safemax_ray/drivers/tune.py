@@ -1,9 +1,13 @@
-"""The Tune driver: Optuna searches lambda, learning rate and iterations for one forget class.
+"""The Tune driver: Optuna searches the learning rate, iterations and the method's options for one class.
+
+The search space names common settings plainly (`lr`, `iterations`) and the method's own options as
+`method.<option>` (SAFEMax: `method.lam`, `method.alpha`, `method.target`); a method lists the options it
+allows to be searched in `SEARCHABLE`.
 
 Ray 2.60's Train V2 pattern: each Tune trial is a function that builds a `TorchTrainer` for one SAFEMax
 run and calls `fit()`; `TuneReportCallback` forwards the workers' reports to Tune. OptunaSearch proposes
 the next point from the finished trials' final figures, starting from the paper's defaults
-(`points_to_evaluate`). Two objectives: the scalar `score` of `safemax_ray.objective`, or the Pareto
+(`points_to_evaluate`). Two objectives: the scalar `score` of `safemax_ray.core.objective`, or the Pareto
 front over (UA up, H up, FID down). ASHA can stop weak trials early on the score; intermediate reports
 then carry a cheap probe score (small forget and retained samples, no FID term).
 
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,33 +29,45 @@ from rich.console import Console
 
 from safemax_ray import storage
 from safemax_ray.config import UnlearnConfig, apply_overrides, from_dict, read_yaml, to_dict
+from safemax_ray.core.objective import PARETO_OBJECTIVES, pareto_mask
+from safemax_ray.drivers.finish import finish_run
+from safemax_ray.drivers.preflight import preflight
 from safemax_ray.errors import SafemaxError
-from safemax_ray.objective import PARETO_OBJECTIVES, pareto_mask
-from safemax_ray.results import write_row
-from safemax_ray.runner import absolute, build_row, export_run, preflight
+from safemax_ray.methods import get_method
 
-SEARCHED = ("lam", "lr", "iterations")
+RUN_PARAMS = ("lr", "iterations")  # searchable settings of every run; the method's go under "method."
+METHOD_PREFIX = "method."
 
 
 @dataclass
 class SearchRange:
-    low: float
-    high: float
+    """A numeric range (low, high; log scale; grid step) or a list of choices."""
+
+    low: float | None = None
+    high: float | None = None
     log: bool = False
     step: float | None = None  # grid spacing (iterations: e.g. 50)
+    choices: list[Any] | None = None
 
     def validate(self, name: str) -> None:
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise SafemaxError(f"search.{name}: give either a non-empty choices list or low and high")
+            return
+        if self.low is None or self.high is None:
+            raise SafemaxError(f"search.{name}: a range needs low and high (or give choices)")
         if not self.low <= self.high:
             raise SafemaxError(f"search.{name}: low ({self.low}) must be <= high ({self.high})")
         if self.log and self.low <= 0:
             raise SafemaxError(f"search.{name}: a log-scale range needs low > 0")
 
 
-@dataclass
-class SearchSpace:
-    lam: SearchRange = field(default_factory=lambda: SearchRange(0.0, 4.0))
-    lr: SearchRange = field(default_factory=lambda: SearchRange(1e-4, 1e-2, log=True))
-    iterations: SearchRange = field(default_factory=lambda: SearchRange(50, 300, step=50))
+def default_space() -> dict[str, SearchRange]:
+    return {
+        "method.lam": SearchRange(0.0, 4.0),
+        "lr": SearchRange(1e-4, 1e-2, log=True),
+        "iterations": SearchRange(50, 300, step=50),
+    }
 
 
 @dataclass
@@ -86,9 +102,9 @@ class TuneConfig:
     seed: int = 0
     results_dir: str = "safemax_results"
     address: str | None = None
-    search: SearchSpace = field(default_factory=SearchSpace)
+    search: dict[str, SearchRange] = field(default_factory=default_space)
     points_to_evaluate: list[dict[str, Any]] = field(
-        default_factory=lambda: [{"lam": 1.0, "lr": 1e-3, "iterations": 200}]
+        default_factory=lambda: [{"method.lam": 1.0, "lr": 1e-3, "iterations": 200}]
     )
     budget: Budget = field(default_factory=Budget)
     asha: AshaSettings = field(default_factory=AshaSettings)
@@ -103,20 +119,38 @@ class TuneConfig:
             raise SafemaxError("budget.num_samples and budget.workers_per_trial must be >= 1")
         if self.budget.max_concurrent is not None and self.budget.max_concurrent < 1:
             raise SafemaxError("budget.max_concurrent must be >= 1 or null")
-        for name in SEARCHED:
-            getattr(self.search, name).validate(name)
+        if not self.search:
+            raise SafemaxError("search is empty: name at least one of lr, iterations, method.<option>")
+        method = get_method(self.run.get("method", "safemax"))
+        allowed = [*RUN_PARAMS, *(METHOD_PREFIX + o for o in method.SEARCHABLE)]
+        for name, spec in self.search.items():
+            if name not in allowed:
+                raise SafemaxError(f"search.{name} cannot be searched; searchable: {', '.join(allowed)}")
+            spec.validate(name)
         for i, point in enumerate(self.points_to_evaluate):
-            if set(point) != set(SEARCHED):
-                raise SafemaxError(f"points_to_evaluate[{i}] must set exactly {', '.join(SEARCHED)}")
-        for key in ("forget_class", "results_dir", "study", *SEARCHED):
+            if set(point) != set(self.search):
+                raise SafemaxError(f"points_to_evaluate[{i}] must set exactly {', '.join(self.search)}")
+        for key in ("forget_class", "results_dir", "study", *(k for k in self.search if k in RUN_PARAMS)):
             if key in self.run:
                 raise SafemaxError(f"run.{key} is set by the search itself; set it at the top level or in search")
-        self.trial_config({"lam": 1.0, "lr": 1e-3, "iterations": 1}).validate()
+        self.trial_config(self.first_point()).validate()
+
+    def first_point(self) -> dict[str, Any]:
+        """The first point to evaluate, or the low end (first choice) of every range."""
+        if self.points_to_evaluate:
+            return dict(self.points_to_evaluate[0])
+        return {k: (v.choices[0] if v.choices is not None else v.low) for k, v in self.search.items()}
 
     def trial_config(self, params: dict[str, Any]) -> UnlearnConfig:
         cfg = from_dict(UnlearnConfig, dict(self.run), where="run")
         cfg.forget_class, cfg.study, cfg.results_dir = self.forget_class, self.study, self.results_dir
-        cfg.lam, cfg.lr, cfg.iterations = float(params["lam"]), float(params["lr"]), int(params["iterations"])
+        for name, value in params.items():
+            if name.startswith(METHOD_PREFIX):
+                cfg.method_options[name.removeprefix(METHOD_PREFIX)] = value
+            elif name == "iterations":
+                cfg.iterations = int(value)
+            else:
+                cfg.lr = float(value)
         cfg.ray.num_workers = self.budget.workers_per_trial
         cfg.ray.cpus_per_worker = self.budget.cpus_per_worker
         cfg.ray.use_gpu = self.budget.use_gpu
@@ -141,15 +175,18 @@ def load_tune_config(path: str | Path | None = None, **overrides: Any) -> TuneCo
     return cfg
 
 
-def optuna_space(space: SearchSpace) -> dict[str, Any]:
-    from optuna.distributions import FloatDistribution, IntDistribution
+def optuna_space(space: dict[str, SearchRange]) -> dict[str, Any]:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    it = space.iterations
-    return {
-        "lam": FloatDistribution(space.lam.low, space.lam.high, log=space.lam.log, step=space.lam.step),
-        "lr": FloatDistribution(space.lr.low, space.lr.high, log=space.lr.log, step=space.lr.step),
-        "iterations": IntDistribution(int(it.low), int(it.high), log=it.log, step=int(it.step or 1)),
-    }
+    out: dict[str, Any] = {}
+    for name, r in space.items():
+        if r.choices is not None:
+            out[name] = CategoricalDistribution(r.choices)
+        elif name == "iterations":
+            out[name] = IntDistribution(int(r.low), int(r.high), log=r.log, step=int(r.step or 1))
+        else:
+            out[name] = FloatDistribution(r.low, r.high, log=r.log, step=r.step)
+    return out
 
 
 def max_concurrent(cfg: TuneConfig, resources: dict[str, float], use_gpu: bool) -> int:
@@ -169,7 +206,7 @@ def _trial(
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from safemax_ray.train import build_trainer
+    from safemax_ray.ray.worker import build_trainer
 
     cfg = from_dict(TuneConfig, tune_cfg)
     run_cfg = cfg.trial_config(params)
@@ -198,23 +235,18 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from safemax_ray.ray_cluster import cluster_has_gpus, ensure_ray
+    from safemax_ray.ray.cluster import cluster_has_gpus, ensure_ray
 
     if isinstance(config, (str, Path)):
         config = load_tune_config(config)
     elif isinstance(config, dict):
         config = from_dict(TuneConfig, config)
         config.validate()
-    cfg = config
     console = console or Console(quiet=True)
-    preflight(
-        cfg.trial_config(
-            cfg.points_to_evaluate[0]
-            if cfg.points_to_evaluate
-            else {"lam": cfg.search.lam.low, "lr": cfg.search.lr.low, "iterations": 1}
-        )
-    )
-    results_dir = absolute(cfg.results_dir)
+    checked = preflight(config.trial_config(config.first_point()))
+    # Trials run elsewhere: they get the paths preflight made absolute.
+    cfg = replace(config, results_dir=checked.results_dir, run={**config.run, **_paths(checked)})
+    results_dir = cfg.results_dir
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     study_dir = storage.join(results_dir, "studies", f"{cfg.study}-{stamp}-{uuid.uuid4().hex[:4]}")
     started = ensure_ray(cfg.address, _local_cpus(cfg))
@@ -236,11 +268,11 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
         if cfg.asha.enabled:
             scheduler = ASHAScheduler(
                 time_attr="step",
-                max_t=int(cfg.search.iterations.high),
+                max_t=_max_iterations(cfg),
                 grace_period=cfg.asha.grace_period,
                 reduction_factor=cfg.asha.reduction_factor,
             )
-        storage_path = absolute(storage.join(cfg.results_dir, "ray"))
+        storage_path = storage.join(cfg.results_dir, "ray")
         trainable = ray_tune.with_parameters(
             _trial,
             tune_cfg=to_dict(cfg),
@@ -275,6 +307,17 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
             ray.shutdown()
 
 
+def _paths(cfg: UnlearnConfig) -> dict[str, Any]:
+    return {k: getattr(cfg, k) for k in ("model", "classifier", "data_root") if getattr(cfg, k)}
+
+
+def _max_iterations(cfg: TuneConfig) -> int:
+    spec = cfg.search.get("iterations")
+    if spec is None:
+        return cfg.trial_config({}).iterations
+    return int(max(spec.choices) if spec.choices is not None else spec.high)
+
+
 def _local_cpus(cfg: TuneConfig) -> int:
     """Logical CPUs for a local Ray: at least one full trial."""
     return max(4, math.ceil(cfg.budget.cpus_per_trial))
@@ -286,37 +329,29 @@ def _record(
     """One Parquet row per finished trial, the Pareto flags, and the best config as YAML."""
     from ray.train import Checkpoint
 
-    from safemax_ray.objective import score as score_fn
-
     points = [[r.metrics[m] for m, _ in PARETO_OBJECTIVES] for r in finished]
     front = pareto_mask(points, [d for _, d in PARETO_OBJECTIVES])
     rows = []
     for result, on_front in zip(finished, front, strict=True):
-        params = {k: result.config[k] for k in SEARCHED}
-        run_cfg = cfg.trial_config(params)
+        params = {k: result.config[k] for k in cfg.search}
         trial_id = result.metrics.get("trial_id") or Path(result.path).name
         run_id = f"{cfg.study}-{trial_id}"
-        output = storage.join(results_dir, "models", run_id)
-        model_path, grid_path = export_run(run_cfg, Checkpoint(result.metrics["checkpoint_path"]), output)
-        num_classes = int(result.metrics.get("num_classes", 10))
-        trial_score = score_fn(result.metrics, num_classes)
-        row = build_row(
-            run_cfg,
+        row, _ = finish_run(
+            cfg.trial_config(params),
             result.metrics,
+            Checkpoint(result.metrics["checkpoint_path"]),
             run_id,
-            model_path,
-            grid_path,
+            storage.join(results_dir, "models", run_id),
             "cuda" if use_gpu else "cpu",
             trial_id=trial_id,
-            score=trial_score,
+            score=float(result.metrics["score"]),
             pareto=bool(on_front),
         )
-        write_row(results_dir, row)
-        rows.append({**row, **params})
+        rows.append({**row, "params": params})
     # The best: the highest score (in pareto mode, the highest score on the front).
     candidates = [r for r in rows if r["pareto"]] if cfg.objective == "pareto" else rows
     best = max(candidates, key=lambda r: r["score"])
-    best_cfg = cfg.trial_config({k: best[k] for k in SEARCHED})
+    best_cfg = cfg.trial_config(best["params"])
     best_path = storage.join(study_dir, "best_config.yaml")
     storage.write_bytes_atomic(best_path, yaml.safe_dump(to_dict(best_cfg), sort_keys=False).encode())
     skipped = len(list(grid)) - len(finished)
@@ -324,7 +359,7 @@ def _record(
         console.log(f"[yellow]{skipped} trial(s) failed or were stopped early and have no row[/]")
     return TuneResult(
         cfg.study,
-        {k: best[k] for k in SEARCHED},
+        best["params"],
         {k: best[k] for k in ("ua", "entropy", "fid", "retain_acc", "score")},
         best_path,
         rows,

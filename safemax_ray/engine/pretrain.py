@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import Progress, TextColumn
 
-from safemax_ray.classifier import Classifier, ClassifierConfig
-from safemax_ray.data import ImageData
+from safemax_ray.core.classifier import Classifier, ClassifierConfig
+from safemax_ray.core.data import ImageData
+from safemax_ray.core.diffusion import drop_labels
+from safemax_ray.core.models import DiffusionModel, build_scheduler, build_unet
 from safemax_ray.errors import SafemaxError
-from safemax_ray.models import DiffusionModel, build_scheduler, build_unet
 
 
 @dataclass
@@ -51,12 +52,6 @@ class PretrainConfig:
             raise SafemaxError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
-def drop_labels(labels: torch.Tensor, null_label: int, p: float, generator: torch.Generator) -> torch.Tensor:
-    """Replace each label by the null label with probability p (classifier-free guidance training)."""
-    drop = torch.rand(labels.shape, generator=generator) < p
-    return torch.where(drop, torch.full_like(labels, null_label), labels)
-
-
 def pretrain_diffusion(
     data: ImageData,
     config: PretrainConfig,
@@ -75,7 +70,8 @@ def pretrain_diffusion(
     null_label = data.num_classes
     for step in range(1, config.steps + 1):
         idx = torch.randint(len(data.labels), (config.batch_size,), generator=generator)
-        x0, labels = data.images[idx], drop_labels(data.labels[idx], null_label, config.null_drop, generator)
+        x0, labels = data.images[idx], data.labels[idx]
+        labels = drop_labels(labels, null_label, config.null_drop, torch.rand(labels.shape, generator=generator))
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(config.num_train_timesteps, (len(x0),), generator=generator)
         x_t = scheduler.add_noise(x0, noise, t)
@@ -157,9 +153,9 @@ def run_pretrain(
 ) -> Path:
     """Train both models and write `<output>/model` (diffusers) and `<output>/classifier`, plus a
     `pretrain.json` that records the settings and the classifier's held-out accuracy."""
-    from safemax_ray.classifier import save_classifier
-    from safemax_ray.data import load_dataset
-    from safemax_ray.models import save_model
+    from safemax_ray.core.classifier import save_classifier
+    from safemax_ray.core.data import load_dataset
+    from safemax_ray.core.models import save_model
 
     config.validate()
     output = Path(output)

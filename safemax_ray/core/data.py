@@ -40,6 +40,9 @@ class ImageData:
     def image_size(self) -> int:
         return self.images.shape[-1]
 
+    def to(self, device: torch.device | str) -> ImageData:
+        return ImageData(self.images.to(device), self.labels.to(device), self.class_names)
+
     def check_class(self, forget_class: int) -> None:
         if not 0 <= forget_class < self.num_classes:
             raise SafemaxError(
@@ -151,14 +154,3 @@ def load_dataset(name: str, root: str | None = None, image_size: int | None = No
     if name == "imagefolder":
         return load_image_folder(root, image_size)
     raise SafemaxError(f"unknown dataset {name!r}: use digits, cifar10 or imagefolder")
-
-
-def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """This worker's disjoint share of `indices` (every worker keeps at least one)."""
-    part = indices[rank::world_size]
-    return part if len(part) else indices[:1]
-
-
-def draw(indices: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-    """n indices drawn uniformly with replacement: small classes still fill a full batch."""
-    return indices[torch.randint(len(indices), (n,), generator=generator)]

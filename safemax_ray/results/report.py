@@ -2,7 +2,7 @@
 
 The paper reports two tables per method over the forget classes 0..K-1, each closed by a mean row:
 quality (entropy H, unlearning accuracy UA, FID) and cost (run time RTE, peak GPU memory). This module
-builds the same two tables from the rows that `safemax_ray.results` stores, with one column group per
+builds the same two tables from the rows that `safemax_ray.results.parquet` stores, with one column group per
 method (or per study, when rows carry a study label), adds a standard-deviation row so the spread over
 classes is visible, and writes them as Markdown and CSV together with a few bar charts and a montage of
 each run's sample grid.
@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from safemax_ray import results, storage
+from safemax_ray import storage
 from safemax_ray.errors import SafemaxError
+from safemax_ray.results import parquet as results
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -46,6 +47,7 @@ QUALITY_METRICS: tuple[tuple[str, str], ...] = (
 )
 COST_METRICS: tuple[tuple[str, str], ...] = (
     ("rte_s", "RTE s"),
+    ("setup_s", "set-up s"),
     ("peak_mem_mb", "peak mem MB"),
 )
 # Per-class bar charts: (stored column, file stem, y-axis label).
@@ -63,6 +65,7 @@ class ReportResult:
     tables: dict[str, pd.DataFrame]
     files: list[Path]
     out_dir: Path
+    warnings: list[str] = field(default_factory=list)
     runs: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
 
 
@@ -366,6 +369,21 @@ def make_report(
     built = tables(runs)
     folder = _local_out_dir(out_dir)
     files = export(built, folder) + figures(runs, folder, results_dir=results_dir)
+    warnings = base_warnings(runs)
+    if warnings:
+        files.append(_write_atomic(folder / "warnings.md", ("".join(f"- {w}\n" for w in warnings)).encode()))
     if console is not None:
         print_tables(built, console)
-    return ReportResult(tables=built, files=files, out_dir=folder, runs=runs)
+        for warning in warnings:
+            console.print(f"[bold yellow]warning:[/] {warning}")
+    return ReportResult(tables=built, files=files, out_dir=folder, runs=runs, warnings=warnings)
+
+
+def base_warnings(runs: pd.DataFrame) -> list[str]:
+    """One line per run whose base model failed its own check: its UA and H mean nothing."""
+    failed = runs[~runs["base_ok"].astype(bool)]
+    return [
+        f"{row.group} class {row.forget_class}: the base model fails its own check (forget-class accuracy "
+        f"{100 - row.base_ua:.1f}%, retained accuracy {row.base_retain_acc:.1f}%), so UA and H mean nothing"
+        for row in failed.itertuples()
+    ]

@@ -1,0 +1,70 @@
+"""Randomness that does not depend on how the work is split.
+
+Training step s draws its whole global batch from one generator seeded by (seed, s); every rank draws the
+global tensor and keeps its own rows, so 1 or N workers see the same numbers and a resumed run redraws
+exactly what the uninterrupted run drew, with no generator state to save. Evaluation chunk c is sampled
+from a generator seeded by (eval seed, c), so any split of the chunks over workers gives the same images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_PRIME = 1_000_003
+
+
+def mixed_seed(*parts: int) -> int:
+    seed = 0
+    for part in parts:
+        seed = (seed * _PRIME + int(part)) % 2**63
+    return seed
+
+
+def seeded_generator(device: torch.device | str, *parts: int) -> torch.Generator:
+    return torch.Generator(device=torch.device(device)).manual_seed(mixed_seed(*parts))
+
+
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return seeded_generator(device, 1, seed, step)
+
+
+def chunk_generator(seed: int, chunk: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return seeded_generator(device, 2, seed, chunk)
+
+
+@dataclass
+class RankRandom:
+    """Draws of the global batch, sliced to this rank's rows.
+
+    Every call names the local row count; the generator draws `world` times as many rows and this rank
+    keeps rows [rank * n, (rank + 1) * n). All ranks make the same calls in the same order.
+    """
+
+    generator: torch.Generator
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.device
+
+    def _mine(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        return x[self.rank * n : (self.rank + 1) * n]
+
+    def normal(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        n, *rest = shape
+        x = torch.randn((n * self.world, *rest), generator=self.generator, device=self.device)
+        return self._mine(x, n)
+
+    def uniform(self, n: int) -> torch.Tensor:
+        return self._mine(torch.rand((n * self.world,), generator=self.generator, device=self.device), n)
+
+    def integers(self, high: int, n: int) -> torch.Tensor:
+        x = torch.randint(high, (n * self.world,), generator=self.generator, device=self.device)
+        return self._mine(x, n)
+
+    def choice(self, pool: torch.Tensor, n: int) -> torch.Tensor:
+        """n entries of `pool` drawn uniformly with replacement (small classes still fill a batch)."""
+        return pool[self.integers(len(pool), n).to(pool.device)]

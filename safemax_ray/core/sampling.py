@@ -1,0 +1,45 @@
+"""Classifier-free-guided DDPM ancestral sampling.
+
+eps = (1 + w) * eps(x_t, c) - w * eps(x_t, null), one forward pass over the conditional and the null
+copies of the batch. `steps=None` walks the model's full training schedule (the reference protocol);
+fewer steps stride through it with the same ancestral update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+
+@torch.no_grad()
+def sample(
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    labels: torch.Tensor,
+    null_label: int,
+    generator: torch.Generator,
+    guidance: float = 2.0,
+    steps: int | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Images in [-1, 1] for each entry of `labels` (one batch), returned on the CPU.
+
+    Every draw (x_T and each step's noise) comes from `generator`, so a given generator seed gives the
+    same images whichever worker runs the call; base and unlearned models are compared on identical noise.
+    """
+    device = next(unet.parameters()).device
+    scheduler = DDPMScheduler.from_config(scheduler.config)  # set_timesteps mutates its scheduler
+    scheduler.set_timesteps(steps or scheduler.config.num_train_timesteps)
+    shape = (len(labels), unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    x = torch.randn(shape, generator=generator, device=generator.device).to(device)
+    cond = labels.to(device)
+    both = torch.cat([cond, torch.full_like(cond, null_label)])
+    for t in scheduler.timesteps:
+        eps_c, eps_u = unet(torch.cat([x, x]), t, class_labels=both).sample.float().chunk(2)
+        eps = (1 + guidance) * eps_c - guidance * eps_u
+        x = scheduler.step(eps, t, x, generator=generator).prev_sample
+        if on_step is not None:
+            on_step()
+    return x.clamp(-1, 1).cpu()

@@ -1,0 +1,129 @@
+"""Finishing a run, the one way every driver does it: export the model, build the row, write it.
+
+`unlearn`, every `batch` task and every Tune trial end here, so a row always means the same thing and a
+model folder is always complete before its row exists.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from safemax_ray import storage
+from safemax_ray.config import UnlearnConfig, to_dict
+from safemax_ray.core.models import SHIPPED_MODEL
+from safemax_ray.engine import checkpoint as layout
+from safemax_ray.errors import SafemaxError
+from safemax_ray.results.parquet import COMMON_OPTIONS, write_row
+
+METRICS = ("ua", "entropy", "fid", "retain_acc")
+
+
+def check_not_diverged(checkpoint) -> None:
+    """Raise the worker's one-line divergence message, if that is how the run ended."""
+    with checkpoint.as_directory() as folder:
+        message = layout.diverged_message(Path(folder))
+    if message:
+        raise SafemaxError(message)
+
+
+def build_row(
+    cfg: UnlearnConfig,
+    metrics: dict[str, Any],
+    run_id: str,
+    model_path: str | None,
+    grid_path: str | None,
+    device: str,
+    trial_id: str | None = None,
+    score: float | None = None,
+    pareto: bool | None = None,
+) -> dict[str, Any]:
+    """A Parquet row (results.parquet.SCHEMA) from a run's config and the metrics its workers reported."""
+    options = to_dict(cfg.options())
+    return {
+        "run_id": run_id,
+        "run_key": cfg.run_key(),
+        "timestamp": datetime.now(timezone.utc),
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "forget_class": cfg.forget_class,
+        **{name: options.get(name) for name in COMMON_OPTIONS},
+        "method_options_json": json.dumps(options, sort_keys=True),
+        "lr": cfg.lr,
+        "iterations": cfg.iterations,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "guidance": cfg.eval.guidance,
+        "sample_steps": int(metrics["sample_steps"]),
+        "n_forget_samples": cfg.eval.n_forget_samples,
+        "n_retain_per_class": cfg.eval.n_retain_per_class,
+        **{k: float(metrics[k]) for k in METRICS},
+        "fid_features": metrics["fid_features"],
+        **{f"base_{k}": metrics.get(f"base_{k}") for k in METRICS},
+        "base_ok": bool(metrics["base_ok"]),
+        "rte_s": float(metrics["rte_s"]),
+        "setup_s": float(metrics.get("setup_s", 0.0)),
+        "peak_mem_mb": float(metrics["peak_mem_mb"]),
+        "device": device,
+        "num_workers": int(metrics.get("num_workers", cfg.ray.num_workers)),
+        "model_path": model_path,
+        "base_model": cfg.model or str(SHIPPED_MODEL),
+        "grid_path": grid_path,
+        "study": cfg.study,
+        "trial_id": trial_id,
+        "score": score,
+        "pareto": pareto,
+        "config_json": json.dumps(to_dict(cfg), sort_keys=True),
+    }
+
+
+def export_run(cfg: UnlearnConfig, checkpoint, output_dir: str) -> tuple[str, str]:
+    """Copy the final checkpoint's model folder to `output_dir` atomically and draw the sample grid."""
+    from safemax_ray.engine.evaluate import save_grid
+
+    if storage.is_uri(output_dir):  # build it locally, then one upload
+        with tempfile.TemporaryDirectory() as local:
+            export_run(cfg, checkpoint, str(Path(local) / "model"))
+            try:
+                storage.upload_dir(Path(local) / "model", output_dir)
+            except FileExistsError:
+                raise SafemaxError(f"{output_dir} already exists; not overwriting it") from None
+        return output_dir, storage.join(output_dir, "samples.png")
+    out = Path(output_dir)
+    if out.exists() and any(out.iterdir()):
+        raise SafemaxError(f"output folder {out} already exists and is not empty; not overwriting it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        with checkpoint.as_directory() as folder:
+            shutil.copytree(Path(folder) / layout.MODEL_DIR, tmp, dirs_exist_ok=True)
+            images, labels = layout.load_samples(Path(folder))
+        save_grid(images, labels, cfg.forget_class, str(tmp / "samples.png"))
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return str(out), str(out / "samples.png")
+
+
+def finish_run(
+    cfg: UnlearnConfig,
+    metrics: dict[str, Any],
+    checkpoint,
+    run_id: str,
+    output_dir: str,
+    device: str,
+    **tune_fields: Any,
+) -> tuple[dict[str, Any], str]:
+    """Export the model, then write its row; returns (row, row path)."""
+    check_not_diverged(checkpoint)
+    model_path, grid_path = export_run(cfg, checkpoint, output_dir)
+    row = build_row(cfg, metrics, run_id, model_path, grid_path, device, **tune_fields)
+    return row, write_row(cfg.results_dir, row)

@@ -1,0 +1,96 @@
+"""One unlearning run end to end: validate, train on Ray, evaluate, save the model, append a row.
+
+`unlearn(config)` is the Python API behind `safemax-ray unlearn`; the CLI only parses flags and prints.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from safemax_ray import storage
+from safemax_ray.config import UnlearnConfig, from_dict, load_unlearn_config
+from safemax_ray.drivers.finish import finish_run
+from safemax_ray.drivers.preflight import preflight
+
+
+@dataclass
+class UnlearnResult:
+    run_id: str
+    run_key: str
+    metrics: dict[str, Any]  # ua, entropy, fid, retain_acc, base_*, rte_s, peak_mem_mb, ...
+    model_path: str
+    grid_path: str
+    results_path: str
+    row: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+def coerce_config(config: UnlearnConfig | dict | str | Path) -> UnlearnConfig:
+    if isinstance(config, (str, Path)):
+        return load_unlearn_config(config)
+    if isinstance(config, dict):
+        return from_dict(UnlearnConfig, config)
+    return config
+
+
+def new_run_id(cfg: UnlearnConfig) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{cfg.method}-c{cfg.forget_class}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def unlearn(
+    config: UnlearnConfig | dict | str | Path,
+    console: Console | None = None,
+    show_progress: bool = False,
+    crash_at_step: int | None = None,
+) -> UnlearnResult:
+    """Make the model forget `config.forget_class`; returns the metrics and where everything went.
+
+    `crash_at_step` kills the last worker once at that step (a fault-tolerance drill for tests).
+    """
+    from safemax_ray.ray.cluster import cluster_has_gpus, ensure_ray
+    from safemax_ray.ray.progress import ProgressActor, run_with_progress
+    from safemax_ray.ray.worker import build_trainer
+
+    cfg = preflight(coerce_config(config))
+    console = console or Console(quiet=not show_progress)
+    run_id = new_run_id(cfg)
+    output_dir = cfg.output_dir or storage.join(cfg.results_dir, "models", run_id)
+    started = ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+    try:
+        import ray
+
+        use_gpu = cluster_has_gpus() if cfg.ray.use_gpu is None else cfg.ray.use_gpu
+        actor = ProgressActor.remote() if show_progress else None
+        trainer = build_trainer(
+            cfg,
+            name=run_id,
+            storage_path=cfg.ray.storage_path or storage.join(cfg.results_dir, "ray"),
+            use_gpu=use_gpu,
+            cache_dir=storage.join(cfg.results_dir, "cache"),
+            progress=actor,
+            crash_at_step=crash_at_step,
+            crash_marker=str(Path(tempfile.gettempdir()) / f"safemax-crash-{run_id}") if crash_at_step else None,
+        )
+        began = time.perf_counter()
+        result = run_with_progress(trainer.fit, actor, console) if actor is not None else trainer.fit()
+        console.log(f"Ray Train run finished in {time.perf_counter() - began:.0f}s")
+        if actor is not None:
+            ray.kill(actor)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    if result.error is not None:
+        raise result.error
+    metrics = dict(result.metrics)
+    row, path = finish_run(cfg, metrics, result.checkpoint, run_id, output_dir, "cuda" if use_gpu else "cpu")
+    return UnlearnResult(run_id, row["run_key"], metrics, row["model_path"], row["grid_path"], path, row)

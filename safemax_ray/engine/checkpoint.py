@@ -1,0 +1,73 @@
+"""The checkpoint folder of a run, written by rank 0 and read on resume and export.
+
+    model/                 the diffusers folder (DDPMPipeline layout, safetensors)
+    train_state.pt         optimizer state, step, seconds so far, set-up seconds, the method's state
+    samples.safetensors    the final evaluation images and labels (last checkpoint only)
+    diverged.json          instead of all the above when training diverged
+
+train_state.pt holds tensors and numbers only, so it loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from safemax_ray.core.models import DiffusionModel, load_model, save_model
+
+MODEL_DIR = "model"
+TRAIN_STATE = "train_state.pt"
+SAMPLES = "samples.safetensors"
+DIVERGED = "diverged.json"
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    elapsed_s: float = 0.0  # training seconds before this attempt (steps only)
+    setup_s: float = 0.0
+
+
+def save(folder: Path, model: DiffusionModel, optimizer, method_state: dict, state: TrainState) -> None:
+    save_model(model, folder / MODEL_DIR, overwrite=True)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "step": state.step,
+            "elapsed_s": state.elapsed_s,
+            "setup_s": state.setup_s,
+            "method": method_state,
+        },
+        folder / TRAIN_STATE,
+    )
+
+
+def restore(folder: Path, unet: torch.nn.Module, optimizer) -> tuple[TrainState, dict]:
+    """Load weights and optimizer state in place; returns the counters and the method's state."""
+    saved = load_model(folder / MODEL_DIR)
+    unet.load_state_dict(saved.unet.state_dict())
+    raw = torch.load(folder / TRAIN_STATE, weights_only=True, map_location=next(unet.parameters()).device)
+    optimizer.load_state_dict(raw["optimizer"])
+    return TrainState(int(raw["step"]), float(raw["elapsed_s"]), float(raw["setup_s"])), raw["method"]
+
+
+def save_samples(folder: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
+    save_file({"images": images.contiguous(), "labels": labels.contiguous()}, folder / SAMPLES)
+
+
+def load_samples(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    samples = load_file(str(folder / SAMPLES))
+    return samples["images"], samples["labels"]
+
+
+def mark_diverged(folder: Path, message: str) -> None:
+    (folder / DIVERGED).write_text(json.dumps({"message": message}))
+
+
+def diverged_message(folder: Path) -> str | None:
+    path = folder / DIVERGED
+    return json.loads(path.read_text())["message"] if path.is_file() else None

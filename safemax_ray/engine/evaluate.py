@@ -1,0 +1,222 @@
+"""Judging a model the paper's way: sample with guidance, classify, compute UA, H, FID and accuracy.
+
+The labels to sample are cut into fixed-size chunks (`eval.batch_size`); chunk c is sampled from a
+generator seeded by (eval seed, c). Workers take whole chunks (rank r takes chunks r, r + N, ...), so one
+worker or many, Train workers or Ray tasks, produce the same images bit for bit, and the base model's
+cached samples always share the unlearned model's noise. The cache key names everything that fixes
+that noise: the model's content, the labels, the evaluation settings and the device type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from safemax_ray import storage
+from safemax_ray.config import EvalConfig
+from safemax_ray.core.classifier import Classifier, FeatureExtractor
+from safemax_ray.core.data import ImageData
+from safemax_ray.core.metrics import accuracy, frechet_distance, mean_entropy, unlearning_accuracy
+from safemax_ray.core.models import DiffusionModel
+from safemax_ray.core.randomness import chunk_generator
+from safemax_ray.core.sampling import sample
+
+GatherObjects = Callable[[Any], list[Any]]  # every rank's object, in rank order
+OnStep = Callable[[int, int], None]  # (guided steps done, total) on this rank
+
+
+@dataclass
+class EvalResult:
+    ua: float  # %
+    entropy: float  # nats
+    fid: float
+    retain_acc: float  # % of retained-class samples labelled as their class
+    fid_features: str  # "classifier" or "inception"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def eval_labels(num_classes: int, forget_class: int, config: EvalConfig) -> torch.Tensor:
+    """n_forget_samples of the forget class, then n_retain_per_class of every other class."""
+    retained = [c for c in range(num_classes) if c != forget_class]
+    return torch.cat(
+        [
+            torch.full((config.n_forget_samples,), forget_class),
+            torch.tensor(retained).repeat_interleave(config.n_retain_per_class),
+        ]
+    ).long()
+
+
+def num_chunks(labels: torch.Tensor, config: EvalConfig) -> int:
+    return math.ceil(len(labels) / config.batch_size)
+
+
+def sample_chunks(
+    model: DiffusionModel, labels: torch.Tensor, config: EvalConfig, chunks: list[int], on_step: OnStep | None = None
+) -> dict[int, torch.Tensor]:
+    """Images of the given chunks of `labels`, each from its own (eval seed, chunk) generator."""
+    device = next(model.unet.parameters()).device
+    steps = config.sample_steps or model.num_train_timesteps
+    total, done = len(chunks) * steps, 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if on_step is not None:
+            on_step(done, total)
+
+    out = {}
+    for c in chunks:
+        part = labels[c * config.batch_size : (c + 1) * config.batch_size]
+        generator = chunk_generator(config.seed, c, device)
+        out[c] = sample(model.unet, model.scheduler, part, model.null_label, generator, config.guidance, steps, tick)
+    return out
+
+
+def sample_labels(
+    model: DiffusionModel,
+    labels: torch.Tensor,
+    config: EvalConfig,
+    rank: int = 0,
+    world: int = 1,
+    gather: GatherObjects | None = None,
+    on_step: OnStep | None = None,
+) -> torch.Tensor:
+    """All images for `labels`; with several ranks each samples its chunks and `gather` joins them."""
+    n = num_chunks(labels, config)
+    mine = sample_chunks(model, labels, config, list(range(rank, n, world)), on_step)
+    if world > 1:
+        assert gather is not None, "several workers need a gather function"
+        for part in gather(mine):
+            mine.update(part)
+    if not n:
+        return torch.empty((0, model.unet.config.in_channels, *(2 * [model.unet.config.sample_size])))
+    return torch.cat([mine[c] for c in range(n)])
+
+
+@torch.no_grad()
+def classify(classifier: Classifier, images: torch.Tensor) -> torch.Tensor:
+    device = next(classifier.parameters()).device
+    return torch.cat([classifier(chunk.to(device)).float().cpu() for chunk in images.split(1024)])
+
+
+def score(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    forget_class: int,
+    classifier: Classifier,
+    real: ImageData,
+    config: EvalConfig,
+) -> EvalResult:
+    logits = classify(classifier, images)
+    is_forget = labels == forget_class
+    real_retained = real.images[real.labels != forget_class].cpu()
+    if config.fid_weights:
+        fid = frechet_distance(real_retained, images[~is_forget], 2048, config.fid_weights)
+        features = "inception"
+    else:
+        extractor = FeatureExtractor(classifier.cpu())
+        fid = frechet_distance(real_retained, images[~is_forget], extractor)
+        features = "classifier"
+    return EvalResult(
+        ua=unlearning_accuracy(logits[is_forget], forget_class),
+        entropy=mean_entropy(logits[is_forget]),
+        fid=fid,
+        retain_acc=accuracy(logits[~is_forget], labels[~is_forget]),
+        fid_features=features,
+    )
+
+
+def base_check(base: EvalResult, config: EvalConfig) -> bool:
+    """Does the base model pass its own test? Its forget-class samples must be recognised as the forget
+    class, and its retained samples as theirs; otherwise UA and H of the unlearned model mean nothing."""
+    return (100.0 - base.ua) >= config.base_min_acc and base.retain_acc >= config.base_min_acc
+
+
+def base_cache_path(
+    cache_dir: str, model_id: str, labels: torch.Tensor, config: EvalConfig, device_type: str
+) -> str:
+    noise = {k: v for k, v in asdict(config).items() if k in ("guidance", "sample_steps", "batch_size", "seed")}
+    key = json.dumps([model_id, labels.tolist(), noise, device_type], sort_keys=True)
+    return storage.join(cache_dir, f"base-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors")
+
+
+def base_samples(
+    model: DiffusionModel,
+    labels: torch.Tensor,
+    config: EvalConfig,
+    cache_path: str | None,
+    rank: int = 0,
+    world: int = 1,
+    gather: GatherObjects | None = None,
+    on_step: OnStep | None = None,
+) -> torch.Tensor:
+    """The base model's samples for `labels`, from the cache or made (and cached by rank 0)."""
+    if cache_path and storage.exists(cache_path):
+        return load_tensors(storage.read_bytes(cache_path))["images"]
+    images = sample_labels(model, labels, config, rank, world, gather, on_step)
+    if cache_path and rank == 0:
+        try:
+            storage.write_bytes_atomic(cache_path, save_tensors({"images": images.contiguous()}))
+        except FileExistsError:
+            pass  # a concurrent run cached the same samples first
+    return images
+
+
+def probe(
+    model: DiffusionModel,
+    classifier: Classifier,
+    num_classes: int,
+    forget_class: int,
+    config: EvalConfig,
+    n: int,
+    rank: int = 0,
+    world: int = 1,
+    gather: GatherObjects | None = None,
+) -> dict[str, float]:
+    """A cheap mid-run estimate for early stopping: a few samples, no FID, no base model.
+
+    probe score = UA/100 + H/ln K - (100 - retained accuracy)/100, comparable across trials at a rung.
+    """
+    settings = replace(config, n_forget_samples=n, n_retain_per_class=max(2, n // (num_classes - 1)))
+    labels = eval_labels(num_classes, forget_class, settings)
+    images = sample_labels(model, labels, settings, rank, world, gather)
+    logits = classify(classifier, images)
+    is_forget = labels == forget_class
+    ua = unlearning_accuracy(logits[is_forget], forget_class)
+    entropy = mean_entropy(logits[is_forget])
+    acc = accuracy(logits[~is_forget], labels[~is_forget])
+    value = ua / 100 + entropy / math.log(num_classes) - (100 - acc) / 100
+    return {"probe_ua": ua, "probe_entropy": entropy, "probe_retain_acc": acc, "score": value}
+
+
+def save_grid(images: torch.Tensor, labels: torch.Tensor, forget_class: int, path: str, per_row: int = 10) -> None:
+    """PNG: a row of forget-class samples, then a few of each retained class."""
+    from PIL import Image
+
+    rows = []
+    for c in [forget_class] + sorted(set(labels.tolist()) - {forget_class}):
+        picks = images[labels == c][:per_row]
+        if len(picks) < per_row:
+            picks = torch.cat([picks, -torch.ones((per_row - len(picks), *images.shape[1:]))])
+        gap = -torch.ones((images.shape[1], images.shape[2], 1))  # a dark column between samples
+        rows.append(torch.cat([torch.cat([p, gap], dim=-1) for p in picks], dim=-1))
+        rows.append(-torch.ones((images.shape[1], 1, rows[-1].shape[-1])))  # and a dark row between classes
+    grid = torch.cat(rows, dim=-2)  # (C, rows*(H+1), per_row*(W+1))
+    pixels = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    img = Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)
+    scale = max(1, 256 // max(img.size))
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    storage.write_bytes_atomic(path, buffer.getvalue(), overwrite=True)

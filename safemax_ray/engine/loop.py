@@ -1,0 +1,209 @@
+"""One rank's unlearning run in plain torch: open, set up the method, train, evaluate.
+
+Runs as it is on one process (tests, a GPU box without Ray) and inside a Ray Train worker, which passes
+its rank, an all-reduce and a gather, wraps the UNet for DDP, and turns the hooks into reports and
+checkpoints. Statistics and the divergence check are read from the device every `stats_every` steps
+(every step on a CPU, where reading is free), never in between.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from safemax_ray.config import UnlearnConfig
+from safemax_ray.core.classifier import Classifier, load_classifier
+from safemax_ray.core.data import ImageData, load_dataset
+from safemax_ray.core.models import SHIPPED_CLASSIFIER, DiffusionModel, load_model, model_fingerprint, peak_memory_mb
+from safemax_ray.core.objective import score as objective_score
+from safemax_ray.core.randomness import RankRandom, step_generator
+from safemax_ray.engine import evaluate
+from safemax_ray.engine.checkpoint import TrainState
+from safemax_ray.engine.step import draw_batch, train_step
+from safemax_ray.errors import SafemaxError
+from safemax_ray.methods import SetupContext, UnlearningMethod, get_method
+
+
+class TrainingDiverged(SafemaxError):
+    def __init__(self, step: int, lr: float):
+        super().__init__(
+            f"training diverged at step {step}: the loss or gradient became non-finite; lower the learning "
+            f"rate (--lr, now {lr:g})"
+        )
+        self.step = step
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@dataclass
+class Session:
+    """Everything one rank trains with. `unet` may be replaced by a DDP wrapper of `model.unet`."""
+
+    cfg: UnlearnConfig
+    model: DiffusionModel  # the model being unlearned (unwrapped)
+    unet: torch.nn.Module
+    method: UnlearningMethod
+    optimizer: torch.optim.Optimizer
+    data: ImageData  # on `device`
+    forget_idx: torch.Tensor
+    remain_idx: torch.Tensor
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    state: TrainState = field(default_factory=TrainState)
+
+
+def open_session(cfg: UnlearnConfig, device: torch.device, rank: int = 0, world: int = 1) -> Session:
+    data = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+    model = load_model(cfg.model, data.num_classes, data.channels, data.image_size)
+    model.unet.to(device).train()
+    forget_idx, remain_idx = data.split(cfg.forget_class)
+    optimizer = torch.optim.Adam(model.unet.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    return Session(
+        cfg=cfg,
+        model=model,
+        unet=model.unet,
+        method=get_method(cfg.method)(cfg.options(), model.scheduler),
+        optimizer=optimizer,
+        data=data.to(device),
+        forget_idx=forget_idx.to(device),
+        remain_idx=remain_idx.to(device),
+        device=device,
+        rank=rank,
+        world=world,
+    )
+
+
+def run_setup(
+    session: Session,
+    cache_dir: str | None = None,
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
+    gather: evaluate.GatherObjects | None = None,
+) -> None:
+    """The method's set-up phase on the unwrapped model; its seconds go to `session.state.setup_s`."""
+    s = session
+    base = DiffusionModel(s.model.unet, s.model.scheduler)  # before step 0 this *is* the base model
+
+    def sample(labels: torch.Tensor) -> torch.Tensor:
+        return evaluate.sample_labels(base, labels, s.cfg.eval, s.rank, s.world, gather)
+
+    ctx = SetupContext(
+        unet=s.model.unet,
+        scheduler=s.model.scheduler,
+        data=s.data,
+        forget_idx=s.forget_idx,
+        remain_idx=s.remain_idx,
+        forget_class=s.cfg.forget_class,
+        device=s.device,
+        rank=s.rank,
+        world=s.world,
+        seed=s.cfg.seed,
+        all_reduce=all_reduce,
+        sample=sample,
+        cache_dir=cache_dir,
+    )
+    began = time.perf_counter()
+    s.method.setup(ctx)
+    s.model.unet.train()
+    s.state.setup_s = time.perf_counter() - began
+
+
+@dataclass
+class Hooks:
+    """Where the loop hands control back to its runner (a Ray worker, a test, a benchmark)."""
+
+    before_step: Callable[[int], None] | None = None  # step index about to run
+    on_stats: Callable[[int, dict[str, float]], None] | None = None  # steps done, mean stats since last call
+    on_checkpoint: Callable[[int], None] | None = None  # steps done (session.state is current)
+
+
+def train(session: Session, hooks: Hooks | None = None) -> dict[str, float]:
+    """Steps from `session.state.step` to `cfg.iterations`; returns the last statistics.
+
+    Raises TrainingDiverged at the first step whose loss or gradient norm is not finite.
+    """
+    s, cfg, hooks = session, session.cfg, hooks or Hooks()
+    sync_every = 1 if s.device.type == "cpu" else cfg.stats_every
+    per_rank = cfg.batch_size // s.world
+    sums: dict[str, torch.Tensor] = {}
+    first_bad = torch.full((), -1, dtype=torch.int64, device=s.device)
+    stats: dict[str, float] = {}
+    window, began = 0, time.perf_counter()
+    for step in range(s.state.step, cfg.iterations):
+        if hooks.before_step is not None:
+            hooks.before_step(step)
+        rng = RankRandom(step_generator(cfg.seed, step, s.device), s.rank, s.world)
+        batch = draw_batch(s.data, s.forget_idx, s.remain_idx, per_rank, s.model.null_label, rng)
+        out = train_step(s.unet, s.method, s.optimizer, batch, rng, cfg.grad_clip)
+        bad = ~torch.isfinite(out["loss"]) | ~torch.isfinite(out["grad_norm"])
+        first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
+        sums = {k: sums.get(k, 0) + v.float() for k, v in out.items()}
+        window += 1
+        done = step + 1
+        checkpoint_due = done % cfg.ray.checkpoint_every == 0 and done < cfg.iterations
+        if done % sync_every == 0 or done == cfg.iterations or checkpoint_due:
+            if int(first_bad) >= 0:
+                raise TrainingDiverged(int(first_bad), cfg.lr)
+            stats = {k: float(v) / window for k, v in sums.items()}
+            sums, window = {}, 0
+            if hooks.on_stats is not None:
+                hooks.on_stats(done, stats)
+        s.state.step = done
+        if checkpoint_due and hooks.on_checkpoint is not None:
+            s.state.elapsed_s += time.perf_counter() - began  # hooks' own time is not unlearning time
+            hooks.on_checkpoint(done)
+            began = time.perf_counter()
+    s.state.elapsed_s += time.perf_counter() - began
+    return stats
+
+
+def load_eval_classifier(cfg: UnlearnConfig, num_classes: int) -> Classifier:
+    return load_classifier(cfg.classifier or SHIPPED_CLASSIFIER, num_classes)
+
+
+def evaluate_run(
+    session: Session,
+    cache_dir: str | None = None,
+    gather: evaluate.GatherObjects | None = None,
+    on_sample: Callable[[str], evaluate.OnStep | None] = lambda phase: None,
+) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Sample the base and the unlearned model on identical noise and score both (on rank 0).
+
+    Returns (metrics, images, labels); metrics carry UA, H, FID and accuracy on rank 0 only.
+    """
+    s, cfg = session, session.cfg
+    peak = peak_memory_mb(s.device)
+    s.model.unet.eval()
+    labels = evaluate.eval_labels(s.data.num_classes, cfg.forget_class, cfg.eval)
+    base_id = model_fingerprint(cfg.model)
+    cache = evaluate.base_cache_path(cache_dir, base_id, labels, cfg.eval, s.device.type) if cache_dir else None
+    base = DiffusionModel(load_model(cfg.model).unet.to(s.device).eval(), s.model.scheduler)
+    base_images = evaluate.base_samples(
+        base, labels, cfg.eval, cache, s.rank, s.world, gather, on_sample("sample base")
+    )
+    del base
+    images = evaluate.sample_labels(s.model, labels, cfg.eval, s.rank, s.world, gather, on_sample("sample unlearned"))
+    metrics: dict[str, Any] = {
+        "step": s.state.step,
+        "rte_s": s.state.elapsed_s,
+        "setup_s": s.state.setup_s,
+        "peak_mem_mb": peak,
+        "num_workers": s.world,
+        "sample_steps": cfg.eval.sample_steps or s.model.num_train_timesteps,
+        "num_classes": s.data.num_classes,
+    }
+    if s.rank == 0:
+        classifier = load_eval_classifier(cfg, s.data.num_classes)
+        result = evaluate.score(images, labels, cfg.forget_class, classifier, s.data, cfg.eval)
+        base_result = evaluate.score(base_images, labels, cfg.forget_class, classifier, s.data, cfg.eval)
+        metrics.update(result.as_dict())
+        metrics.update({f"base_{k}": v for k, v in base_result.as_dict().items() if k != "fid_features"})
+        metrics["base_ok"] = evaluate.base_check(base_result, cfg.eval)
+        metrics["score"] = objective_score(metrics, s.data.num_classes)
+    return metrics, images, labels
