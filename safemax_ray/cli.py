@@ -178,9 +178,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        arch=args.arch,
         num_train_timesteps=args.timesteps,
-        block_out_channels=tuple(args.channels),
-        attention=args.attention,
+        block_out_channels=tuple(args.channels) if args.channels else None,
         classifier_steps=args.classifier_steps,
         seed=args.seed,
     )
@@ -258,6 +258,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from safemax_ray.core.models import PRESETS
+
     parser = argparse.ArgumentParser(
         prog="safemax-ray", description="SAFEMax machine unlearning for class-conditional diffusion models on Ray."
     )
@@ -280,9 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--timesteps", type=int, default=100, help="diffusion steps T (CIFAR-10 reference: 1000)")
-    p.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="UNet block widths")
-    p.add_argument("--attention", action="store_true", help="attention blocks (for 32px images and up)")
+    p.add_argument(
+        "--arch",
+        default="digits-tiny",
+        choices=list(PRESETS),
+        help="UNet layout: " + "; ".join(f"{name}: {p.about}" for name, p in PRESETS.items()),
+    )
+    p.add_argument("--timesteps", type=int, help="diffusion steps T (default: the preset's; digits 100, CIFAR 1000)")
+    p.add_argument("--channels", type=int, nargs="+", help="other block widths for the preset (default: its own)")
     p.add_argument("--classifier-steps", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

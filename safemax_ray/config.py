@@ -97,6 +97,7 @@ class UnlearnConfig:
     seed: int = 0
     grad_clip: float = 1.0
     stats_every: int = 10  # steps between host syncs for loss statistics and the divergence check on a GPU
+    compile: bool | None = None  # torch.compile the UNet; None: on CUDA when the run is long enough to pay
     results_dir: str = "safemax_results"
     output_dir: str | None = None  # None: <results_dir>/models/<run_id>
     study: str = ""

@@ -65,7 +65,8 @@ def main() -> None:
     labels = torch.full((args.n,), args.forget_class)
 
     def sampled(unet: torch.nn.Module) -> torch.Tensor:
-        return sample(unet, base.scheduler, labels, base.null_label, args.guidance, args.sample_steps, seed=args.seed)
+        noise = torch.Generator().manual_seed(args.seed)
+        return sample(unet, base.scheduler, labels, base.null_label, noise, args.guidance, args.sample_steps)
 
     rows = [
         ("N(0, I) noise", torch.randn(shape, generator=generator)),

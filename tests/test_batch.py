@@ -1,5 +1,6 @@
 """Batch runs: class lists, tuned parameters per class, and a batch interrupted then resumed."""
 
+import json
 import os
 import signal
 import subprocess
@@ -25,21 +26,29 @@ def test_parse_classes():
 
 
 def test_plan_gives_each_class_its_own_key_and_tuned_values():
-    configs = plan(UnlearnConfig(lam=1.0), [0, 1], {1: {"lam": 3.0, "lr": 1e-4, "iterations": 50}})
+    base = UnlearnConfig(method_options={"lam": 1.0})
+    configs = plan(base, [0, 1], {1: {"method_options": {"lam": 3.0}, "lr": 1e-4, "iterations": 50}})
     assert [c.forget_class for c in configs] == [0, 1]
-    assert configs[0].lam == 1.0 and (configs[1].lam, configs[1].iterations) == (3.0, 50)
+    assert configs[0].options().lam == 1.0 and (configs[1].options().lam, configs[1].iterations) == (3.0, 50)
+    assert base.method_options == {"lam": 1.0}  # planning never changes the base config
     assert len({c.run_key() for c in configs}) == 2
 
 
 def test_tuned_params_pick_the_best_trial_per_class(tmp_path):
     from test_results import make_row
 
-    write_row(str(tmp_path), make_row("a", 0, score=0.5, lam=1.0, study="s", trial_id="a"))
-    write_row(str(tmp_path), make_row("b", 0, score=0.9, lam=2.0, study="s", trial_id="b"))
-    write_row(str(tmp_path), make_row("c", 1, score=0.1, lam=3.0, study="s", trial_id="c"))
-    write_row(str(tmp_path), make_row("d", 2, lam=4.0))  # not a tuned trial: no score
+    def opts(lam):
+        return {"lam": lam, "method_options_json": json.dumps({"lam": lam, "alpha": 1.0})}
+
+    write_row(str(tmp_path), make_row("a", 0, score=0.5, study="s", trial_id="a", **opts(1.0)))
+    write_row(str(tmp_path), make_row("b", 0, score=0.9, study="s", trial_id="b", **opts(2.0)))
+    write_row(str(tmp_path), make_row("c", 1, score=0.1, study="s", trial_id="c", **opts(3.0)))
+    write_row(str(tmp_path), make_row("d", 2, **opts(4.0)))  # not a tuned trial: no score
     params = tuned_params(str(tmp_path), "digits")
-    assert params == {0: {"lam": 2.0, "lr": 1e-3, "iterations": 10}, 1: {"lam": 3.0, "lr": 1e-3, "iterations": 10}}
+    assert params == {
+        0: {"lr": 1e-3, "iterations": 10, "method_options": {"lam": 2.0, "alpha": 1.0}},
+        1: {"lr": 1e-3, "iterations": 10, "method_options": {"lam": 3.0, "alpha": 1.0}},
+    }
     with pytest.raises(SafemaxError, match="no tuned trials"):
         tuned_params(str(tmp_path), "digits", study="other")
 

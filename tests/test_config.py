@@ -1,4 +1,6 @@
-"""Settings: YAML loading, overrides, and refusal of bad values by name."""
+"""Settings: YAML loading, overrides, method options, refusal of bad values by name, and run keys."""
+
+import shutil
 
 import pytest
 
@@ -8,9 +10,12 @@ from safemax_ray.errors import SafemaxError
 
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("lam: 2.5\niterations: 50\neval:\n  guidance: 1.0\nray:\n  num_workers: 2\n")
-    cfg = load_unlearn_config(path, lr=3e-4, **{"ray.num_workers": None, "eval.sample_steps": 20})
-    assert (cfg.lam, cfg.iterations, cfg.lr) == (2.5, 50, 3e-4)
+    path.write_text("method_options: {lam: 2.5}\niterations: 50\neval:\n  guidance: 1.0\nray:\n  num_workers: 2\n")
+    cfg = load_unlearn_config(
+        path, lr=3e-4, **{"ray.num_workers": None, "eval.sample_steps": 20, "method_options.alpha": 0.5}
+    )
+    assert (cfg.options().lam, cfg.options().alpha, cfg.iterations, cfg.lr) == (2.5, 0.5, 50, 3e-4)
+    assert cfg.options().target == "independent"  # the method's default fills what is not given
     assert cfg.eval.guidance == 1.0 and cfg.eval.sample_steps == 20
     assert cfg.ray.num_workers == 2  # None means "not given": the YAML value stays
 
@@ -18,10 +23,11 @@ def test_yaml_then_overrides(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("lamda: 1.0\n", "unknown key.*'lamda'"),
+        ("lr_rate: 1.0\n", "unknown key.*'lr_rate'"),
+        ("lam: 1.0\n", "lam belong to the method now: put them under method_options"),
         ("eval:\n  guidanse: 2\n", r"eval: unknown key.*'guidanse'"),
         ("iterations: ten\n", r"iterations: expected a whole number"),
-        ("lam: [1, 2\n", "not valid YAML"),
+        ("lr: [1, 2\n", "not valid YAML"),
         ("- 1\n- 2\n", "mapping"),
     ],
 )
@@ -35,13 +41,16 @@ def test_bad_yaml_is_refused_by_name(tmp_path, text, message):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"lam": -1.0}, "lam"),
+        ({"method_options.lam": -1.0}, "lam"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"iterations": 0}, "iterations must be >= 1"),
         ({"dataset": "mnist"}, "dataset must be one of"),
         ({"dataset": "cifar10"}, "--data-root"),
-        ({"target": "x_T"}, "target must be one of"),
+        ({"method_options.target": "x_T"}, "target must be one of"),
+        ({"method_options.gamma": 1.0}, "unknown key.*'gamma'"),
+        ({"method": "forgetful"}, "unknown unlearning method 'forgetful'"),
         ({"batch_size": 5, "ray.num_workers": 2}, "divisible"),
+        ({"eval.base_min_acc": 120.0}, "base_min_acc"),
     ],
 )
 def test_validation_names_the_problem(changes, message):
@@ -50,11 +59,23 @@ def test_validation_names_the_problem(changes, message):
         cfg.validate()
 
 
-def test_run_key_is_deterministic_and_tracks_hyperparameters():
-    a, b = UnlearnConfig(), UnlearnConfig()
-    assert a.run_key() == b.run_key()
-    b.lam = 2.0
-    assert a.run_key() != b.run_key()
-    c = UnlearnConfig(results_dir="elsewhere")  # where results go does not change the computation
-    assert a.run_key() == c.run_key()
+def test_run_key_tracks_everything_that_changes_a_result(tiny_assets, tmp_path):
+    model, classifier = tiny_assets
+    a = UnlearnConfig(model=model, classifier=classifier)
+    assert a.run_key() == UnlearnConfig(model=model, classifier=classifier).run_key()
     assert a.run_key().startswith("safemax-digits-c0-")
+    changed = [
+        UnlearnConfig(model=model, classifier=classifier, method_options={"lam": 2.0}),
+        UnlearnConfig(model=model, classifier=None),  # the shipped classifier: other content
+        UnlearnConfig(model=model, classifier=classifier, data_root="/data/other"),
+        UnlearnConfig(model=model, classifier=classifier, image_size=16),
+        UnlearnConfig(model=model, classifier=classifier, seed=1),
+        UnlearnConfig(model=model, classifier=classifier, iterations=3),
+    ]
+    assert len({c.run_key() for c in changed} | {a.run_key()}) == len(changed) + 1
+    # Stated defaults are the same computation as omitted ones; where results go is not part of it.
+    assert UnlearnConfig(model=model, classifier=classifier, method_options={"lam": 1.0}).run_key() == a.run_key()
+    assert UnlearnConfig(model=model, classifier=classifier, results_dir="elsewhere").run_key() == a.run_key()
+    # Models and classifiers are keyed by content, not by path: a copy keeps the key.
+    shutil.copytree(model, tmp_path / "copy")
+    assert UnlearnConfig(model=str(tmp_path / "copy"), classifier=classifier).run_key() == a.run_key()

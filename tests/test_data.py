@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from safemax_ray.core.data import draw, load_cifar10, load_dataset, load_digits, load_image_folder, shard
+from safemax_ray.core.data import load_cifar10, load_dataset, load_digits, load_image_folder
 from safemax_ray.errors import SafemaxError
 
 
@@ -80,12 +80,3 @@ def test_image_folder(tmp_path):
     data = load_image_folder(tmp_path, image_size=16)
     assert data.class_names == ["cat", "dog"] and data.images.shape == (6, 3, 16, 16)
     assert data.images[data.labels == 0].max() == -1 and data.images[data.labels == 1].min() == 1
-
-
-def test_shard_and_draw():
-    idx = torch.arange(10)
-    parts = [shard(idx, r, 3) for r in range(3)]
-    assert sorted(torch.cat(parts).tolist()) == list(range(10))
-    g = torch.Generator().manual_seed(0)
-    drawn = draw(torch.tensor([4, 5]), 50, g)
-    assert len(drawn) == 50 and set(drawn.tolist()) == {4, 5}

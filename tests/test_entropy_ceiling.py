@@ -35,7 +35,9 @@ def test_forget_optimum_zeroes_only_the_forget_class(tiny_assets):
 def test_forget_optimum_samples_through_the_package_sampler(tiny_assets):
     model = load_model(tiny_assets[0])
     labels = torch.tensor([3, 3])
-    optimum = sample(_script().ForgetOptimum(model.unet, 3), model.scheduler, labels, model.null_label, steps=5)
-    base = sample(model.unet, model.scheduler, labels, model.null_label, steps=5)
+    optimum = sample(
+        _script().ForgetOptimum(model.unet, 3), model.scheduler, labels, model.null_label, torch.Generator(), steps=5
+    )
+    base = sample(model.unet, model.scheduler, labels, model.null_label, torch.Generator(), steps=5)
     assert optimum.shape == base.shape == (2, 1, 8, 8)
     assert not torch.equal(optimum, base)

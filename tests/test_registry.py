@@ -1,5 +1,6 @@
 """The method registry: the built-in method, the decorator, and third-party entry points."""
 
+import json
 import sys
 import textwrap
 
@@ -81,3 +82,83 @@ def test_entry_point_method_is_found_and_loaded(plugin_on_path):
 def test_entry_point_that_is_not_a_method_is_refused(plugin_on_path):
     with pytest.raises(SafemaxError, match="not an UnlearningMethod"):
         get_method("broken")
+
+
+PLUGIN = '''
+from dataclasses import dataclass
+
+import torch
+
+from safemax_ray.core.diffusion import eps_mse
+from safemax_ray.methods import LossOutput, MethodOptions, UnlearningMethod
+from safemax_ray.methods.base import option
+
+
+@dataclass
+class FrozenInputOptions(MethodOptions):
+    frozen: str = option("conv_in", "parameters whose name starts with this do not move")
+
+
+class FrozenInputAscent(UnlearningMethod):
+    """Out-of-tree test method: a set-up phase that samples the base model, and a gradient hook."""
+
+    Options = FrozenInputOptions
+
+    def setup(self, ctx):
+        samples = ctx.sample(torch.full((4,), ctx.forget_class))  # the base model's own samples
+        self.mask = {
+            name: torch.zeros_like(p) if name.startswith(self.options.frozen) else torch.ones_like(p)
+            for name, p in ctx.unet.named_parameters()
+        }
+        self.sampled = ctx.all_reduce(torch.tensor(float(len(samples))))
+
+    def loss(self, unet, batch, rng):
+        num_t = int(self.scheduler.config.num_train_timesteps)
+        eps = rng.normal(batch.x_remain.shape)
+        t = rng.integers(num_t, len(batch.x_remain))
+        x_t = self.scheduler.add_noise(batch.x_remain, eps, t)
+        loss = eps_mse(unet(x_t, t, class_labels=batch.y_remain).sample, eps)
+        return LossOutput(loss, {"loss": loss.detach()})
+
+    def after_backward(self, unet):
+        module = unet.module if hasattr(unet, "module") else unet
+        for name, p in module.named_parameters():
+            p.grad.mul_(self.mask[name])
+
+    def state_dict(self):
+        return {"mask": self.mask}
+
+    def load_state_dict(self, state):
+        self.mask = state["mask"]
+'''
+
+
+def test_out_of_tree_method_with_setup_and_gradient_hook_runs_end_to_end(tiny_assets, tmp_path):
+    """Installed as another package would be (an entry point), run by the CLI on a local Ray."""
+    import subprocess
+
+    import torch
+    from conftest import tiny_flags
+
+    from safemax_ray.core.models import load_model
+    from safemax_ray.results.parquet import read_dataframe
+
+    (tmp_path / "frozen_plugin.py").write_text(PLUGIN)
+    dist = tmp_path / "frozen_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: frozen-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nfrozen_input = frozen_plugin:FrozenInputAscent\n")
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "safemax_ray.cli", "unlearn", "--method", "frozen_input", "--no-progress"]
+    command += [*tiny_flags(tiny_assets, results), "--frozen", "conv_in", "--num-workers", "2"]
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    row = read_dataframe(str(results)).iloc[0]
+    assert row.method == "frozen_input" and row.setup_s > 0 and row.num_workers == 2
+    assert json.loads(row.method_options_json) == {"frozen": "conv_in"}
+    base, after = load_model(tiny_assets[0]).unet, load_model(row.model_path).unet
+    for (name, p0), p1 in zip(base.named_parameters(), after.parameters(), strict=True):
+        if name.startswith("conv_in"):
+            assert torch.equal(p0, p1), name  # masked by the hook: not moved
+    assert any(not torch.equal(p0, p1) for p0, p1 in zip(base.parameters(), after.parameters(), strict=True))

@@ -59,6 +59,9 @@ def make_row(method: str, study: str, forget_class: int, minutes: int, values, *
         "num_workers": 1,
         "base_model": "/models/base",
         "study": study,
+        "method_options_json": "{}",
+        "base_ok": True,
+        "setup_s": 0.0,
         "config_json": "{}",
     }
     row.update(extra)

@@ -5,10 +5,15 @@ import math
 import pytest
 import torch
 
-from safemax_ray.config import UnlearnConfig
 from safemax_ray.core.models import build_scheduler
-from safemax_ray.methods import UnlearnBatch, get_method
-from safemax_ray.methods.safemax import independent_target, psi, safemax_loss, trajectory_target
+from safemax_ray.core.randomness import RankRandom
+from safemax_ray.errors import SafemaxError
+from safemax_ray.methods import UnlearnBatch, get_method, method_options
+from safemax_ray.methods.safemax import psi, safemax_loss, trajectory_target
+
+
+def safemax(scheduler, **options):
+    return get_method("safemax")(method_options("safemax", options), scheduler)
 
 
 def test_psi_values():
@@ -47,7 +52,7 @@ def test_trajectory_target_is_unit_gaussian_and_mostly_new_noise():
     g = torch.Generator().manual_seed(0)
     eps = torch.randn(20000, 1, 1, 1, generator=g)
     t = torch.full((20000,), 10)
-    target = trajectory_target(eps, t, sched.alphas_cumprod, g)
+    target = trajectory_target(eps, t, sched.alphas_cumprod, torch.randn(eps.shape, generator=g))
     assert target.std().item() == pytest.approx(1.0, abs=0.02)
     corr = torch.corrcoef(torch.stack([eps.flatten(), target.flatten()]))[0, 1].item()
     assert abs(corr) < 0.05  # sqrt(abar_T) ~ 0.006: x_T has all but forgotten x_t's noise
@@ -76,9 +81,9 @@ def _batch(n=64):
     g = torch.Generator().manual_seed(1)
     return UnlearnBatch(
         x_forget=torch.rand(n, 1, 8, 8, generator=g) * 2 - 1,
+        y_forget=torch.zeros(n, dtype=torch.int64),
         x_remain=torch.rand(n, 1, 8, 8, generator=g) * 2 - 1,
         y_remain=torch.randint(1, 10, (n,), generator=g),
-        forget_class=0,
         null_label=10,
     )
 
@@ -86,9 +91,8 @@ def _batch(n=64):
 @pytest.mark.parametrize("target", ["independent", "trajectory"])
 def test_forget_term_always_uses_the_forget_label_and_one_forward(target):
     seen: dict = {}
-    cfg = UnlearnConfig(target=target, null_drop=0.5)
-    method = get_method("safemax")(cfg, build_scheduler(100))
-    method.loss(_recording_unet(seen), _batch(), torch.Generator().manual_seed(2))
+    method = safemax(build_scheduler(100), target=target, null_drop=0.5)
+    method.loss(_recording_unet(seen), _batch(), RankRandom(torch.Generator().manual_seed(2)))
     labels = seen["labels"]
     assert seen["calls"] == 1  # one forward over [forget; remain]
     assert len(labels) == 128
@@ -97,19 +101,15 @@ def test_forget_term_always_uses_the_forget_label_and_one_forward(target):
 
 
 def test_independent_target_is_not_the_noise_that_made_x_t():
-    """With a zero-output model the forget loss is E||eps_T||^2 ~ 1; if the target were the eps that
-    made x_t, pred = eps would drive it to 0. Check the target against the true noise directly."""
-    cfg = UnlearnConfig(lam=0.0)
+    """An oracle that predicts exactly the noise that made x_t has zero remain loss; if the forget target
+    were that noise too, its forget loss would be 0. Independent eps_T gives E||eps_T - eps||^2 = 2."""
     sched = build_scheduler(100)
     batch = _batch(256)
-    g = torch.Generator().manual_seed(3)
-    # Reproduce the method's draws: eps first, then t, labels, target.
-    eps = torch.randn(torch.cat([batch.x_forget, batch.x_remain]).shape, generator=g)
-    g = torch.Generator().manual_seed(3)
+    # Reproduce the method's first draws: the forget stream's eps, then the remain stream's.
+    replay = RankRandom(torch.Generator().manual_seed(3))
+    eps = torch.cat([replay.normal(batch.x_forget.shape), replay.normal(batch.x_remain.shape)])
 
     class EpsOracle(torch.nn.Module):
-        """Predicts exactly the noise that made x_t (recovered from x_t and x_0)."""
-
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.ones(()))
@@ -120,13 +120,22 @@ def test_independent_target_is_not_the_noise_that_made_x_t():
 
             return Out()
 
-    out = get_method("safemax")(cfg, sched).loss(EpsOracle(), batch, g)
-    assert out.stats["loss_remain"] == pytest.approx(0.0, abs=1e-10)  # remain target is that eps
-    assert out.stats["loss_forget"] == pytest.approx(2.0, rel=0.05)  # ||eps_T - eps||^2, independent: 2
+    out = safemax(sched, lam=0.0).loss(EpsOracle(), batch, RankRandom(torch.Generator().manual_seed(3)))
+    assert float(out.stats["loss_remain"]) == pytest.approx(0.0, abs=1e-10)  # remain target is that eps
+    assert float(out.stats["loss_forget"]) == pytest.approx(2.0, rel=0.05)  # ||eps_T - eps||^2, independent: 2
 
 
-def test_independent_target_draws_fresh_noise():
-    g = torch.Generator().manual_seed(0)
-    a, b = independent_target(torch.Size([1000]), g), independent_target(torch.Size([1000]), g)
-    assert not torch.equal(a, b)
-    assert a.std().item() == pytest.approx(1.0, abs=0.1)
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"lam": -1.0}, "lam"),
+        ({"alpha": -0.5}, "alpha"),
+        ({"target": "sideways"}, "target must be one of"),
+        ({"null_drop": 1.0}, "null_drop"),
+        ({"lamda": 1.0}, "unknown key.*'lamda'"),
+        ({"lam": "high"}, "method_options .safemax..lam: expected a number"),
+    ],
+)
+def test_bad_options_are_refused_by_name(options, message):
+    with pytest.raises(SafemaxError, match=message):
+        method_options("safemax", options)

@@ -1,45 +1,59 @@
-"""The plain-torch unlearning step, without Ray: it learns, clips, and its randomness replays on resume."""
+"""The plain-torch unlearning step, without Ray: it learns, and its randomness replays and splits."""
 
 import torch
 
-from safemax_ray.config import UnlearnConfig
-from safemax_ray.core.data import load_digits, shard
+from safemax_ray.core.data import load_digits
 from safemax_ray.core.models import build_scheduler, build_unet
-from safemax_ray.methods import get_method
-from safemax_ray.ray.worker import draw_batch, step_generator, train_step
+from safemax_ray.core.randomness import RankRandom, step_generator
+from safemax_ray.engine.step import draw_batch, train_step
+from safemax_ray.methods import get_method, method_options
 
 
 def setup(seed=0):
     torch.manual_seed(seed)
     unet = build_unet(10, 1, 8, (8, 16))
-    scheduler = build_scheduler(25)
-    method = get_method("safemax")(UnlearnConfig(), scheduler)
+    method = get_method("safemax")(method_options("safemax", {}), build_scheduler(25))
     return unet, method, torch.optim.Adam(unet.parameters(), lr=1e-3)
 
 
-def test_steps_lower_the_loss_and_report_stats():
+def test_steps_lower_the_loss_and_report_stats_as_device_tensors():
     data = load_digits()
     forget, remain = data.split(0)
     unet, method, opt = setup()
     losses = []
     for step in range(30):
-        g = step_generator(0, 0, step)
-        stats = train_step(unet, method, opt, draw_batch(data, forget, remain, 16, 0, g), g, 1.0, torch.device("cpu"))
-        losses.append(stats["loss"])
+        rng = RankRandom(step_generator(0, step))
+        stats = train_step(unet, method, opt, draw_batch(data, forget, remain, 16, 10, rng), rng, 1.0)
         assert set(stats) >= {"loss", "loss_forget", "loss_remain", "grad_norm"}
+        assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in stats.values())
+        losses.append(float(stats["loss"]))
     assert sum(losses[-5:]) < sum(losses[:5])
 
 
-def test_same_seed_rank_and_step_replay_the_same_step():
+def test_same_seed_and_step_replay_the_same_step():
     """What makes a resumed run identical to an uninterrupted one: no RNG state needs saving."""
     data = load_digits()
     forget, remain = data.split(3)
     results = []
     for _ in range(2):
         unet, method, opt = setup()
-        g = step_generator(7, 1, 42)
-        batch = draw_batch(data, shard(forget, 1, 2), shard(remain, 1, 2), 8, 3, g)
-        train_step(unet, method, opt, batch, g, 1.0, torch.device("cpu"))
+        rng = RankRandom(step_generator(7, 42), 1, 2)
+        train_step(unet, method, opt, draw_batch(data, forget, remain, 8, 10, rng), rng, 1.0)
         results.append(torch.cat([p.detach().flatten() for p in unet.parameters()]))
     assert torch.equal(results[0], results[1])
-    assert step_generator(7, 0, 42).initial_seed() != step_generator(7, 1, 42).initial_seed()  # ranks differ
+
+
+def test_two_ranks_average_to_the_one_worker_gradient():
+    """DDP averages the ranks' gradients; with split-independent draws that is the 1-worker gradient."""
+    data = load_digits()
+    forget, remain = data.split(2)
+
+    def grads(rank, world):
+        unet, method, _ = setup()
+        rng = RankRandom(step_generator(0, 9), rank, world)
+        batch = draw_batch(data, forget, remain, 16 // world, 10, rng)
+        method.loss(unet, batch, rng).loss.backward()
+        return torch.cat([p.grad.flatten() for p in unet.parameters()])
+
+    averaged = (grads(0, 2) + grads(1, 2)) / 2
+    torch.testing.assert_close(averaged, grads(0, 1), rtol=1e-4, atol=1e-6)

@@ -16,11 +16,11 @@ def tiny_tune(tiny_assets, tmp_path, **top):
         "forget_class": 4,
         "results_dir": str(tmp_path),
         "search": {
-            "lam": {"low": 0.0, "high": 2.0},
+            "method.lam": {"low": 0.0, "high": 2.0},
             "lr": {"low": 1e-4, "high": 1e-2, "log": True},
             "iterations": {"low": 2, "high": 4, "step": 2},
         },
-        "points_to_evaluate": [{"lam": 1.0, "lr": 1e-3, "iterations": 2}],
+        "points_to_evaluate": [{"method.lam": 1.0, "lr": 1e-3, "iterations": 2}],
         "budget": {"num_samples": 2, "workers_per_trial": 1, "cpus_per_worker": 1.0},
         "run": {
             "model": model,
@@ -45,11 +45,12 @@ def test_search_writes_a_row_per_trial_and_a_usable_best_config(tiny_assets, ray
     assert df.pareto.any()  # some trial is always on the front
     # The paper-default point was evaluated first, as asked.
     assert ((df.lam == 1.0) & (df.lr == 1e-3) & (df.iterations == 2)).any()
+    assert set(result.best_params) == {"method.lam", "lr", "iterations"}
     assert result.best_metrics["score"] == pytest.approx(
         df[df.pareto].score.max() if objective == "pareto" else df.score.max()
     )
     best = load_unlearn_config(result.best_config_path)
-    assert best.forget_class == 4 and best.lam == pytest.approx(result.best_params["lam"])
+    assert best.forget_class == 4 and best.options().lam == pytest.approx(result.best_params["method.lam"])
     assert best.iterations == result.best_params["iterations"]
 
 
@@ -59,8 +60,11 @@ def test_search_writes_a_row_per_trial_and_a_usable_best_config(tiny_assets, ray
         ({"objective": "fastest"}, "objective must be"),
         ({"budgett": {}}, "unknown key.*'budgett'"),
         ({"search": {"lr": {"low": 0.0, "high": 1.0, "log": True}}}, "log-scale range needs low > 0"),
-        ({"points_to_evaluate": [{"lam": 1.0}]}, "must set exactly"),
-        ({"run": {"lam": 2.0}}, "run.lam is set by the search"),
+        ({"points_to_evaluate": [{"method.lam": 1.0}]}, "must set exactly"),
+        ({"run": {"lr": 2.0}}, "run.lr is set by the search"),
+        ({"search": {"lam": {"low": 0.0, "high": 1.0}}}, "search.lam cannot be searched; searchable: lr, .*method.lam"),
+        ({"search": {"method.null_drop": {"low": 0.0, "high": 0.5}}}, "search.method.null_drop cannot be searched"),
+        ({"search": {"method.target": {"choices": []}}}, "non-empty choices"),
         ({"asha": {"enabled": True}, "objective": "pareto"}, "ASHA"),
     ],
 )
@@ -87,21 +91,34 @@ def test_shipped_tune_configs_load():
     assert digits.budget.num_samples >= 8 and digits.budget.workers_per_trial == 2
     cifar = load_tune_config(root / "cifar10.yaml")
     assert cifar.trial_config(cifar.points_to_evaluate[0]).eval.n_forget_samples == 500
-    assert cifar.points_to_evaluate[0] == {"lam": 1.0, "lr": 1e-4, "iterations": 1000}
+    assert cifar.points_to_evaluate[0] == {"method.lam": 1.0, "lr": 1e-4, "iterations": 1000}
 
 
-def test_asha_early_stopping_runs_on_probe_scores(tiny_assets, ray_session, tmp_path):
-    path = tiny_tune(
-        tiny_assets,
-        tmp_path,
-        asha={"enabled": True, "grace_period": 2, "reduction_factor": 2.0, "probe_samples": 4},
-        # Every trial runs 4 iterations: a probe report at step 2 (the ASHA rung), the end at 4.
-        search={"iterations": {"low": 4, "high": 4}},
-        points_to_evaluate=[{"lam": 1.0, "lr": 1e-3, "iterations": 4}],
+def test_asha_stops_the_weaker_trial_at_its_first_rung(ray_session, tmp_path):
+    """On the shipped digits model, 10 steps at lr 3e-3 already forget class 3 (probe score ~0.5) while
+    lr 1e-9 leaves the model as it was (~0): ASHA keeps the first trial and stops the second at step 10."""
+    path = tmp_path / "tune.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "study": "asha",
+                "forget_class": 3,
+                "results_dir": str(tmp_path),
+                "search": {"lr": {"choices": [3e-3, 1e-9]}},
+                "points_to_evaluate": [{"lr": 3e-3}, {"lr": 1e-9}],
+                "budget": {"num_samples": 2, "max_concurrent": 1, "workers_per_trial": 1},
+                "asha": {"enabled": True, "grace_period": 10, "reduction_factor": 2.0, "probe_samples": 8},
+                "run": {
+                    "iterations": 20,
+                    "batch_size": 16,
+                    "eval": {"n_forget_samples": 8, "n_retain_per_class": 2, "sample_steps": 10},
+                    "ray": {"checkpoint_every": 10},
+                },
+            }
+        )
     )
     result = tune(load_tune_config(path))
     df = read_dataframe(str(tmp_path))
-    # A trial that ASHA stops at its step-2 rung has no final evaluation and so no row; the first
-    # trial always reaches the end (nothing to compare it with at its rung yet).
-    assert 1 <= len(df) <= 2 and (df.iterations == 4).all()
-    assert result.best_metrics["score"] == pytest.approx(df.score.max())
+    assert len(df) == 1 and df.lr.iloc[0] == 3e-3 and df.iterations.iloc[0] == 20
+    assert list(result.stopped.values()) == ["stopped early at step 10"]
+    assert result.best_params == {"lr": 3e-3}

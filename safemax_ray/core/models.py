@@ -44,29 +44,64 @@ class DiffusionModel:
         return int(self.scheduler.config.num_train_timesteps)
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A named UNet layout; `safemax-ray pretrain --arch NAME` builds it and records the name."""
+
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    attention: tuple[bool, ...]  # per resolution level, from the top
+    dropout: float
+    num_train_timesteps: int
+    about: str
+
+
+PRESETS = {
+    "digits-tiny": Preset((32, 64), 1, (False, False), 0.0, 100, "0.64M parameters: the shipped 8x8 digits model"),
+    # The DDPM / SalUn / Selective Amnesia CIFAR-10 backbone: 35.7M parameters, attention at 16x16.
+    "ddpm-cifar10": Preset(
+        (128, 256, 256, 256), 2, (False, True, False, False), 0.1, 1000, "35.7M parameters: the paper's CIFAR-10 UNet"
+    ),
+}
+PRESET_FILE = "safemax_preset.json"
+
+
 def build_unet(
     num_classes: int,
     channels: int,
     image_size: int,
     block_out_channels: tuple[int, ...] = (32, 64),
     layers_per_block: int = 1,
-    attention: bool = False,
+    attention: tuple[bool, ...] | None = None,
+    dropout: float = 0.0,
 ) -> UNet2DModel:
-    """A small class-conditional UNet; the null label is index `num_classes`."""
-    down = "AttnDownBlock2D" if attention else "DownBlock2D"
-    up = "AttnUpBlock2D" if attention else "UpBlock2D"
+    """A class-conditional UNet; the null label is index `num_classes`."""
+    attention = attention or (False,) * len(block_out_channels)
     return UNet2DModel(
         sample_size=image_size,
         in_channels=channels,
         out_channels=channels,
         block_out_channels=block_out_channels,
         layers_per_block=layers_per_block,
-        down_block_types=(down,) * len(block_out_channels),
-        up_block_types=(up,) * len(block_out_channels),
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
         norm_num_groups=min(32, block_out_channels[0]),
-        add_attention=attention,
+        add_attention=any(attention),
+        dropout=dropout,
         num_class_embeds=num_classes + 1,
     )
+
+
+def build_preset(name: str, num_classes: int, channels: int, image_size: int, widths=None) -> DiffusionModel:
+    """The named layout (optionally with other block widths) and its noise schedule."""
+    if name not in PRESETS:
+        raise SafemaxError(f"unknown --arch {name!r}: presets are {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    widths = tuple(widths or p.block_out_channels)
+    if len(widths) != len(p.attention):
+        raise SafemaxError(f"--arch {name} has {len(p.attention)} levels; give {len(p.attention)} block widths")
+    unet = build_unet(num_classes, channels, image_size, widths, p.layers_per_block, p.attention, p.dropout)
+    return DiffusionModel(unet, build_scheduler(p.num_train_timesteps))
 
 
 def build_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:

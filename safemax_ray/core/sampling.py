@@ -23,11 +23,13 @@ def sample(
     guidance: float = 2.0,
     steps: int | None = None,
     on_step: Callable[[], None] | None = None,
+    bf16: bool = True,
 ) -> torch.Tensor:
     """Images in [-1, 1] for each entry of `labels` (one batch), returned on the CPU.
 
     Every draw (x_T and each step's noise) comes from `generator`, so a given generator seed gives the
     same images whichever worker runs the call; base and unlearned models are compared on identical noise.
+    On CUDA the UNet runs under bf16 autocast (`bf16=False` for fp32); the update itself stays fp32.
     """
     device = next(unet.parameters()).device
     scheduler = DDPMScheduler.from_config(scheduler.config)  # set_timesteps mutates its scheduler
@@ -36,8 +38,13 @@ def sample(
     x = torch.randn(shape, generator=generator, device=generator.device).to(device)
     cond = labels.to(device)
     both = torch.cat([cond, torch.full_like(cond, null_label)])
-    for t in scheduler.timesteps:
-        eps_c, eps_u = unet(torch.cat([x, x]), t, class_labels=both).sample.float().chunk(2)
+    use_bf16 = bf16 and device.type == "cuda"
+    # The UNet gets the timestep already on the device (a host-to-device copy each step would stall
+    # the launch queue); the scheduler indexes its own tables with the CPU copy.
+    on_device = scheduler.timesteps.to(device)
+    for i, t in enumerate(scheduler.timesteps):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            eps_c, eps_u = unet(torch.cat([x, x]), on_device[i], class_labels=both).sample.float().chunk(2)
         eps = (1 + guidance) * eps_c - guidance * eps_u
         x = scheduler.step(eps, t, x, generator=generator).prev_sample
         if on_step is not None:

@@ -73,7 +73,8 @@ def preflight(cfg: UnlearnConfig) -> UnlearnConfig:
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     data.check_class(cfg.forget_class)
     _load_weights(
-        "model", cfg.model or "the shipped model",
+        "model",
+        cfg.model or "the shipped model",
         lambda: load_model(cfg.model, data.num_classes, data.channels, data.image_size),
     )
     classifier = cfg.classifier or str(SHIPPED_CLASSIFIER)
@@ -87,5 +88,3 @@ def preflight(cfg: UnlearnConfig) -> UnlearnConfig:
         if not storage.is_uri(cfg.output_dir) and out.is_dir() and any(out.iterdir()):
             raise SafemaxError(f"output folder {cfg.output_dir} already exists and is not empty; choose another")
     return cfg
-
-

@@ -164,8 +164,19 @@ class TuneResult:
     best_params: dict[str, Any]
     best_metrics: dict[str, Any]
     best_config_path: str
-    trials: list[dict[str, Any]]  # one Parquet row per trial
+    trials: list[dict[str, Any]]  # one Parquet row per finished trial
     results_dir: str
+    stopped: dict[str, str] = field(default_factory=dict)  # trial id -> why it has no row
+
+
+def _why_no_row(result) -> str:
+    """A trial without a final evaluation: failed, diverged, or stopped early by ASHA."""
+    if result.error is not None:
+        return f"failed: {str(result.error).splitlines()[0]}"
+    metrics = result.metrics or {}
+    if "diverged_at_step" in metrics:
+        return f"diverged at step {metrics['diverged_at_step']}"
+    return f"stopped early at step {metrics.get('step', 0)}"
 
 
 def load_tune_config(path: str | Path | None = None, **overrides: Any) -> TuneConfig:
@@ -354,9 +365,10 @@ def _record(
     best_cfg = cfg.trial_config(best["params"])
     best_path = storage.join(study_dir, "best_config.yaml")
     storage.write_bytes_atomic(best_path, yaml.safe_dump(to_dict(best_cfg), sort_keys=False).encode())
-    skipped = len(list(grid)) - len(finished)
-    if skipped:
-        console.log(f"[yellow]{skipped} trial(s) failed or were stopped early and have no row[/]")
+    kept = {id(r) for r in finished}
+    stopped = {Path(r.path).name: _why_no_row(r) for r in grid if id(r) not in kept}
+    for trial, why in stopped.items():
+        console.log(f"[yellow]trial {trial} has no row: {why}[/]")
     return TuneResult(
         cfg.study,
         best["params"],
@@ -364,4 +376,5 @@ def _record(
         best_path,
         rows,
         results_dir,
+        stopped,
     )

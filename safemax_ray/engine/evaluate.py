@@ -143,9 +143,7 @@ def base_check(base: EvalResult, config: EvalConfig) -> bool:
     return (100.0 - base.ua) >= config.base_min_acc and base.retain_acc >= config.base_min_acc
 
 
-def base_cache_path(
-    cache_dir: str, model_id: str, labels: torch.Tensor, config: EvalConfig, device_type: str
-) -> str:
+def base_cache_path(cache_dir: str, model_id: str, labels: torch.Tensor, config: EvalConfig, device_type: str) -> str:
     noise = {k: v for k, v in asdict(config).items() if k in ("guidance", "sample_steps", "batch_size", "seed")}
     key = json.dumps([model_id, labels.tolist(), noise, device_type], sort_keys=True)
     return storage.join(cache_dir, f"base-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors")

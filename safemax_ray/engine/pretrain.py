@@ -25,7 +25,7 @@ from rich.progress import Progress, TextColumn
 from safemax_ray.core.classifier import Classifier, ClassifierConfig
 from safemax_ray.core.data import ImageData
 from safemax_ray.core.diffusion import drop_labels
-from safemax_ray.core.models import DiffusionModel, build_scheduler, build_unet
+from safemax_ray.core.models import PRESET_FILE, DiffusionModel, build_preset, build_scheduler
 from safemax_ray.errors import SafemaxError
 
 
@@ -36,9 +36,9 @@ class PretrainConfig:
     lr: float = 1e-3
     ema_decay: float = 0.999
     null_drop: float = 0.1
-    num_train_timesteps: int = 100
-    block_out_channels: tuple[int, ...] = (32, 64)
-    attention: bool = False
+    arch: str = "digits-tiny"  # a preset of safemax_ray.core.models.PRESETS
+    num_train_timesteps: int | None = None  # None: the preset's
+    block_out_channels: tuple[int, ...] | None = None  # None: the preset's widths
     classifier_steps: int = 1500
     classifier_lr: float = 2e-3
     seed: int = 0
@@ -61,10 +61,10 @@ def pretrain_diffusion(
     """Train from scratch; returns the EMA weights."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    unet = build_unet(
-        data.num_classes, data.channels, data.image_size, tuple(config.block_out_channels), attention=config.attention
-    ).to(device)
-    scheduler = build_scheduler(config.num_train_timesteps)
+    model = build_preset(config.arch, data.num_classes, data.channels, data.image_size, config.block_out_channels)
+    unet = model.unet.to(device)
+    scheduler = build_scheduler(config.num_train_timesteps) if config.num_train_timesteps else model.scheduler
+    num_t = int(scheduler.config.num_train_timesteps)
     ema = copy.deepcopy(unet).requires_grad_(False)
     optimizer = torch.optim.Adam(unet.parameters(), lr=config.lr)
     null_label = data.num_classes
@@ -73,7 +73,7 @@ def pretrain_diffusion(
         x0, labels = data.images[idx], data.labels[idx]
         labels = drop_labels(labels, null_label, config.null_drop, torch.rand(labels.shape, generator=generator))
         noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(config.num_train_timesteps, (len(x0),), generator=generator)
+        t = torch.randint(num_t, (len(x0),), generator=generator)
         x_t = scheduler.add_noise(x0, noise, t)
         pred = unet(x_t.to(device), t.to(device), class_labels=labels.to(device)).sample
         loss = F.mse_loss(pred, noise.to(device))
@@ -178,10 +178,11 @@ def run_pretrain(
     tmp.chmod(0o755)
     try:
         save_model(model, tmp / "model")
+        (tmp / "model" / PRESET_FILE).write_text(json.dumps({"arch": config.arch}))
         save_classifier(classifier, tmp / "classifier")
         record = {
             "dataset": dataset,
-            "settings": {**asdict(config), "block_out_channels": list(config.block_out_channels)},
+            "settings": asdict(config),
             "classifier_holdout_accuracy": accuracy,
             "seconds": time.perf_counter() - began,
             "device": str(dev),

@@ -13,7 +13,6 @@ guidance uses for every class.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -62,9 +61,7 @@ def trajectory_target(
     abar_t = alphas_cumprod[t].view(-1, *([1] * (eps.dim() - 1))).to(eps.dtype)
     abar_T = alphas_cumprod[-1].to(eps.dtype)
     ratio = abar_T / abar_t
-    return (ratio.sqrt() * (1 - abar_t).sqrt() * eps + (1 - ratio).clamp_min(0).sqrt() * eta) / math.sqrt(
-        1 - float(abar_T)
-    )
+    return (ratio.sqrt() * (1 - abar_t).sqrt() * eps + (1 - ratio).clamp_min(0).sqrt() * eta) / (1 - abar_T).sqrt()
 
 
 def safemax_loss(
