@@ -40,6 +40,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-steps", type=int, help="DDPM sampling steps (default: the full schedule)")
     p.add_argument("--n-forget-samples", type=int)
     p.add_argument("--n-retain-per-class", type=int)
+    p.add_argument(
+        "--eval-workers",
+        type=lambda v: int(v) if v.isdigit() else v,
+        help="Ray tasks that sample the evaluation: N, auto (every GPU or CPU of the cluster) or train",
+    )
     p.add_argument("--num-workers", type=int, help="Ray Train workers (DDP)")
     p.add_argument("--cpus-per-worker", type=float)
     p.add_argument("--gpu", dest="use_gpu", action="store_true", default=None, help="train on GPUs")
@@ -97,6 +102,7 @@ RUN_FLAG_KEYS = {
     "sample_steps": "eval.sample_steps",
     "n_forget_samples": "eval.n_forget_samples",
     "n_retain_per_class": "eval.n_retain_per_class",
+    "eval_workers": "eval.workers",
     "num_workers": "ray.num_workers",
     "cpus_per_worker": "ray.cpus_per_worker",
     "use_gpu": "ray.use_gpu",

@@ -37,7 +37,9 @@ class EvalConfig:
     sample_steps: int | None = None  # None: the model's full training schedule
     n_forget_samples: int = 200
     n_retain_per_class: int = 30
-    batch_size: int = 512  # images per chunk; chunk c is sampled from a generator seeded by (seed, c)
+    batch_size: int = 128  # images per chunk; chunk c is sampled from a generator seeded by (seed, c)
+    workers: int | str = "auto"  # Ray tasks that sample chunks: a number, "auto" (every GPU, or every CPU,
+    # of the cluster) or "train" (the run's own Train workers)
     seed: int = 1234  # the same noise for the base and the unlearned model
     fid_weights: str | None = None  # Inception weights file (FID for image datasets other than digits)
     base_min_acc: float = 80.0  # % the base model must reach on its own samples, else UA and H mean nothing
@@ -51,6 +53,8 @@ class EvalConfig:
             raise SafemaxError("eval.n_forget_samples and eval.n_retain_per_class must be >= 2 (FID needs 2+)")
         if self.batch_size < 1:
             raise SafemaxError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        if self.workers not in ("auto", "train") and not (isinstance(self.workers, int) and self.workers >= 1):
+            raise SafemaxError(f"eval.workers must be 'auto', 'train' or a number >= 1, got {self.workers!r}")
         if not 0 <= self.base_min_acc <= 100:
             raise SafemaxError(f"eval.base_min_acc must be a percentage in [0, 100], got {self.base_min_acc}")
 

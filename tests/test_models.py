@@ -97,3 +97,57 @@ def test_classifier_round_trip_uses_safetensors(tmp_path):
     assert torch.allclose(model.eval()(x), loaded(x))
     with pytest.raises(SafemaxError, match="knows 10 classes but the data has 3"):
         load_classifier(tmp_path / "c", num_classes=3)
+
+
+def _image_folder(root, classes=3, per_class=4, size=32):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = (torch.rand((size, size, 3), generator=g) * 255).byte().numpy()
+            Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def test_pretrain_reference_preset_makes_a_35m_model_that_unlearn_accepts(tmp_path):
+    """`pretrain --arch ddpm-cifar10` on a 32x32 ImageFolder: the paper's 35.7M layout, recorded in the
+    folder, accepted by preflight and trained for two steps by the engine."""
+    from safemax_ray.cli import main
+    from safemax_ray.config import EvalConfig, UnlearnConfig
+    from safemax_ray.core.models import PRESET_FILE
+    from safemax_ray.drivers.preflight import preflight
+    from safemax_ray.engine.loop import open_session, train
+
+    data = _image_folder(tmp_path / "images")
+    flags = ["--dataset", "imagefolder", "--data-root", str(data), "--arch", "ddpm-cifar10", "--steps", "1"]
+    flags += ["--classifier-steps", "1", "--batch-size", "2", "--output", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(["pretrain", *flags]) == 0
+    model = load_model(tmp_path / "out" / "model")
+    # 35,751,939 with CIFAR-10's 11 class embeddings; here 3 classes + null: 7 embeddings (of 512) fewer.
+    assert sum(p.numel() for p in model.unet.parameters()) == 35_751_939 - 7 * 512
+    assert model.num_train_timesteps == 1000
+    assert json.loads((tmp_path / "out" / "model" / PRESET_FILE).read_text()) == {"arch": "ddpm-cifar10"}
+    cfg = UnlearnConfig(
+        dataset="imagefolder",
+        data_root=str(data),
+        model=str(tmp_path / "out" / "model"),
+        classifier=str(tmp_path / "out" / "classifier"),
+        iterations=2,
+        batch_size=2,
+        results_dir=str(tmp_path / "results"),
+        eval=EvalConfig(n_forget_samples=2, n_retain_per_class=2, sample_steps=2),
+    )
+    session = open_session(preflight(cfg), torch.device("cpu"))
+    train(session)
+    assert session.state.step == 2
+
+
+def test_unknown_preset_is_refused(capsys, tmp_path):
+    from safemax_ray.core.models import build_preset
+
+    with pytest.raises(SafemaxError, match="unknown --arch 'big'.*ddpm-cifar10"):
+        build_preset("big", 10, 3, 32)
+    with pytest.raises(SafemaxError, match="give 4 block widths"):
+        build_preset("ddpm-cifar10", 10, 3, 32, widths=(8, 16))

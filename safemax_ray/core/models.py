@@ -173,8 +173,24 @@ def load_model(
     unet = UNet2DModel.from_pretrained(
         path, subfolder="unet", local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False
     )
-    scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
-    return DiffusionModel(unet, scheduler)
+    return DiffusionModel(unet, load_scheduler(path))
+
+
+def load_scheduler(path: str | Path | None) -> DDPMScheduler:
+    folder = Path(path) if path else SHIPPED_MODEL
+    return DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
+
+
+def to_parts(model: DiffusionModel) -> dict:
+    """The model as plain configs and CPU tensors: what travels to another process (a Ray task)."""
+    state = {k: v.detach().cpu() for k, v in model.unet.state_dict().items()}
+    return {"unet": dict(model.unet.config), "scheduler": dict(model.scheduler.config), "state": state}
+
+
+def from_parts(parts: dict) -> DiffusionModel:
+    unet = UNet2DModel.from_config(parts["unet"])
+    unet.load_state_dict(parts["state"])
+    return DiffusionModel(unet.eval(), DDPMScheduler.from_config(parts["scheduler"]))
 
 
 def model_fingerprint(path: str | Path | None) -> str:

@@ -98,6 +98,7 @@ def _one_run(config: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
     """A Ray task: one class, start to finish, with a row named after its run key."""
     from safemax_ray.config import from_dict
     from safemax_ray.drivers.finish import finish_run
+    from safemax_ray.ray.evaluation import evaluate_checkpoint
     from safemax_ray.ray.worker import build_trainer
 
     cfg = from_dict(UnlearnConfig, config)
@@ -117,7 +118,9 @@ def _one_run(config: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    row, _ = finish_run(cfg, dict(result.metrics), result.checkpoint, run_id, output, "cuda" if use_gpu else "cpu")
+    cache = storage.join(results_dir, "cache")
+    metrics = evaluate_checkpoint(cfg, result.checkpoint, dict(result.metrics), use_gpu, cache)
+    row, _ = finish_run(cfg, metrics, result.checkpoint, run_id, output, "cuda" if use_gpu else "cpu")
     return row
 
 

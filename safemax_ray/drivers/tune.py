@@ -213,30 +213,33 @@ def max_concurrent(cfg: TuneConfig, resources: dict[str, float], use_gpu: bool) 
 def _trial(
     params: dict[str, Any], *, tune_cfg: dict[str, Any], use_gpu: bool, cache_dir: str, storage_path: str
 ) -> None:
-    """One Tune trial: a full SAFEMax run on its own Ray Train worker group."""
+    """One Tune trial: a full run on its own Ray Train worker group, then its evaluation."""
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
+    from safemax_ray.drivers.finish import check_not_diverged
+    from safemax_ray.ray.evaluation import evaluate_checkpoint
+    from safemax_ray.ray.tune_reports import ScoredReports
     from safemax_ray.ray.worker import build_trainer
 
     cfg = from_dict(TuneConfig, tune_cfg)
     run_cfg = cfg.trial_config(params)
     trial_id = ray.tune.get_context().get_trial_id()
-    if not cfg.asha.enabled:
-        # OptunaSearch reads its metric from every report, and only the final report is evaluated;
-        # without ASHA's probe scores a trial reports once, at the end. A failed worker then restarts
-        # the trial's run from step 0 (still within max_failures).
-        run_cfg.ray.checkpoint_every = run_cfg.iterations
     trainer = build_trainer(
         run_cfg,
         name=f"{cfg.study}-{trial_id}",
         storage_path=storage_path,
         use_gpu=use_gpu,
         cache_dir=cache_dir,
-        callbacks=[TuneReportCallback()],
+        callbacks=[ScoredReports()],
         probe_samples=cfg.asha.probe_samples if cfg.asha.enabled else None,
     )
-    trainer.fit()
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    check_not_diverged(result.checkpoint)
+    if "ua" not in result.metrics:  # evaluated on the cluster: this report is the trial's final result
+        metrics = evaluate_checkpoint(run_cfg, result.checkpoint, dict(result.metrics), use_gpu, cache_dir)
+        ray.tune.report({**metrics, "checkpoint_path": result.checkpoint.path})
 
 
 def tune(config: TuneConfig | dict | str | Path, console: Console | None = None) -> TuneResult:

@@ -56,6 +56,7 @@ def unlearn(
     `crash_at_step` kills the last worker once at that step (a fault-tolerance drill for tests).
     """
     from safemax_ray.ray.cluster import cluster_has_gpus, ensure_ray
+    from safemax_ray.ray.evaluation import evaluate_checkpoint
     from safemax_ray.ray.progress import ProgressActor, run_with_progress
     from safemax_ray.ray.worker import build_trainer
 
@@ -63,6 +64,7 @@ def unlearn(
     console = console or Console(quiet=not show_progress)
     run_id = new_run_id(cfg)
     output_dir = cfg.output_dir or storage.join(cfg.results_dir, "models", run_id)
+    cache_dir = storage.join(cfg.results_dir, "cache")
     started = ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
     try:
         import ray
@@ -74,14 +76,23 @@ def unlearn(
             name=run_id,
             storage_path=cfg.ray.storage_path or storage.join(cfg.results_dir, "ray"),
             use_gpu=use_gpu,
-            cache_dir=storage.join(cfg.results_dir, "cache"),
+            cache_dir=cache_dir,
             progress=actor,
             crash_at_step=crash_at_step,
             crash_marker=str(Path(tempfile.gettempdir()) / f"safemax-crash-{run_id}") if crash_at_step else None,
         )
+
+        def fit_and_evaluate():
+            result = trainer.fit()
+            if result.error is not None:
+                raise result.error
+            on_progress = (lambda phase, i, n: actor.update.remote(phase, i, n, None)) if actor else None
+            metrics = evaluate_checkpoint(cfg, result.checkpoint, dict(result.metrics), use_gpu, cache_dir, on_progress)
+            return result.checkpoint, metrics
+
         began = time.perf_counter()
-        result = run_with_progress(trainer.fit, actor, console) if actor is not None else trainer.fit()
-        console.log(f"Ray Train run finished in {time.perf_counter() - began:.0f}s")
+        checkpoint, metrics = run_with_progress(fit_and_evaluate, actor, console) if actor else fit_and_evaluate()
+        console.log(f"Ray run finished in {time.perf_counter() - began:.0f}s")
         if actor is not None:
             ray.kill(actor)
     finally:
@@ -89,8 +100,5 @@ def unlearn(
             import ray
 
             ray.shutdown()
-    if result.error is not None:
-        raise result.error
-    metrics = dict(result.metrics)
-    row, path = finish_run(cfg, metrics, result.checkpoint, run_id, output_dir, "cuda" if use_gpu else "cpu")
+    row, path = finish_run(cfg, metrics, checkpoint, run_id, output_dir, "cuda" if use_gpu else "cpu")
     return UnlearnResult(run_id, row["run_key"], metrics, row["model_path"], row["grid_path"], path, row)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as tensors_to_bytes
 
 from safemax_ray.core.models import DiffusionModel, load_model, save_model
 
@@ -56,7 +57,11 @@ def restore(folder: Path, unet: torch.nn.Module, optimizer) -> tuple[TrainState,
 
 
 def save_samples(folder: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
-    save_file({"images": images.contiguous(), "labels": labels.contiguous()}, folder / SAMPLES)
+    (folder / SAMPLES).write_bytes(samples_bytes(images, labels))
+
+
+def samples_bytes(images: torch.Tensor, labels: torch.Tensor) -> bytes:
+    return tensors_to_bytes({"images": images.contiguous(), "labels": labels.contiguous()})
 
 
 def load_samples(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:

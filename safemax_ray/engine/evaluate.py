@@ -22,11 +22,12 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from safemax_ray import storage
-from safemax_ray.config import EvalConfig
-from safemax_ray.core.classifier import Classifier, FeatureExtractor
+from safemax_ray.config import EvalConfig, UnlearnConfig
+from safemax_ray.core.classifier import Classifier, FeatureExtractor, load_classifier
 from safemax_ray.core.data import ImageData
 from safemax_ray.core.metrics import accuracy, frechet_distance, mean_entropy, unlearning_accuracy
-from safemax_ray.core.models import DiffusionModel
+from safemax_ray.core.models import SHIPPED_CLASSIFIER, DiffusionModel
+from safemax_ray.core.objective import score as objective_score
 from safemax_ray.core.randomness import chunk_generator
 from safemax_ray.core.sampling import sample
 
@@ -137,6 +138,32 @@ def score(
     )
 
 
+def load_eval_classifier(cfg: UnlearnConfig, num_classes: int) -> Classifier:
+    return load_classifier(cfg.classifier or SHIPPED_CLASSIFIER, num_classes)
+
+
+def judge(
+    cfg: UnlearnConfig, data: ImageData, images: torch.Tensor, base_images: torch.Tensor, labels: torch.Tensor
+) -> dict[str, Any]:
+    """Score the unlearned and the base model's samples (same labels, same noise): UA, H, FID,
+    accuracy for both, the base model's own check, and the search objective."""
+    classifier = load_eval_classifier(cfg, data.num_classes)
+    result = score(images, labels, cfg.forget_class, classifier, data, cfg.eval)
+    base = score(base_images, labels, cfg.forget_class, classifier, data, cfg.eval)
+    metrics: dict[str, Any] = result.as_dict()
+    metrics.update({f"base_{k}": v for k, v in base.as_dict().items() if k != "fid_features"})
+    metrics["base_ok"] = base_check(base, cfg.eval)
+    metrics["score"] = objective_score(metrics, data.num_classes)
+    metrics["sample_steps"] = cfg.eval.sample_steps or _train_steps(cfg)
+    return metrics
+
+
+def _train_steps(cfg: UnlearnConfig) -> int:
+    from safemax_ray.core.models import load_scheduler
+
+    return int(load_scheduler(cfg.model).config.num_train_timesteps)
+
+
 def base_check(base: EvalResult, config: EvalConfig) -> bool:
     """Does the base model pass its own test? Its forget-class samples must be recognised as the forget
     class, and its retained samples as theirs; otherwise UA and H of the unlearned model mean nothing."""
@@ -147,6 +174,21 @@ def base_cache_path(cache_dir: str, model_id: str, labels: torch.Tensor, config:
     noise = {k: v for k, v in asdict(config).items() if k in ("guidance", "sample_steps", "batch_size", "seed")}
     key = json.dumps([model_id, labels.tolist(), noise, device_type], sort_keys=True)
     return storage.join(cache_dir, f"base-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors")
+
+
+def read_cache(path: str | None) -> torch.Tensor | None:
+    if path and storage.exists(path):
+        return load_tensors(storage.read_bytes(path))["images"]
+    return None
+
+
+def write_cache(path: str | None, images: torch.Tensor) -> None:
+    if not path:
+        return
+    try:
+        storage.write_bytes_atomic(path, save_tensors({"images": images.contiguous()}))
+    except FileExistsError:
+        pass  # a concurrent run cached the same samples first
 
 
 def base_samples(
@@ -160,14 +202,12 @@ def base_samples(
     on_step: OnStep | None = None,
 ) -> torch.Tensor:
     """The base model's samples for `labels`, from the cache or made (and cached by rank 0)."""
-    if cache_path and storage.exists(cache_path):
-        return load_tensors(storage.read_bytes(cache_path))["images"]
+    cached = read_cache(cache_path)
+    if cached is not None:
+        return cached
     images = sample_labels(model, labels, config, rank, world, gather, on_step)
-    if cache_path and rank == 0:
-        try:
-            storage.write_bytes_atomic(cache_path, save_tensors({"images": images.contiguous()}))
-        except FileExistsError:
-            pass  # a concurrent run cached the same samples first
+    if rank == 0:
+        write_cache(cache_path, images)
     return images
 
 

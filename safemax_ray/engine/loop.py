@@ -18,10 +18,8 @@ from typing import Any
 import torch
 
 from safemax_ray.config import UnlearnConfig
-from safemax_ray.core.classifier import Classifier, load_classifier
 from safemax_ray.core.data import ImageData, load_dataset
-from safemax_ray.core.models import SHIPPED_CLASSIFIER, DiffusionModel, load_model, model_fingerprint, peak_memory_mb
-from safemax_ray.core.objective import score as objective_score
+from safemax_ray.core.models import DiffusionModel, load_model, model_fingerprint, peak_memory_mb
 from safemax_ray.core.randomness import RankRandom, step_generator
 from safemax_ray.engine import evaluate
 from safemax_ray.engine.checkpoint import TrainState
@@ -195,8 +193,17 @@ def train(session: Session, hooks: Hooks | None = None) -> dict[str, float]:
     return stats
 
 
-def load_eval_classifier(cfg: UnlearnConfig, num_classes: int) -> Classifier:
-    return load_classifier(cfg.classifier or SHIPPED_CLASSIFIER, num_classes)
+def training_metrics(session: Session) -> dict[str, Any]:
+    """What a run reports about its training, whoever evaluates it."""
+    s = session
+    return {
+        "step": s.state.step,
+        "rte_s": s.state.elapsed_s,
+        "setup_s": s.state.setup_s,
+        "peak_mem_mb": peak_memory_mb(s.device),
+        "num_workers": s.world,
+        "num_classes": s.data.num_classes,
+    }
 
 
 def evaluate_run(
@@ -205,37 +212,19 @@ def evaluate_run(
     gather: evaluate.GatherObjects | None = None,
     on_sample: Callable[[str], evaluate.OnStep | None] = lambda phase: None,
 ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
-    """Sample the base and the unlearned model on identical noise and score both (on rank 0).
-
-    Returns (metrics, images, labels); metrics carry UA, H, FID and accuracy on rank 0 only.
-    """
+    """Sample the base and the unlearned model on identical noise, over this run's ranks, and score
+    both on rank 0. Returns (metrics, images, labels); UA, H, FID and accuracy are on rank 0 only."""
     s, cfg = session, session.cfg
-    peak = peak_memory_mb(s.device)
+    metrics = training_metrics(s)
     s.model.unet.eval()
     labels = evaluate.eval_labels(s.data.num_classes, cfg.forget_class, cfg.eval)
-    base_id = model_fingerprint(cfg.model)
-    cache = evaluate.base_cache_path(cache_dir, base_id, labels, cfg.eval, s.device.type) if cache_dir else None
+    cache = evaluate.base_cache_path(cache_dir, model_fingerprint(cfg.model), labels, cfg.eval, s.device.type)
     base = DiffusionModel(load_model(cfg.model).unet.to(s.device).eval(), s.model.scheduler)
     base_images = evaluate.base_samples(
-        base, labels, cfg.eval, cache, s.rank, s.world, gather, on_sample("sample base")
+        base, labels, cfg.eval, cache if cache_dir else None, s.rank, s.world, gather, on_sample("sample base")
     )
     del base
     images = evaluate.sample_labels(s.model, labels, cfg.eval, s.rank, s.world, gather, on_sample("sample unlearned"))
-    metrics: dict[str, Any] = {
-        "step": s.state.step,
-        "rte_s": s.state.elapsed_s,
-        "setup_s": s.state.setup_s,
-        "peak_mem_mb": peak,
-        "num_workers": s.world,
-        "sample_steps": cfg.eval.sample_steps or s.model.num_train_timesteps,
-        "num_classes": s.data.num_classes,
-    }
     if s.rank == 0:
-        classifier = load_eval_classifier(cfg, s.data.num_classes)
-        result = evaluate.score(images, labels, cfg.forget_class, classifier, s.data, cfg.eval)
-        base_result = evaluate.score(base_images, labels, cfg.forget_class, classifier, s.data, cfg.eval)
-        metrics.update(result.as_dict())
-        metrics.update({f"base_{k}": v for k, v in base_result.as_dict().items() if k != "fid_features"})
-        metrics["base_ok"] = evaluate.base_check(base_result, cfg.eval)
-        metrics["score"] = objective_score(metrics, s.data.num_classes)
+        metrics.update(evaluate.judge(cfg, s.data, images, base_images, labels))
     return metrics, images, labels

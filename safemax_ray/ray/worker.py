@@ -19,15 +19,16 @@ import torch
 from safemax_ray.config import UnlearnConfig, from_dict, to_dict
 from safemax_ray.core.models import DiffusionModel
 from safemax_ray.engine import checkpoint, evaluate
+from safemax_ray.engine.evaluate import load_eval_classifier
 from safemax_ray.engine.loop import (
     Hooks,
     Session,
     TrainingDiverged,
     evaluate_run,
-    load_eval_classifier,
     open_session,
     run_setup,
     train,
+    training_metrics,
 )
 
 
@@ -126,6 +127,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         # Reported, not raised: a raised error would make Ray Train restart the workers for nothing.
         message = str(exc)
         _report(session, {"diverged_at_step": exc.step}, lambda folder: checkpoint.mark_diverged(folder, message))
+        return
+
+    if cfg.eval.workers != "train":  # the driver spreads evaluation over the cluster (ray/evaluation.py)
+        metrics = {**training_metrics(session), "resumed_from_step": resumed_from}
+        _report(session, metrics, _save(session))
         return
 
     def on_sample(phase: str):

@@ -1,0 +1,111 @@
+"""Evaluation spread over the cluster: a run's sampling chunks become Ray tasks on every GPU (or CPU)
+the cluster offers, not only on the run's own Train workers.
+
+Chunk c is sampled from a generator seeded by (eval seed, c) (engine/evaluate.py), so the images are the
+same whichever task samples which chunk. The model travels through the object store (configs and
+tensors), so nodes need no shared filesystem. The caller scores the samples and writes them into the
+run's final checkpoint, which then looks exactly like one whose Train workers evaluated it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from safemax_ray.config import EvalConfig, UnlearnConfig, from_dict, to_dict
+from safemax_ray.core.data import load_dataset
+from safemax_ray.core.models import DiffusionModel, from_parts, load_model, model_fingerprint, to_parts
+from safemax_ray.engine import checkpoint as layout
+from safemax_ray.engine import evaluate
+
+OnProgress = Callable[[str, int, int], None]  # (phase, chunks done, chunks)
+
+
+@dataclass
+class ClusterSamples:
+    images: torch.Tensor
+    nodes: set[str] = field(default_factory=set)  # Ray node ids that sampled chunks
+
+
+def eval_workers(setting: int | str, chunks: int, use_gpu: bool) -> int:
+    """Tasks to start: the number asked for, or for "auto" one per GPU (or CPU) of the cluster."""
+    if setting == "auto":
+        resources = ray.cluster_resources()
+        setting = int(resources.get("GPU", 0)) if use_gpu else int(resources.get("CPU", 1))
+    return max(1, min(int(setting), chunks))
+
+
+@ray.remote(max_retries=2)
+def _sample_chunks(parts: dict, labels: torch.Tensor, config: dict, chunks: list[int], use_gpu: bool):
+    model = from_parts(parts)
+    model.unet.to(torch.device("cuda" if use_gpu else "cpu"))
+    images = evaluate.sample_chunks(model, labels, from_dict(EvalConfig, config), chunks)
+    return images, ray.get_runtime_context().get_node_id()
+
+
+def sample_on_cluster(
+    model: DiffusionModel,
+    labels: torch.Tensor,
+    config: EvalConfig,
+    use_gpu: bool,
+    on_chunks: Callable[[int, int], None] | None = None,
+) -> ClusterSamples:
+    """All images for `labels`, the chunks dealt round-robin to `config.workers` tasks."""
+    n = evaluate.num_chunks(labels, config)
+    k = eval_workers(config.workers, n, use_gpu)
+    parts = ray.put(to_parts(model))
+    # SPREAD: chunks go to every node of the cluster, not first to fill the one the caller runs on.
+    task = _sample_chunks.options(num_cpus=1, num_gpus=1 if use_gpu else 0, scheduling_strategy="SPREAD")
+    pending = [task.remote(parts, labels, to_dict(config), list(range(r, n, k)), use_gpu) for r in range(k)]
+    out = ClusterSamples(torch.empty(0))
+    chunks: dict[int, torch.Tensor] = {}
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        images, node = ray.get(ready[0])
+        chunks.update(images)
+        out.nodes.add(node)
+        if on_chunks is not None:
+            on_chunks(len(chunks), n)
+    out.images = torch.cat([chunks[c] for c in range(n)])
+    return out
+
+
+def evaluate_checkpoint(
+    cfg: UnlearnConfig,
+    checkpoint,
+    metrics: dict[str, Any],
+    use_gpu: bool,
+    cache_dir: str,
+    on_progress: OnProgress | None = None,
+) -> dict[str, Any]:
+    """The run's metrics with UA, H, FID and accuracy added, sampling on the cluster (unless the Train
+    workers evaluated already, or training diverged); the samples go into the checkpoint folder."""
+    if "ua" in metrics or "diverged_at_step" in metrics:
+        return metrics
+    data = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+    labels = evaluate.eval_labels(data.num_classes, cfg.forget_class, cfg.eval)
+    device = "cuda" if use_gpu else "cpu"
+
+    def progress(phase: str):
+        return (lambda done, n: on_progress(phase, done, n)) if on_progress else None
+
+    cache = evaluate.base_cache_path(cache_dir, model_fingerprint(cfg.model), labels, cfg.eval, device)
+    base_images = evaluate.read_cache(cache)
+    nodes: set[str] = set()
+    if base_images is None:
+        base = sample_on_cluster(load_model(cfg.model), labels, cfg.eval, use_gpu, progress("sample base"))
+        base_images, nodes = base.images, base.nodes
+        evaluate.write_cache(cache, base_images)
+    with checkpoint.as_directory() as folder:
+        unlearned = load_model(Path(folder) / layout.MODEL_DIR)
+    result = sample_on_cluster(unlearned, labels, cfg.eval, use_gpu, progress("sample unlearned"))
+    with checkpoint.filesystem.open_output_stream(posixpath.join(checkpoint.path, layout.SAMPLES)) as f:
+        f.write(layout.samples_bytes(result.images, labels))
+    judged = evaluate.judge(cfg, data, result.images, base_images, labels)
+    return {**metrics, **judged, "eval_nodes": len(nodes | result.nodes)}

@@ -1,0 +1,17 @@
+"""scripts/bench_gpu.py runs end to end on a CPU (--tiny) and prints every figure it promises."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parent.parent / "scripts" / "bench_gpu.py"
+
+
+def test_tiny_benchmark_prints_step_sampling_and_projection():
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tiny"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    for expected in ("reference (CPU RNG", "package, eager", "ms per step", "paper protocol", "8 device(s)"):
+        assert expected in out, out
+    minutes = [float(line.split(":")[1].split()[0]) for line in out.splitlines() if "device(s):" in line]
+    assert len(minutes) == 4 and minutes[0] > minutes[1] > minutes[2] > minutes[3] > 0
