@@ -95,7 +95,7 @@ class UnlearnConfig:
     model: str | None = None  # diffusers folder; None: the shipped digits model
     classifier: str | None = None  # classifier folder; None: the shipped digits classifier
     method_options: dict[str, Any] = field(default_factory=dict)  # the method's own (safemax: lam, alpha, ...)
-    lr: float = 1e-3
+    lr: float | None = None  # Adam learning rate; None: the method's default (DEFAULT_LR)
     iterations: int = 200
     batch_size: int = 128  # global, per stream: this many forget and this many remain images a step
     seed: int = 0
@@ -113,7 +113,7 @@ class UnlearnConfig:
             raise SafemaxError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         if self.dataset != "digits" and not self.data_root:
             raise SafemaxError(f"dataset {self.dataset!r} needs --data-root pointing at the local files")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise SafemaxError(f"lr must be > 0, got {self.lr}")
         if self.iterations < 1:
             raise SafemaxError(f"iterations must be >= 1, got {self.iterations}")
@@ -133,6 +133,12 @@ class UnlearnConfig:
         self.options()
         self.eval.validate()
         self.ray.validate()
+
+    def learning_rate(self) -> float:
+        """`lr`, or the method's default when it is not set."""
+        from safemax_ray.methods import get_method
+
+        return self.lr if self.lr is not None else get_method(self.method).DEFAULT_LR
 
     def options(self) -> Any:
         """The method's typed options (defaults filled in), validated; unknown names refused."""
@@ -154,7 +160,7 @@ class UnlearnConfig:
             "image_size": self.image_size,
             "model": model_fingerprint(self.model),
             "classifier": classifier_fingerprint(self.classifier),
-            "lr": self.lr,
+            "lr": self.learning_rate(),
             "iterations": self.iterations,
             "batch_size": self.batch_size,
             "grad_clip": self.grad_clip,

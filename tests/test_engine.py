@@ -67,12 +67,18 @@ def test_engine_trains_and_evaluates_with_ray_hidden():
     assert done.stdout.split()[-1] == "True"  # the shipped base model passes its own check
 
 
-def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_assets, tmp_path):
-    cfg = tiny_config(tiny_assets)
+SA_TINY = {"fisher_samples_per_class": 2, "fisher_timesteps": 3}
+
+
+@pytest.mark.parametrize("method, options", [("safemax", {}), ("salun", {}), ("sa", SA_TINY)])
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_assets, tmp_path, method, options):
+    cfg = tiny_config(tiny_assets, method=method, method_options=options)
     whole = open_session(cfg, CPU)
+    run_setup(whole, str(tmp_path / "cache"))
     train(whole)
 
     first = open_session(cfg, CPU)
+    run_setup(first, str(tmp_path / "cache"))
     saved = []
 
     def save_and_stop(done):
@@ -82,7 +88,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_assets, 
 
     with pytest.raises(KeyboardInterrupt):
         train(first, Hooks(on_checkpoint=save_and_stop))
-    resumed = open_session(cfg, CPU)
+    resumed = open_session(cfg, CPU)  # no set-up: the method's state comes from the checkpoint
     resumed.state, method_state = checkpoint.restore(tmp_path, resumed.model.unet, resumed.optimizer)
     resumed.method.load_state_dict(method_state)
     assert saved == [3] and resumed.state.step == 3

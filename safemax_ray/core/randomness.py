@@ -58,6 +58,11 @@ class RankRandom:
         x = torch.randn((n * self.world, *rest), generator=self.generator, device=self.device)
         return self._mine(x, n)
 
+    def rand(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        """U[0, 1) of the given local shape."""
+        n, *rest = shape
+        return self._mine(torch.rand((n * self.world, *rest), generator=self.generator, device=self.device), n)
+
     def uniform(self, n: int) -> torch.Tensor:
         return self._mine(torch.rand((n * self.world,), generator=self.generator, device=self.device), n)
 

@@ -86,7 +86,7 @@ def plan(
             method_options=dict(base.method_options),
         )
         tuned = (params or {}).get(c, {})
-        cfg.lr = float(tuned.get("lr", cfg.lr))
+        cfg.lr = float(tuned["lr"]) if "lr" in tuned else cfg.lr
         cfg.iterations = int(tuned.get("iterations", cfg.iterations))
         cfg.method_options.update(tuned.get("method_options", {}))
         cfg.output_dir = None

@@ -53,7 +53,7 @@ def build_row(
         "forget_class": cfg.forget_class,
         **{name: options.get(name) for name in COMMON_OPTIONS},
         "method_options_json": json.dumps(options, sort_keys=True),
-        "lr": cfg.lr,
+        "lr": cfg.learning_rate(),
         "iterations": cfg.iterations,
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,

@@ -88,7 +88,7 @@ def new_session(
     if should_compile(cfg, device):
         compile_in_place(model.unet)
     forget_idx, remain_idx = data.split(cfg.forget_class)
-    optimizer = torch.optim.Adam(model.unet.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    optimizer = torch.optim.Adam(model.unet.parameters(), lr=cfg.learning_rate(), fused=device.type == "cuda")
     return Session(
         cfg=cfg,
         model=model,
@@ -137,6 +137,7 @@ def run_setup(
         all_reduce=all_reduce,
         sample=sample,
         cache_dir=cache_dir,
+        model_id=model_fingerprint(s.cfg.model),
     )
     began = time.perf_counter()
     s.method.setup(ctx)
@@ -179,7 +180,7 @@ def train(session: Session, hooks: Hooks | None = None) -> dict[str, float]:
         checkpoint_due = done % cfg.ray.checkpoint_every == 0 and done < cfg.iterations
         if done % sync_every == 0 or done == cfg.iterations or checkpoint_due:
             if int(first_bad) >= 0:
-                raise TrainingDiverged(int(first_bad), cfg.lr)
+                raise TrainingDiverged(int(first_bad), cfg.learning_rate())
             stats = {k: float(v) / window for k, v in sums.items()}
             sums, window = {}, 0
             if hooks.on_stats is not None:
@@ -218,10 +219,11 @@ def evaluate_run(
     metrics = training_metrics(s)
     s.model.unet.eval()
     labels = evaluate.eval_labels(s.data.num_classes, cfg.forget_class, cfg.eval)
-    cache = evaluate.base_cache_path(cache_dir, model_fingerprint(cfg.model), labels, cfg.eval, s.device.type)
+    model_id = model_fingerprint(cfg.model)
+    cache = evaluate.base_cache_path(cache_dir, model_id, labels, cfg.eval, s.device.type) if cache_dir else None
     base = DiffusionModel(load_model(cfg.model).unet.to(s.device).eval(), s.model.scheduler)
     base_images = evaluate.base_samples(
-        base, labels, cfg.eval, cache if cache_dir else None, s.rank, s.world, gather, on_sample("sample base")
+        base, labels, cfg.eval, cache, s.rank, s.world, gather, on_sample("sample base")
     )
     del base
     images = evaluate.sample_labels(s.model, labels, cfg.eval, s.rank, s.world, gather, on_sample("sample unlearned"))

@@ -1,6 +1,8 @@
 """Unlearning methods behind a small registry; importing this package registers the built-ins."""
 
 from safemax_ray.methods import safemax as _safemax  # noqa: F401  (registers "safemax")
+from safemax_ray.methods import salun as _salun  # noqa: F401  (registers "salun")
+from safemax_ray.methods import selective_amnesia as _sa  # noqa: F401  (registers "sa")
 from safemax_ray.methods.base import LossOutput, MethodOptions, SetupContext, UnlearnBatch, UnlearningMethod
 from safemax_ray.methods.registry import (
     ENTRY_POINT_GROUP,

@@ -73,11 +73,13 @@ class SetupContext:
     all_reduce: Callable[[torch.Tensor], torch.Tensor]  # sum over ranks (identity on one worker)
     sample: Callable[[torch.Tensor], torch.Tensor]  # guided samples of the *base* model for the given labels
     cache_dir: str | None  # a folder shared by runs, for set-up results keyed by content
+    model_id: str  # the base model's content hash (for cache keys)
 
 
 class UnlearningMethod(ABC):
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     SEARCHABLE: ClassVar[tuple[str, ...]] = ()
+    DEFAULT_LR: ClassVar[float] = 1e-4  # the run's lr when none is given
 
     def __init__(self, options: MethodOptions, scheduler: DDPMScheduler):
         self.options = options

@@ -88,6 +88,7 @@ class SafeMax(UnlearningMethod):
 
     Options = SafeMaxOptions
     SEARCHABLE = ("lam", "alpha", "target")
+    DEFAULT_LR = 1e-3  # 200 iterations on digits (the paper: 1e-4 for 1000 iterations on CIFAR-10)
     options: SafeMaxOptions
 
     def loss(self, unet, batch: UnlearnBatch, rng: RankRandom) -> LossOutput:

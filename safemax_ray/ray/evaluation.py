@@ -65,6 +65,8 @@ def sample_on_cluster(
     pending = [task.remote(parts, labels, to_dict(config), list(range(r, n, k)), use_gpu) for r in range(k)]
     out = ClusterSamples(torch.empty(0))
     chunks: dict[int, torch.Tensor] = {}
+    if on_chunks is not None:
+        on_chunks(0, n)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         images, node = ray.get(ready[0])
