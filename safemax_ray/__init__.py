@@ -18,6 +18,7 @@ from safemax_ray.errors import SafemaxError
 
 if TYPE_CHECKING:
     from safemax_ray.drivers.batch import BatchResult
+    from safemax_ray.drivers.compare import CompareResult
     from safemax_ray.drivers.tune import TuneConfig, TuneResult
     from safemax_ray.drivers.unlearn import UnlearnResult
 
@@ -28,6 +29,7 @@ __all__ = [
     "SafemaxError",
     "UnlearnConfig",
     "batch_unlearn",
+    "compare",
     "load_unlearn_config",
     "register_method",
     "tune",
@@ -54,6 +56,13 @@ def batch_unlearn(base: UnlearnConfig, classes: list[int], **kwargs: Any) -> Bat
     from safemax_ray.drivers.batch import batch_unlearn as run_batch
 
     return run_batch(base, classes, **kwargs)
+
+
+def compare(base: UnlearnConfig, classes: list[int], **kwargs: Any) -> CompareResult:
+    """Several methods on the same classes, then the report; see `safemax_ray.drivers.compare.compare`."""
+    from safemax_ray.drivers.compare import compare as run_compare
+
+    return run_compare(base, classes, **kwargs)
 
 
 def register_method(name: str):

@@ -75,6 +75,8 @@ def _add_method_flags(p: argparse.ArgumentParser) -> None:
             fields.setdefault(f.name, f)
     group = p.add_argument_group("method options (under method_options in YAML)")
     for opt, f in fields.items():
+        if "--" + opt.replace("_", "-") in p._option_string_actions:
+            continue  # a plugin's option named like a run flag: settable under method_options in YAML
         kind = {"float": float, "int": int, "str": str}.get(str(f.type), str)
         group.add_argument(
             "--" + opt.replace("_", "-"),
@@ -248,9 +250,43 @@ def cmd_batch(args: argparse.Namespace) -> int:
         f"batch: {len(result.done)} run(s) done, {len(result.skipped)} already stored, "
         f"{len(result.failed)} failed, in {result.seconds:.0f}s"
     )
-    for cls, error in sorted(result.failed.items()):
-        console.print(f"[red]class {cls}[/]: {error}")
+    for name, error in sorted(result.failed.items()):
+        console.print(f"[red]{name}[/]: {error}")
     return 1 if result.failed else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from safemax_ray.config import load_unlearn_config
+    from safemax_ray.drivers.batch import parse_classes
+    from safemax_ray.drivers.compare import compare
+
+    overrides = {k: v for k, v in run_overrides(args).items() if not k.startswith("method_options.")}
+    cfg = load_unlearn_config(args.config, **overrides)
+    result = compare(
+        cfg, parse_classes(args.classes), args.methods, parse_options(args.options or []), args.max_concurrent, console
+    )
+    batch = result.batch
+    console.print(
+        f"compare: {len(batch.done)} run(s) done, {len(batch.skipped)} already stored, "
+        f"{len(batch.failed)} failed, in {batch.seconds:.0f}s; report in {result.report.out_dir}"
+    )
+    for name, error in sorted(batch.failed.items()):
+        console.print(f"[red]{name}[/]: {error}")
+    return 1 if batch.failed else 0
+
+
+def parse_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """['sa.fisher_samples_per_class=50', ...] -> {'sa': {'fisher_samples_per_class': 50}} (YAML values)."""
+    import yaml
+
+    options: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        method, dot, name = key.partition(".")
+        if not (sep and dot and method and name):
+            raise SafemaxError(f"bad --options entry {pair!r}: write METHOD.OPTION=VALUE, e.g. sa.gamma=0.5")
+        options.setdefault(method, {})[name] = yaml.safe_load(value)
+    return options
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -322,6 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned-study", help="only trials of this study")
     _add_run_flags(p)
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("compare", help="several methods on the same classes, then the paper's tables and figures")
+    p.add_argument("--classes", required=True, help="e.g. 0-9 or 0,2,5-7")
+    p.add_argument("--methods", nargs="+", default=["safemax", "salun", "sa"], help="methods to compare")
+    p.add_argument("--options", nargs="*", help="method options as METHOD.OPTION=VALUE, e.g. sa.gamma=0.5")
+    p.add_argument("--max-concurrent", type=int, help="runs at once (default: what the cluster fits)")
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="the paper's tables and figures from a results folder")
     p.add_argument("results_dir")

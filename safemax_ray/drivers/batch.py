@@ -68,8 +68,8 @@ def tuned_params(results_dir: str, dataset: str, study: str | None = None) -> di
 @dataclass
 class BatchResult:
     done: list[dict[str, Any]] = field(default_factory=list)  # rows written by this batch
-    skipped: list[int] = field(default_factory=list)  # classes that already had a row
-    failed: dict[int, str] = field(default_factory=dict)  # class -> error
+    skipped: list[str] = field(default_factory=list)  # "method class c" of runs that already had a row
+    failed: dict[str, str] = field(default_factory=dict)  # "method class c" -> error
     seconds: float = 0.0
 
 
@@ -132,53 +132,64 @@ def batch_unlearn(
     console: Console | None = None,
 ) -> BatchResult:
     """Unlearn each class in `classes` with `base`'s settings (or tuned `params` per class)."""
+    if not classes:
+        raise SafemaxError("no classes to unlearn")
+    return run_all(plan(base, classes, params), max_concurrent, console)
+
+
+def label(cfg: UnlearnConfig) -> str:
+    return f"{cfg.method} class {cfg.forget_class}"
+
+
+def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, console: Console | None = None):
+    """Run every config not stored yet, as many at once as the cluster fits; one row each."""
     import ray
 
     from safemax_ray.drivers.preflight import preflight
     from safemax_ray.ray.cluster import cluster_has_gpus, ensure_ray
 
     console = console or Console(quiet=True)
-    if not classes:
-        raise SafemaxError("no classes to unlearn")
-    if base.ray.cpus_per_worker is None:
+    first = configs[0]
+    if first.ray.cpus_per_worker is None:
         # Several runs share each node: one thread per worker, and Ray packs runs by CPU count.
-        base = replace(base, ray=replace(base.ray, cpus_per_worker=1.0))
-    configs = [preflight(cfg) for cfg in plan(base, classes, params)]
+        configs = [replace(c, ray=replace(c.ray, cpus_per_worker=1.0)) for c in configs]
+        first = configs[0]
+    configs = [preflight(cfg) for cfg in configs]
     results_dir = configs[0].results_dir
     stored = set(read_dataframe(results_dir).run_key)
     todo = [c for c in configs if c.run_key() not in stored]
-    outcome = BatchResult(skipped=[c.forget_class for c in configs if c.run_key() in stored])
+    outcome = BatchResult(skipped=[label(c) for c in configs if c.run_key() in stored])
     if outcome.skipped:
-        console.log(f"already stored, skipped: classes {outcome.skipped}")
+        console.log(f"already stored, skipped: {', '.join(outcome.skipped)}")
     if not todo:
         return outcome
     began = time.perf_counter()
-    per_run_cpus = 1 + base.ray.num_workers * base.ray.cpus_per_worker
-    started = ensure_ray(base.ray.address, base.ray.num_cpus or max(4, int(2 * per_run_cpus)))
+    per_run_cpus = 1 + first.ray.num_workers * first.ray.cpus_per_worker
+    started = ensure_ray(first.ray.address, first.ray.num_cpus or max(4, int(2 * per_run_cpus)))
     try:
-        use_gpu = cluster_has_gpus() if base.ray.use_gpu is None else base.ray.use_gpu
+        use_gpu = cluster_has_gpus() if first.ray.use_gpu is None else first.ray.use_gpu
         fits = int(ray.cluster_resources().get("CPU", 1) // per_run_cpus)
         limit = max(1, max_concurrent or fits)
-        console.log(f"{len(todo)} runs, {limit} at a time, {base.ray.num_workers} worker(s) each")
+        console.log(f"{len(todo)} runs, {limit} at a time, {first.ray.num_workers} worker(s) each")
         task = ray.remote(_one_run).options(num_cpus=1, max_retries=0)
-        pending: dict[Any, int] = {}
+        pending: dict[Any, str] = {}
         queue = list(todo)
         while queue or pending:
             while queue and len(pending) < limit:
                 cfg = queue.pop(0)
-                pending[task.remote(to_dict(cfg), use_gpu)] = cfg.forget_class
+                pending[task.remote(to_dict(cfg), use_gpu)] = label(cfg)
             ready, _ = ray.wait(list(pending), num_returns=1)
-            cls = pending.pop(ready[0])
+            name = pending.pop(ready[0])
             try:
                 row = ray.get(ready[0])
                 outcome.done.append(row)
                 console.log(
-                    f"class {cls}: UA {row['ua']:.1f}%  H {row['entropy']:.2f}  FID {row['fid']:.2f}  "
-                    f"retained acc {row['retain_acc']:.1f}%  ({row['rte_s']:.0f}s)"
+                    f"{name}: UA {row['ua']:.1f}%  H {row['entropy']:.2f}  FID {row['fid']:.2f}  "
+                    f"retained acc {row['retain_acc']:.1f}%  ({row['rte_s']:.0f}s + set-up {row['setup_s']:.0f}s)"
                 )
-            except Exception as exc:  # noqa: BLE001  (one class failing must not stop the others)
-                outcome.failed[cls] = f"{type(exc).__name__}: {exc}"
-                console.log(f"[red]class {cls} failed[/]: {exc}")
+            except Exception as exc:  # noqa: BLE001  (one run failing must not stop the others)
+                outcome.failed[name] = f"{type(exc).__name__}: {exc}"
+                console.log(f"[red]{name} failed[/]: {exc}")
     finally:
         if started:
             ray.shutdown()

@@ -19,6 +19,7 @@ from safemax_ray.core.models import SHIPPED_MODEL
 from safemax_ray.engine import checkpoint as layout
 from safemax_ray.errors import SafemaxError
 from safemax_ray.results.parquet import COMMON_OPTIONS, write_row
+from safemax_ray.results.report import FORGET_PNG
 
 METRICS = ("ua", "entropy", "fid", "retain_acc")
 
@@ -104,6 +105,8 @@ def export_run(cfg: UnlearnConfig, checkpoint, output_dir: str) -> tuple[str, st
             shutil.copytree(Path(folder) / layout.MODEL_DIR, tmp, dirs_exist_ok=True)
             images, labels = layout.load_samples(Path(folder))
         save_grid(images, labels, cfg.forget_class, str(tmp / "samples.png"))
+        forget = labels == cfg.forget_class
+        save_grid(images[forget], labels[forget], cfg.forget_class, str(tmp / FORGET_PNG))
         if out.exists():
             out.rmdir()
         tmp.rename(out)

@@ -30,7 +30,7 @@ SETUP_BATCH = 64  # forget images per saliency batch; batch b draws from a gener
 class SalUnOptions(MethodOptions):
     alpha: float = option(1e-3, "weight of the remain loss (summed over pixels, as the reference)")
     mask_ratio: float = option(0.5, "share of weights that may move: those most salient for the forget class")
-    guidance: float = option(2.0, "guidance weight w of the output whose gradient makes the mask")
+    mask_guidance: float = option(2.0, "guidance weight w of the output whose gradient makes the mask")
     null_drop: float = option(0.1, "null-label drop in the remain loss (classifier-free guidance)")
 
     def validate(self) -> None:
@@ -38,8 +38,8 @@ class SalUnOptions(MethodOptions):
             raise SafemaxError(f"alpha must be >= 0, got {self.alpha}")
         if not 0 < self.mask_ratio <= 1:
             raise SafemaxError(f"mask_ratio must be in (0, 1], got {self.mask_ratio}")
-        if self.guidance < 0:
-            raise SafemaxError(f"guidance must be >= 0, got {self.guidance}")
+        if self.mask_guidance < 0:
+            raise SafemaxError(f"mask_guidance must be >= 0, got {self.mask_guidance}")
         if not 0 <= self.null_drop < 1:
             raise SafemaxError(f"null_drop must be in [0, 1), got {self.null_drop}")
 
@@ -75,7 +75,7 @@ class SalUn(UnlearningMethod):
             eps_c, eps_u = unet(
                 torch.cat([x_t, x_t]), torch.cat([t, t]), class_labels=torch.cat([cond, null])
             ).sample.chunk(2)
-            guided = (1 + opts.guidance) * eps_c - opts.guidance * eps_u
+            guided = (1 + opts.mask_guidance) * eps_c - opts.mask_guidance * eps_u
             unet.zero_grad(set_to_none=True)
             (guided - eps).pow(2).mean().backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

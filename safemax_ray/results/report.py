@@ -34,8 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GROUP = "group"
+REFERENCE_GROUP = "safemax"  # cost ratios are relative to it
 SUMMARY_ROWS = ("mean", "std")
 MONTAGE_COLUMNS = 5  # forget-class panels per row of samples_grid.png
+FORGET_PNG = "forget.png"  # a run's forget-class samples alone, beside its samples.png
 
 # (stored column, label in the tables). Units follow what the runner stores: UA and retain accuracy are
 # percentages, RTE is seconds (the paper uses minutes; seconds keep small digit runs readable).
@@ -77,6 +79,7 @@ def load_runs(
     method: str | None = None,
     dataset: str | None = None,
     study: str | None = None,
+    run_keys: list[str] | None = None,
 ) -> pd.DataFrame:
     """The runs under `results_dir`, filtered, with a "group" column, one row per (group, forget class).
 
@@ -103,6 +106,8 @@ def load_runs(
     mask = pd.Series(True, index=df.index)
     for name, value in active.items():
         mask &= df[name] == value
+    if run_keys is not None:
+        mask &= df["run_key"].isin(run_keys)
     kept = df[mask].copy()
     if kept.empty:
         wanted = ", ".join(f"{name}={value!r}" for name, value in active.items())
@@ -156,10 +161,41 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
         raise SafemaxError("no runs to tabulate")
     if GROUP not in df.columns:
         raise SafemaxError("tables() needs the output of load_runs() (it lacks the 'group' column)")
-    return {
+    built = {
         "quality": _per_class_table(df, QUALITY_METRICS),
         "cost": _per_class_table(df, COST_METRICS),
     }
+    ratios = cost_ratios(df)
+    if ratios is not None:
+        built["ratios"] = ratios
+    return built
+
+
+def cost_ratios(df: pd.DataFrame, reference: str = REFERENCE_GROUP) -> pd.DataFrame | None:
+    """Each group's mean time and memory, and their ratio to the reference group's (the paper's
+    "2x faster than SalUn, 30x than SA" reads off the ratio columns); None without the reference or
+    without another group to compare."""
+    groups = sorted(df[GROUP].unique())
+    if reference not in groups or len(groups) < 2:
+        return None
+    means = df.assign(total_s=df["rte_s"] + df["setup_s"]).groupby(GROUP)[
+        ["rte_s", "setup_s", "total_s", "peak_mem_mb"]
+    ]
+    means = means.mean()
+    ref = means.loc[reference]
+    table = pd.DataFrame(
+        {
+            "RTE s": means["rte_s"],
+            "set-up s": means["setup_s"],
+            "RTE + set-up s": means["total_s"],
+            f"RTE / {reference}": means["rte_s"] / ref["rte_s"],
+            f"RTE + set-up / {reference}": means["total_s"] / ref["total_s"],
+            "peak mem MB": means["peak_mem_mb"],
+            f"peak mem / {reference}": means["peak_mem_mb"] / ref["peak_mem_mb"],
+        }
+    )
+    table.index.name = "method"
+    return table
 
 
 def _format_number(value: Any) -> str:
@@ -319,10 +355,37 @@ def figures(df: pd.DataFrame, out_dir: str | os.PathLike[str], results_dir: str 
     """
     folder = _local_out_dir(out_dir)
     written = [_bar_chart(df, column, ylabel, folder / f"{stem}.png") for column, stem, ylabel in BAR_CHARTS]
-    montage = _samples_montage(df, folder / "samples_grid.png", results_dir)
-    if montage is not None:
-        written.append(montage)
+    for drawn in (
+        _samples_montage(df, folder / "samples_grid.png", results_dir),
+        _forget_rows(df, folder / "forget_samples.png", results_dir),
+    ):
+        if drawn is not None:
+            written.append(drawn)
     return written
+
+
+def _forget_rows(df: pd.DataFrame, path: Path, results_dir: str | None) -> Path | None:
+    """The paper's Figure 2: for each forget class a line, and in it each group's forget-class samples
+    (the run's forget.png, beside its samples.png)."""
+    panels = []
+    for row in df.itertuples(index=False):
+        if isinstance(row.grid_path, str) and row.grid_path:
+            image = _read_image(str(Path(row.grid_path).with_name(FORGET_PNG)), results_dir)
+            if image is not None:
+                panels.append((row.group, int(row.forget_class), image))
+    if not panels:
+        return None
+    groups = sorted({g for g, _, _ in panels})
+    classes = sorted({c for _, c, _ in panels})
+    fig = _new_figure((3.2 * len(groups), 0.7 * len(classes) + 0.6))
+    axes = fig.subplots(len(classes), len(groups), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for group, forget_class, image in panels:
+        ax = axes[classes.index(forget_class), groups.index(group)]
+        ax.imshow(image)
+        ax.set_title(f"{group}, class {forget_class}", fontsize="x-small")
+    return _save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -358,6 +421,7 @@ def make_report(
     dataset: str | None = None,
     study: str | None = None,
     console: Any = None,
+    run_keys: list[str] | None = None,
 ) -> ReportResult:
     """Load, tabulate, write tables and figures to `out_dir` (default `<results_dir>/report`), and print
     the tables to `console` when one is given."""
@@ -365,7 +429,7 @@ def make_report(
         if storage.is_uri(results_dir):
             raise SafemaxError(f"results folder {results_dir} is a URI; pass a local out_dir for the report")
         out_dir = Path(results_dir.removeprefix("file://")) / "report"
-    runs = load_runs(results_dir, method=method, dataset=dataset, study=study)
+    runs = load_runs(results_dir, method=method, dataset=dataset, study=study, run_keys=run_keys)
     built = tables(runs)
     folder = _local_out_dir(out_dir)
     files = export(built, folder) + figures(runs, folder, results_dir=results_dir)
