@@ -144,6 +144,8 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
         ("entropy", "entropy H (nats)"),
         ("fid", "FID (retained)"),
         ("retain_acc", "retained accuracy %"),
+        ("noise_forget", "noise rate, forget samples %"),
+        ("noise_retain", "noise rate, retained samples %"),
     ):
         table.add_row(label, _fmt(metrics.get(f"base_{key}")), _fmt(metrics.get(key)))
     table.add_row("RTE (s, unlearning only)", "", _fmt(metrics.get("rte_s")))

@@ -59,6 +59,8 @@ def make_row(method: str, study: str, forget_class: int, minutes: int, values, *
         "num_workers": 1,
         "base_model": "/models/base",
         "study": study,
+        "noise_forget": 0.0,
+        "noise_retain": 0.0,
         "method_options_json": "{}",
         "base_ok": True,
         "setup_s": 0.0,
@@ -167,7 +169,8 @@ def test_make_report_writes_tables_and_images(results_dir, tmp_path):
     assert result.out_dir == tmp_path / "results" / "report"
     names = sorted(p.name for p in result.files)
     assert names == sorted(
-        ["quality.md", "quality.csv", "cost.md", "cost.csv", "ua.png", "entropy.png", "fid.png", "samples_grid.png"]
+        ["quality.md", "quality.csv", "cost.md", "cost.csv", "ratios.md", "ratios.csv"]
+        + ["ua.png", "entropy.png", "fid.png", "samples_grid.png"]
     )
     for path in result.files:
         assert path.is_file() and path.stat().st_size > 0
@@ -180,6 +183,9 @@ def test_make_report_writes_tables_and_images(results_dir, tmp_path):
     csv = pd.read_csv(result.out_dir / "cost.csv", index_col=0)
     assert csv.loc["mean", "sweep/RTE s"] == pytest.approx(700.0)
     assert csv.loc["std", "safemax/peak mem MB"] == pytest.approx(np.std([9000.0, 9200.0, 8900.0], ddof=1))
+    ratios = pd.read_csv(result.out_dir / "ratios.csv", index_col=0)
+    assert ratios.loc["safemax", "RTE / safemax"] == pytest.approx(1.0)
+    assert ratios.loc["sweep", "RTE / safemax"] == pytest.approx(700.0 / ratios.loc["safemax", "RTE s"])
 
     printed = buffer.getvalue()
     assert "quality" in printed and "cost" in printed and "mean" in printed and "std" in printed

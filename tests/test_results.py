@@ -41,6 +41,8 @@ def make_row(run_id="r1", forget_class=0, **extra):
         "num_workers": 1,
         "base_model": "shipped",
         "study": "",
+        "noise_forget": 0.0,
+        "noise_retain": 0.0,
         "method_options_json": "{}",
         "base_ok": True,
         "setup_s": 0.0,

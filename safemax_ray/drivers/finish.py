@@ -21,7 +21,7 @@ from safemax_ray.errors import SafemaxError
 from safemax_ray.results.parquet import COMMON_OPTIONS, write_row
 from safemax_ray.results.report import FORGET_PNG
 
-METRICS = ("ua", "entropy", "fid", "retain_acc")
+METRICS = ("ua", "entropy", "fid", "retain_acc", "noise_forget", "noise_retain")
 
 
 def check_not_diverged(checkpoint) -> None:

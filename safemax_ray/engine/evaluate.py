@@ -27,6 +27,8 @@ from safemax_ray.core.classifier import Classifier, FeatureExtractor, load_class
 from safemax_ray.core.data import ImageData
 from safemax_ray.core.metrics import accuracy, frechet_distance, mean_entropy, unlearning_accuracy
 from safemax_ray.core.models import SHIPPED_CLASSIFIER, DiffusionModel
+from safemax_ray.core.noise import calibrate as calibrate_noise
+from safemax_ray.core.noise import noise_rate
 from safemax_ray.core.objective import score as objective_score
 from safemax_ray.core.randomness import chunk_generator
 from safemax_ray.core.sampling import sample
@@ -42,6 +44,8 @@ class EvalResult:
     fid: float
     retain_acc: float  # % of retained-class samples labelled as their class
     fid_features: str  # "classifier" or "inception"
+    noise_forget: float  # % of forget-class samples that are noise (core/noise.py: no classifier)
+    noise_retain: float  # % of retained-class samples that are noise
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -118,6 +122,7 @@ def score(
     classifier: Classifier,
     real: ImageData,
     config: EvalConfig,
+    noise_threshold: float,
 ) -> EvalResult:
     logits = classify(classifier, images)
     is_forget = labels == forget_class
@@ -135,6 +140,8 @@ def score(
         fid=fid,
         retain_acc=accuracy(logits[~is_forget], labels[~is_forget]),
         fid_features=features,
+        noise_forget=noise_rate(images[is_forget], noise_threshold),
+        noise_retain=noise_rate(images[~is_forget], noise_threshold),
     )
 
 
@@ -148,8 +155,9 @@ def judge(
     """Score the unlearned and the base model's samples (same labels, same noise): UA, H, FID,
     accuracy for both, the base model's own check, and the search objective."""
     classifier = load_eval_classifier(cfg, data.num_classes)
-    result = score(images, labels, cfg.forget_class, classifier, data, cfg.eval)
-    base = score(base_images, labels, cfg.forget_class, classifier, data, cfg.eval)
+    threshold = calibrate_noise(data.images)
+    result = score(images, labels, cfg.forget_class, classifier, data, cfg.eval, threshold)
+    base = score(base_images, labels, cfg.forget_class, classifier, data, cfg.eval, threshold)
     metrics: dict[str, Any] = result.as_dict()
     metrics.update({f"base_{k}": v for k, v in base.as_dict().items() if k != "fid_features"})
     metrics["base_ok"] = base_check(base, cfg.eval)

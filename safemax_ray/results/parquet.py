@@ -46,10 +46,14 @@ SCHEMA = pa.schema(
         pa.field("fid", pa.float64(), nullable=False),
         pa.field("retain_acc", pa.float64(), nullable=False),
         pa.field("fid_features", pa.string(), nullable=False),
+        pa.field("noise_forget", pa.float64(), nullable=False),  # % of forget-class samples that are noise
+        pa.field("noise_retain", pa.float64(), nullable=False),  # % of retained-class samples that are noise
         pa.field("base_ua", pa.float64()),
         pa.field("base_entropy", pa.float64()),
         pa.field("base_fid", pa.float64()),
         pa.field("base_retain_acc", pa.float64()),
+        pa.field("base_noise_forget", pa.float64()),
+        pa.field("base_noise_retain", pa.float64()),
         pa.field("base_ok", pa.bool_(), nullable=False),  # the base model recognised its own samples
         pa.field("rte_s", pa.float64(), nullable=False),  # training steps only
         pa.field("setup_s", pa.float64(), nullable=False),  # the method's set-up phase

@@ -46,6 +46,7 @@ QUALITY_METRICS: tuple[tuple[str, str], ...] = (
     ("ua", "UA %"),
     ("fid", "FID"),
     ("retain_acc", "retain acc %"),
+    ("noise_forget", "noise %"),
 )
 COST_METRICS: tuple[tuple[str, str], ...] = (
     ("rte_s", "RTE s"),
