@@ -248,9 +248,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
     classes = parse_classes(args.classes)
     params = tuned_params(args.tuned_from, cfg.dataset, args.tuned_study) if args.tuned_from else None
     result = batch_unlearn(cfg, classes, params, max_concurrent=args.max_concurrent, console=console)
+    return _print_outcome("batch", result)
+
+
+def _print_outcome(command: str, result: Any, where: str = "") -> int:
+    """The last lines of `batch` and `compare`; exit status 1 when a run failed."""
     console.print(
-        f"batch: {len(result.done)} run(s) done, {len(result.skipped)} already stored, "
-        f"{len(result.failed)} failed, in {result.seconds:.0f}s"
+        f"{command}: {len(result.done)} run(s) done, {len(result.skipped)} already stored, "
+        f"{len(result.failed)} failed, in {result.seconds:.0f}s{where}"
     )
     for name, error in sorted(result.failed.items()):
         console.print(f"[red]{name}[/]: {error}")
@@ -267,14 +272,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = compare(
         cfg, parse_classes(args.classes), args.methods, parse_options(args.options or []), args.max_concurrent, console
     )
-    batch = result.batch
-    console.print(
-        f"compare: {len(batch.done)} run(s) done, {len(batch.skipped)} already stored, "
-        f"{len(batch.failed)} failed, in {batch.seconds:.0f}s; report in {result.report.out_dir}"
-    )
-    for name, error in sorted(batch.failed.items()):
-        console.print(f"[red]{name}[/]: {error}")
-    return 1 if batch.failed else 0
+    return _print_outcome("compare", result.batch, f"; report in {result.report.out_dir}")
 
 
 def parse_options(pairs: list[str]) -> dict[str, dict[str, Any]]:

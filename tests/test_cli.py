@@ -22,7 +22,7 @@ from safemax_ray.results.parquet import read_dataframe
         (["--lam", "-1"], "lam (lambda) must be >= 0"),
         (["--lr", "-0.1"], "lr must be > 0"),
         (["--iterations", "0"], "iterations must be >= 1"),
-        (["--method", "salun"], "unknown unlearning method 'salun'"),
+        (["--method", "esd"], "unknown unlearning method 'esd'"),
         (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
     ],
 )

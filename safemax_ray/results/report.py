@@ -321,13 +321,7 @@ def _read_image(path: str, results_dir: str | None) -> np.ndarray | None:
 
 def _samples_montage(df: pd.DataFrame, path: Path, results_dir: str | None) -> Path | None:
     """One panel per run with a readable grid: a row per group, a column per forget class."""
-    panels = []
-    for row in df.itertuples(index=False):
-        if not isinstance(row.grid_path, str) or not row.grid_path:
-            continue
-        image = _read_image(row.grid_path, results_dir)
-        if image is not None:
-            panels.append((row.group, int(row.forget_class), image))
+    panels = _panels(df, results_dir, lambda grid: grid)
     if not panels:
         return None
     groups = sorted({g for g, _, _ in panels})
@@ -365,15 +359,21 @@ def figures(df: pd.DataFrame, out_dir: str | os.PathLike[str], results_dir: str 
     return written
 
 
-def _forget_rows(df: pd.DataFrame, path: Path, results_dir: str | None) -> Path | None:
-    """The paper's Figure 2: for each forget class a line, and in it each group's forget-class samples
-    (the run's forget.png, beside its samples.png)."""
+def _panels(df: pd.DataFrame, results_dir: str | None, image_path) -> list[tuple[str, int, Any]]:
+    """(group, forget class, image) for each run whose image (`image_path(grid_path)`) can be read."""
     panels = []
     for row in df.itertuples(index=False):
         if isinstance(row.grid_path, str) and row.grid_path:
-            image = _read_image(str(Path(row.grid_path).with_name(FORGET_PNG)), results_dir)
+            image = _read_image(image_path(row.grid_path), results_dir)
             if image is not None:
                 panels.append((row.group, int(row.forget_class), image))
+    return panels
+
+
+def _forget_rows(df: pd.DataFrame, path: Path, results_dir: str | None) -> Path | None:
+    """The paper's Figure 2: for each forget class a line, and in it each group's forget-class samples
+    (the run's forget.png, beside its samples.png)."""
+    panels = _panels(df, results_dir, lambda grid: str(Path(grid).with_name(FORGET_PNG)))
     if not panels:
         return None
     groups = sorted({g for g, _, _ in panels})
