@@ -17,6 +17,7 @@ from safemax_ray.config import EvalConfig, RayConfig, UnlearnConfig, load_unlear
 from safemax_ray.errors import SafemaxError
 
 if TYPE_CHECKING:
+    from safemax_ray.drivers.attack import AttackResult
     from safemax_ray.drivers.batch import BatchResult
     from safemax_ray.drivers.compare import CompareResult
     from safemax_ray.drivers.tune import TuneConfig, TuneResult
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 __all__ = [
+    "attack",
     "EvalConfig",
     "RayConfig",
     "SafemaxError",
@@ -63,6 +65,13 @@ def compare(base: UnlearnConfig, classes: list[int], **kwargs: Any) -> CompareRe
     from safemax_ray.drivers.compare import compare as run_compare
 
     return run_compare(base, classes, **kwargs)
+
+
+def attack(target: str, **kwargs: Any) -> AttackResult:
+    """Relearning attacks and the trajectory probe; see `safemax_ray.drivers.attack.attack`."""
+    from safemax_ray.drivers.attack import attack as run_attack
+
+    return run_attack(target, **kwargs)
 
 
 def register_method(name: str):

@@ -289,6 +289,40 @@ def parse_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
     return options
 
 
+def cmd_attack(args: argparse.Namespace) -> int:
+    from safemax_ray.drivers.attack import attack
+    from safemax_ray.engine.attack import AttackSettings
+
+    settings = AttackSettings(lr=args.lr, n_samples=args.n_samples, sample_steps=args.sample_steps, seed=args.seed)
+    result = attack(
+        args.target,
+        args.results_dir,
+        args.forget_class,
+        args.shots,
+        args.steps,
+        settings,
+        with_base=not args.no_base,
+        address=args.address,
+    )
+    table = Table(title=f"relearning attack {result.attack_id}: forget-class accuracy % after n steps")
+    steps = sorted({r["step"] for r in result.rows if r["kind"] == "relearn"})
+    for column in ("model", "shots", *(str(s) for s in steps), "steps to > 50%"):
+        table.add_column(column, justify="right")
+    for (model, shots), recovered in sorted(result.recovered.items()):
+        curve = {r["step"]: r["forget_acc"] for r in result.rows if (r["model"], r["shots"]) == (model, shots)}
+        label = "retained only" if shots == 0 else str(shots)
+        table.add_row(model, label, *(_fmt(curve[s]) for s in steps), "never" if recovered is None else str(recovered))
+    console.print(table)
+    probe = Table(title="trajectory probe: real forget images noised to t0, denoised with the forget label")
+    for column in ("model", "t0", "forget acc %", "UA %", "H", "noise %"):
+        probe.add_column(column, justify="right")
+    for r in (r for r in result.rows if r["kind"] == "trajectory"):
+        probe.add_row(r["model"], str(r["t0"]), *(_fmt(r[k]) for k in ("forget_acc", "ua", "entropy", "noise")))
+    console.print(probe)
+    console.print(f"results: {result.path}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from safemax_ray.results.report import make_report
 
@@ -366,6 +400,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="runs at once (default: what the cluster fits)")
     _add_run_flags(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("attack", help="relearning attacks and the trajectory probe on an unlearned model")
+    p.add_argument("target", help="a run id stored under --results-dir, or an unlearned model folder")
+    p.add_argument("--forget-class", type=int, help="the forgotten class (needed for a model folder)")
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 50], help="real forget images to train on")
+    p.add_argument("--steps", type=int, nargs="+", default=[0, 10, 50, 100, 500], help="when to evaluate")
+    p.add_argument("--lr", type=float, default=1e-4, help="the attacker's Adam learning rate")
+    p.add_argument("--n-samples", type=int, default=100, help="forget-class samples judged at each step count")
+    p.add_argument("--sample-steps", type=int, help="DDPM sampling steps (default: the full schedule)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-base", action="store_true", help="skip the base model (the ceiling)")
+    p.add_argument("--results-dir", default="safemax_results")
+    p.add_argument("--address", help="join a Ray cluster: 'auto' or ray://host:10001")
+    p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser("report", help="the paper's tables and figures from a results folder")
     p.add_argument("results_dir")

@@ -31,18 +31,41 @@ def sample(
     same images whichever worker runs the call; base and unlearned models are compared on identical noise.
     On CUDA the UNet runs under bf16 autocast (`bf16=False` for fp32); the update itself stays fp32.
     """
-    device = next(unet.parameters()).device
     scheduler = DDPMScheduler.from_config(scheduler.config)  # set_timesteps mutates its scheduler
     scheduler.set_timesteps(steps or scheduler.config.num_train_timesteps)
     shape = (len(labels), unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    x = torch.randn(shape, generator=generator, device=generator.device).to(device)
+    x = torch.randn(shape, generator=generator, device=generator.device)
+    return _denoise(unet, scheduler, x, scheduler.timesteps, labels, null_label, generator, guidance, on_step, bf16)
+
+
+@torch.no_grad()
+def denoise_from(
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    x_t: torch.Tensor,
+    t0: int,
+    labels: torch.Tensor,
+    null_label: int,
+    generator: torch.Generator,
+    guidance: float = 2.0,
+) -> torch.Tensor:
+    """Guided ancestral denoising of `x_t` (noised to timestep t0) down to an image, on the CPU."""
+    scheduler = DDPMScheduler.from_config(scheduler.config)
+    scheduler.set_timesteps(scheduler.config.num_train_timesteps)
+    timesteps = scheduler.timesteps[scheduler.timesteps <= t0]
+    return _denoise(unet, scheduler, x_t, timesteps, labels, null_label, generator, guidance)
+
+
+def _denoise(unet, scheduler, x, timesteps, labels, null_label, generator, guidance, on_step=None, bf16=True):
+    device = next(unet.parameters()).device
+    x = x.to(device)
     cond = labels.to(device)
     both = torch.cat([cond, torch.full_like(cond, null_label)])
     use_bf16 = bf16 and device.type == "cuda"
     # The UNet gets the timestep already on the device (a host-to-device copy each step would stall
     # the launch queue); the scheduler indexes its own tables with the CPU copy.
-    on_device = scheduler.timesteps.to(device)
-    for i, t in enumerate(scheduler.timesteps):
+    on_device = timesteps.to(device)
+    for i, t in enumerate(timesteps):
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             eps_c, eps_u = unet(torch.cat([x, x]), on_device[i], class_labels=both).sample.float().chunk(2)
         eps = (1 + guidance) * eps_c - guidance * eps_u

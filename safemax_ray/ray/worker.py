@@ -96,15 +96,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     all_reduce, gather = _collectives(world)
 
     session = open_session(cfg, device, rank, world)
-    restored = ray.train.get_checkpoint()
-    resumed_from = 0
-    if restored is not None:
-        with restored.as_directory() as folder:
-            session.state, method_state = checkpoint.restore(Path(folder), session.model.unet, session.optimizer)
-        session.method.load_state_dict(method_state)
-        resumed_from = session.state.step
-    else:
-        run_setup(session, loop_config["cache_dir"], all_reduce, gather)
+    resumed_from = _restore_or_set_up(session, loop_config["cache_dir"], all_reduce, gather)
     session.unet = ray.train.torch.prepare_model(session.model.unet)
 
     def on_stats(done: int, stats: dict[str, float]) -> None:
@@ -128,18 +120,37 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         message = str(exc)
         _report(session, {"diverged_at_step": exc.step}, lambda folder: checkpoint.mark_diverged(folder, message))
         return
+    _evaluate_and_report(session, loop_config["cache_dir"], gather, progress, resumed_from)
 
-    if cfg.eval.workers != "train":  # the driver spreads evaluation over the cluster (ray/evaluation.py)
-        metrics = {**training_metrics(session), "resumed_from_step": resumed_from}
-        _report(session, metrics, _save(session))
+
+def _restore_or_set_up(session: Session, cache_dir: str, all_reduce, gather) -> int:
+    """Restore the checkpoint Ray Train hands over (a restarted worker group), or run the method's set-up;
+    returns the step the run resumes from (0 for a fresh run)."""
+    import ray.train
+
+    restored = ray.train.get_checkpoint()
+    if restored is None:
+        run_setup(session, cache_dir, all_reduce, gather)
+        return 0
+    with restored.as_directory() as folder:
+        session.state, method_state = checkpoint.restore(Path(folder), session.model.unet, session.optimizer)
+    session.method.load_state_dict(method_state)
+    return session.state.step
+
+
+def _evaluate_and_report(session: Session, cache_dir: str, gather, progress, resumed_from: int) -> None:
+    """The final report: with the evaluation when the Train workers sample (`eval.workers: train`),
+    else the training figures only, for the driver to evaluate over the cluster (ray/evaluation.py)."""
+    if session.cfg.eval.workers != "train":
+        _report(session, {**training_metrics(session), "resumed_from_step": resumed_from}, _save(session))
         return
 
     def on_sample(phase: str):
-        if rank != 0 or progress is None:
+        if session.rank != 0 or progress is None:
             return None
         return lambda i, n: progress.update.remote(phase, i, n, None) if i % 5 == 0 or i == n else None
 
-    metrics, images, labels = evaluate_run(session, loop_config["cache_dir"], gather, on_sample)
+    metrics, images, labels = evaluate_run(session, cache_dir, gather, on_sample)
     metrics["resumed_from_step"] = resumed_from  # > 0 when a worker failure made Ray Train restore a checkpoint
 
     def write_final(folder: Path) -> None:

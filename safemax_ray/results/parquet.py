@@ -115,3 +115,50 @@ def read_results(results_dir: str) -> pa.Table:
 
 def read_dataframe(results_dir: str):
     return read_results(results_dir).to_pandas()
+
+
+ATTACKS_DIR = "attacks"
+ATTACK_SCHEMA = pa.schema(
+    [
+        pa.field("attack_id", pa.string(), nullable=False),
+        pa.field("timestamp", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("run_id", pa.string()),  # the attacked run (null when a model folder was given)
+        pa.field("method", pa.string()),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("forget_class", pa.int32(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),  # "unlearned" or "base" (the ceiling)
+        pa.field("model_path", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # "relearn" or "trajectory"
+        pa.field("shots", pa.int32()),  # relearn: real forget images trained on (0: retained data only)
+        pa.field("step", pa.int32()),  # relearn: fine-tuning steps so far
+        pa.field("t0", pa.int32()),  # trajectory: the timestep real images were noised to
+        pa.field("forget_acc", pa.float64(), nullable=False),  # % of forget-class samples labelled c_f
+        pa.field("ua", pa.float64(), nullable=False),
+        pa.field("entropy", pa.float64(), nullable=False),
+        pa.field("noise", pa.float64(), nullable=False),  # % of forget-class samples that are noise
+        pa.field("steps_to_recover", pa.int32()),  # relearn: first step with forget_acc > 50% (null: never)
+        pa.field("settings_json", pa.string(), nullable=False),
+    ]
+)
+
+
+def write_attack(results_dir: str, attack_id: str, rows: list[dict[str, Any]]) -> str:
+    """All rows of one attack, in one file written at once; never overwrites."""
+    table = pa.Table.from_pylist(
+        [{name: row.get(name) for name in ATTACK_SCHEMA.names} for row in rows], schema=ATTACK_SCHEMA
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    path = storage.join(results_dir, ATTACKS_DIR, f"{attack_id}.parquet")
+    try:
+        storage.write_bytes_atomic(path, buffer.getvalue())
+    except FileExistsError:
+        raise SafemaxError(f"attack results {path} already exist; not overwriting them") from None
+    return path
+
+
+def read_attacks(results_dir: str):
+    """Every stored attack row as a DataFrame (empty if none)."""
+    files = storage.list_files(storage.join(results_dir, ATTACKS_DIR), ".parquet")
+    tables = [pq.read_table(io.BytesIO(storage.read_bytes(f))).cast(ATTACK_SCHEMA) for f in files]
+    return (pa.concat_tables(tables) if tables else ATTACK_SCHEMA.empty_table()).to_pandas()

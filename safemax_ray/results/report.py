@@ -353,10 +353,38 @@ def figures(df: pd.DataFrame, out_dir: str | os.PathLike[str], results_dir: str 
     for drawn in (
         _samples_montage(df, folder / "samples_grid.png", results_dir),
         _forget_rows(df, folder / "forget_samples.png", results_dir),
+        _recovery_curves(df, results_dir, folder / "recovery.png"),
     ):
         if drawn is not None:
             written.append(drawn)
     return written
+
+
+def _recovery_curves(df: pd.DataFrame, results_dir: str | None, path: Path) -> Path | None:
+    """Relearning attacks on the reported runs: forget-class accuracy against fine-tuning steps, one panel
+    per attacked run, a line per shot count (solid: the unlearned model; dashed: the base model)."""
+    if not results_dir:
+        return None
+    attacks = results.read_attacks(results_dir)
+    attacks = attacks[(attacks.kind == "relearn") & attacks.run_id.isin(df.run_id)]
+    if attacks.empty:
+        return None
+    runs = sorted(attacks.run_id.unique())
+    fig = _new_figure((4.2 * len(runs), 3.4))
+    axes = fig.subplots(1, len(runs), squeeze=False)[0]
+    for ax, run_id in zip(axes, runs, strict=True):
+        mine = attacks[attacks.run_id == run_id]
+        for (model, shots), curve in mine.groupby(["model", "shots"]):
+            curve = curve.sort_values("step")
+            label = f"{model}, {'retained only' if shots == 0 else f'{shots} shots'}"
+            ax.plot(curve.step, curve.forget_acc, "--" if model == "base" else "-", marker="o", label=label)
+        first = mine.iloc[0]
+        ax.set_title(f"{first.method}, class {first.forget_class}", fontsize="small")
+        ax.set_xlabel("fine-tuning steps")
+        ax.set_ylabel("forget-class accuracy %")
+        ax.axhline(50, color="grey", linewidth=0.5)
+        ax.legend(fontsize="xx-small")
+    return _save_figure(fig, path)
 
 
 def _panels(df: pd.DataFrame, results_dir: str | None, image_path) -> list[tuple[str, int, Any]]:

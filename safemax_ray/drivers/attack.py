@@ -1,0 +1,138 @@
+"""`safemax-ray attack RUN`: relearning attacks and the trajectory probe on an unlearned model, with the
+base model under the same attack as the ceiling. Each (model, setting) is a Ray task; the rows of one
+attack go to `<results_dir>/attacks/<attack_id>.parquet`, joined to the runs by run_id.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from safemax_ray.config import UnlearnConfig, from_dict
+from safemax_ray.core.models import SHIPPED_MODEL
+from safemax_ray.engine.attack import AttackSettings
+from safemax_ray.errors import SafemaxError
+from safemax_ray.results.parquet import read_dataframe, write_attack
+
+DEFAULT_SHOTS = (1, 5, 10, 50)
+DEFAULT_STEPS = (0, 10, 50, 100, 500)
+PROBE_FRACTIONS = (0.25, 0.5, 0.75)
+
+
+@dataclass
+class Target:
+    """What is attacked: the unlearned model, its base model and how it was judged."""
+
+    model_path: str
+    cfg: UnlearnConfig  # dataset, data root, classifier, base model (cfg.model), forget class
+    run_id: str | None = None
+
+
+@dataclass
+class AttackResult:
+    attack_id: str
+    rows: list[dict[str, Any]]
+    path: str
+    recovered: dict[tuple[str, int], int | None] = field(default_factory=dict)  # (model, shots) -> steps
+
+
+def resolve_target(target: str, results_dir: str, forget_class: int | None) -> Target:
+    """A run id stored under `results_dir`, or an unlearned model folder (then --forget-class is needed)."""
+    if Path(target, "unet", "config.json").is_file():
+        if forget_class is None:
+            raise SafemaxError(f"{target} is a model folder: say which class it forgot with --forget-class")
+        return Target(str(Path(target).resolve()), UnlearnConfig(forget_class=forget_class))
+    rows = read_dataframe(results_dir)
+    match = rows[rows.run_id == target]
+    if match.empty:
+        raise SafemaxError(f"{target!r} is neither a model folder nor a run id stored under {results_dir}")
+    row = match.iloc[0]
+    cfg = from_dict(UnlearnConfig, json.loads(row.config_json))
+    if forget_class is not None and forget_class != cfg.forget_class:
+        raise SafemaxError(f"run {target} forgot class {cfg.forget_class}, not {forget_class}")
+    return Target(row.model_path, cfg, target)
+
+
+def _task(kind: str, model_path: str, cfg: dict, shots: int, steps: list[int], settings: dict, use_gpu: bool):
+    """One Ray task: one model under one attack setting (or the trajectory probe)."""
+    import torch
+
+    from safemax_ray.core.data import load_dataset
+    from safemax_ray.core.models import load_model
+    from safemax_ray.core.noise import calibrate
+    from safemax_ray.engine import attack
+    from safemax_ray.engine.evaluate import load_eval_classifier
+
+    run = from_dict(UnlearnConfig, cfg)
+    s = from_dict(AttackSettings, settings)
+    device = torch.device("cuda" if use_gpu else "cpu")
+    data = load_dataset(run.dataset, run.data_root, run.image_size)
+    judge = attack.Judge(load_eval_classifier(run, data.num_classes), calibrate(data.images), run.forget_class)
+    model = load_model(model_path, data.num_classes, data.channels, data.image_size)
+    model.unet.to(device)
+    data = data.to(device)
+    if kind == "trajectory":
+        return [{"kind": kind, **r} for r in attack.trajectory_probe(model, data, judge, list(PROBE_FRACTIONS), s)]
+    rows = attack.relearn(model, data, judge, shots, steps, s)
+    recovered = attack.steps_to_recover(rows)
+    return [{"kind": kind, "shots": shots, "steps_to_recover": recovered, **r} for r in rows]
+
+
+def attack(
+    target: str,
+    results_dir: str = "safemax_results",
+    forget_class: int | None = None,
+    shots: tuple[int, ...] | list[int] = DEFAULT_SHOTS,
+    steps: tuple[int, ...] | list[int] = DEFAULT_STEPS,
+    settings: AttackSettings | None = None,
+    with_base: bool = True,
+    address: str | None = None,
+    use_gpu: bool | None = None,
+) -> AttackResult:
+    """Attack the model (and the base model, the ceiling) with every setting; store and return the rows."""
+    import ray
+
+    from safemax_ray.drivers.preflight import absolute, preflight
+    from safemax_ray.ray.cluster import cluster_has_gpus, ensure_ray
+
+    results_dir = absolute(results_dir)
+    settings = settings or AttackSettings()
+    if any(k < 0 for k in shots) or any(s < 0 for s in steps) or not steps:
+        raise SafemaxError("--shots and --steps take numbers >= 0 (and at least one step count)")
+    found = resolve_target(target, results_dir, forget_class)
+    run = preflight(found.cfg)
+    models = [("unlearned", found.model_path)] + ([("base", run.model or str(SHIPPED_MODEL))] if with_base else [])
+    attack_id = f"attack-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    started = ensure_ray(address)
+    try:
+        gpu = cluster_has_gpus() if use_gpu is None else use_gpu
+        task = ray.remote(_task).options(num_cpus=1, num_gpus=1 if gpu else 0, scheduling_strategy="SPREAD")
+        cfg = asdict(run)
+        jobs = {}
+        for label, path in models:
+            for k in [*shots, 0]:
+                jobs[task.remote("relearn", path, cfg, k, sorted(steps), asdict(settings), gpu)] = (label, path)
+            jobs[task.remote("trajectory", path, cfg, 0, [], asdict(settings), gpu)] = (label, path)
+        rows = []
+        for ref, (label, path) in jobs.items():
+            rows += [{"model": label, "model_path": path, **r} for r in ray.get(ref)]
+    finally:
+        if started:
+            ray.shutdown()
+    common = {
+        "attack_id": attack_id,
+        "timestamp": datetime.now(timezone.utc),
+        "run_id": found.run_id,
+        "method": run.method if found.run_id else None,
+        "dataset": run.dataset,
+        "forget_class": run.forget_class,
+        "settings_json": json.dumps(asdict(settings), sort_keys=True),
+    }
+    rows = [{**common, **r} for r in rows]
+    path = write_attack(results_dir, attack_id, rows)
+    recovered = {(r["model"], r["shots"]): r["steps_to_recover"] for r in rows if r["kind"] == "relearn"}
+    return AttackResult(attack_id, rows, path, recovered)
