@@ -130,6 +130,14 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _classes(text: str) -> int | list[int]:
+    """'3' -> 3; '3,7' or '2-4' -> a list of classes forgotten together."""
+    from safemax_ray.drivers.batch import parse_classes
+
+    classes = parse_classes(text)
+    return classes[0] if len(classes) == 1 and text.strip().isdigit() else classes
+
+
 def _fmt_param(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
@@ -172,7 +180,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     cfg = load_unlearn_config(args.config, **overrides)
     began = time.perf_counter()
     result = unlearn(cfg, console=console, show_progress=not args.no_progress)
-    title = f"{cfg.method}: forget class {cfg.forget_class} ({cfg.dataset})"
+    title = f"{cfg.method}: forget class {cfg.forget_label()} ({cfg.dataset})"
     console.print(metrics_table(result.metrics, title))
     console.print(f"model:   {result.model_path}")
     console.print(f"samples: {result.grid_path}")
@@ -247,7 +255,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     cfg = load_unlearn_config(args.config, **run_overrides(args))
     classes = parse_classes(args.classes)
     params = tuned_params(args.tuned_from, cfg.dataset, args.tuned_study) if args.tuned_from else None
-    result = batch_unlearn(cfg, classes, params, max_concurrent=args.max_concurrent, console=console)
+    result = batch_unlearn(
+        cfg, classes, params, max_concurrent=args.max_concurrent, console=console, together=args.together
+    )
     return _print_outcome("batch", result)
 
 
@@ -343,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("unlearn", help="make a model forget one class (SAFEMax by default) on Ray Train")
-    p.add_argument("--forget-class", type=int, help="class to forget (default 0)")
+    p.add_argument(
+        "--forget-class", type=_classes, help="class to forget (default 0), or several to forget together: 3,7"
+    )
     p.add_argument("--output-dir", help="where the unlearned model goes (default <results-dir>/models/<run_id>)")
     p.add_argument("--no-progress", action="store_true", help="no live progress bars")
     _add_run_flags(p)
@@ -390,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tuned-from", help="results folder whose best Tune trial per class sets lr, iterations and method options"
     )
     p.add_argument("--tuned-study", help="only trials of this study")
+    p.add_argument("--together", action="store_true", help="one model forgets all the classes at once")
     _add_run_flags(p)
     p.set_defaults(func=cmd_batch)
 

@@ -87,7 +87,7 @@ class RayConfig:
 class UnlearnConfig:
     """One unlearning run: which class, which method, its hyperparameters, and where results go."""
 
-    forget_class: int = 0
+    forget_class: int | list[int] = 0  # a class, or a list of classes to forget together in one model
     method: str = "safemax"
     dataset: str = "digits"
     data_root: str | None = None  # CIFAR-10 root or ImageFolder tree
@@ -126,13 +126,24 @@ class UnlearnConfig:
             )
         if self.grad_clip <= 0:
             raise SafemaxError(f"grad_clip must be > 0, got {self.grad_clip}")
-        if self.forget_class < 0:
-            raise SafemaxError(f"forget_class must be >= 0, got {self.forget_class}")
+        classes = self.forget_classes()
+        if not classes or min(classes) < 0:
+            raise SafemaxError(
+                f"forget_class must be a class >= 0 or a non-empty list of them, got {self.forget_class}"
+            )
         if self.stats_every < 1:
             raise SafemaxError(f"stats_every must be >= 1, got {self.stats_every}")
         self.options()
         self.eval.validate()
         self.ray.validate()
+
+    def forget_classes(self) -> list[int]:
+        """The forgotten classes, sorted: one, or several forgotten together."""
+        return sorted(set(self.forget_class)) if isinstance(self.forget_class, list) else [self.forget_class]
+
+    def forget_label(self) -> str:
+        """'3', or '3+7' for several classes: how run ids and keys name them."""
+        return "+".join(map(str, self.forget_classes()))
 
     def learning_rate(self) -> float:
         """`lr`, or the method's default when it is not set."""
@@ -174,7 +185,7 @@ class UnlearnConfig:
 
     def run_key(self) -> str:
         """Deterministic identity of a run: the same key means the same computation."""
-        return f"{self.method}-{self.dataset}-c{self.forget_class}-{self.config_hash()}-s{self.seed}"
+        return f"{self.method}-{self.dataset}-c{self.forget_label()}-{self.config_hash()}-s{self.seed}"
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:

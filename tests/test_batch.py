@@ -34,6 +34,14 @@ def test_plan_gives_each_class_its_own_key_and_tuned_values():
     assert len({c.run_key() for c in configs}) == 2
 
 
+def test_cli_reads_a_class_list_as_classes_forgotten_together():
+    from safemax_ray.cli import build_parser
+
+    args = build_parser().parse_args(["unlearn", "--forget-class", "3,7"])
+    assert args.forget_class == [3, 7]
+    assert build_parser().parse_args(["unlearn", "--forget-class", "4"]).forget_class == 4
+
+
 def test_tuned_params_pick_the_best_trial_per_class(tmp_path):
     from test_results import make_row
 

@@ -161,3 +161,18 @@ def test_setup_runs_once_and_is_timed_apart(tiny_assets):
     run_setup(session)
     assert calls == [(0, 1, int((session.data.labels == 1).sum()), (2, 1, 8, 8))]
     assert session.state.setup_s > 0
+
+
+def test_several_classes_are_forgotten_together_and_judged_one_by_one(tiny_assets):
+    cfg = tiny_config(tiny_assets, forget_class=[7, 3], iterations=2)
+    assert cfg.forget_classes() == [3, 7] and cfg.run_key().startswith("safemax-digits-c3+7-")
+    session = open_session(cfg, CPU)
+    assert set(session.data.labels[session.forget_idx].unique().tolist()) == {3, 7}
+    train(session)
+    from safemax_ray.engine.loop import evaluate_run
+
+    metrics, images, labels = evaluate_run(session)
+    assert (labels[:12] == torch.tensor([3] * 6 + [7] * 6)).all() and len(labels) == 12 + 8 * 2
+    assert set(metrics["per_class"]) == {"3", "7"}
+    per_class_ua = [metrics["per_class"][c]["ua"] for c in ("3", "7")]
+    assert metrics["ua"] == pytest.approx(sum(per_class_ua) / 2)  # equal samples per class

@@ -37,6 +37,8 @@ def make_row(method: str, study: str, forget_class: int, minutes: int, values, *
         "method": method,
         "dataset": "digits",
         "forget_class": forget_class,
+        "forget_classes": str(forget_class),
+        "per_class_json": "{}",
         "lam": 0.5,
         "lr": 1e-4,
         "iterations": 100,

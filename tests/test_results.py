@@ -19,6 +19,8 @@ def make_row(run_id="r1", forget_class=0, **extra):
         "method": "safemax",
         "dataset": "digits",
         "forget_class": forget_class,
+        "forget_classes": str(forget_class),
+        "per_class_json": "{}",
         "lam": 1.0,
         "lr": 1e-3,
         "iterations": 10,

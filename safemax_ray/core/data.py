@@ -49,10 +49,12 @@ class ImageData:
                 f"forget class {forget_class} is not in this dataset: its classes are 0..{self.num_classes - 1}"
             )
 
-    def split(self, forget_class: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Indices of the forget class and of every other (remain) class."""
-        self.check_class(forget_class)
-        is_forget = self.labels == forget_class
+    def split(self, forget: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices of the forget class (or classes) and of every other (remain) class."""
+        classes = forget if isinstance(forget, list) else [forget]
+        for c in classes:
+            self.check_class(c)
+        is_forget = torch.isin(self.labels, torch.tensor(classes, device=self.labels.device))
         return is_forget.nonzero().flatten(), (~is_forget).nonzero().flatten()
 
 

@@ -13,7 +13,8 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 
-def unlearning_accuracy(logits: torch.Tensor, forget_class: int) -> float:
+def unlearning_accuracy(logits: torch.Tensor, forget_class: int | torch.Tensor) -> float:
+    """% of samples not labelled as the forget class (a class, or each sample's own class)."""
     return 100.0 - 100.0 * (logits.argmax(1) == forget_class).float().mean().item()
 
 

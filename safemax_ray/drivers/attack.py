@@ -52,8 +52,10 @@ def resolve_target(target: str, results_dir: str, forget_class: int | None) -> T
         raise SafemaxError(f"{target!r} is neither a model folder nor a run id stored under {results_dir}")
     row = match.iloc[0]
     cfg = from_dict(UnlearnConfig, json.loads(row.config_json))
-    if forget_class is not None and forget_class != cfg.forget_class:
-        raise SafemaxError(f"run {target} forgot class {cfg.forget_class}, not {forget_class}")
+    if len(cfg.forget_classes()) > 1:
+        raise SafemaxError(f"run {target} forgot classes {cfg.forget_label()}: attack one class at a time")
+    if forget_class is not None and [forget_class] != cfg.forget_classes():
+        raise SafemaxError(f"run {target} forgot class {cfg.forget_label()}, not {forget_class}")
     return Target(row.model_path, cfg, target)
 
 
@@ -71,7 +73,7 @@ def _task(kind: str, model_path: str, cfg: dict, shots: int, steps: list[int], s
     s = from_dict(AttackSettings, settings)
     device = torch.device("cuda" if use_gpu else "cpu")
     data = load_dataset(run.dataset, run.data_root, run.image_size)
-    judge = attack.Judge(load_eval_classifier(run, data.num_classes), calibrate(data.images), run.forget_class)
+    judge = attack.Judge(load_eval_classifier(run, data.num_classes), calibrate(data.images), run.forget_classes()[0])
     model = load_model(model_path, data.num_classes, data.channels, data.image_size)
     model.unet.to(device)
     data = data.to(device)
@@ -129,7 +131,7 @@ def attack(
         "run_id": found.run_id,
         "method": run.method if found.run_id else None,
         "dataset": run.dataset,
-        "forget_class": run.forget_class,
+        "forget_class": run.forget_classes()[0],
         "settings_json": json.dumps(asdict(settings), sort_keys=True),
     }
     rows = [{**common, **r} for r in rows]

@@ -130,15 +130,21 @@ def batch_unlearn(
     params: dict[int, dict[str, Any]] | None = None,
     max_concurrent: int | None = None,
     console: Console | None = None,
+    together: bool = False,
 ) -> BatchResult:
-    """Unlearn each class in `classes` with `base`'s settings (or tuned `params` per class)."""
+    """Unlearn each class in `classes` with `base`'s settings (or tuned `params` per class), one model
+    per class; `together`: one model that forgets all of them."""
     if not classes:
         raise SafemaxError("no classes to unlearn")
+    if together:
+        if params:
+            raise SafemaxError("--tuned-from sets settings per class; it does not combine with --together")
+        return run_all([replace(plan(base, classes[:1])[0], forget_class=list(classes))], max_concurrent, console)
     return run_all(plan(base, classes, params), max_concurrent, console)
 
 
 def label(cfg: UnlearnConfig) -> str:
-    return f"{cfg.method} class {cfg.forget_class}"
+    return f"{cfg.method} class {cfg.forget_label()}"
 
 
 def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, console: Console | None = None):

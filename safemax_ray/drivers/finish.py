@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from safemax_ray import storage
 from safemax_ray.config import UnlearnConfig, to_dict
 from safemax_ray.core.models import SHIPPED_MODEL
@@ -51,7 +53,9 @@ def build_row(
         "timestamp": datetime.now(timezone.utc),
         "method": cfg.method,
         "dataset": cfg.dataset,
-        "forget_class": cfg.forget_class,
+        "forget_class": cfg.forget_classes()[0],
+        "forget_classes": cfg.forget_label(),
+        "per_class_json": json.dumps(metrics.get("per_class", {}), sort_keys=True),
         **{name: options.get(name) for name in COMMON_OPTIONS},
         "method_options_json": json.dumps(options, sort_keys=True),
         "lr": cfg.learning_rate(),
@@ -104,9 +108,10 @@ def export_run(cfg: UnlearnConfig, checkpoint, output_dir: str) -> tuple[str, st
         with checkpoint.as_directory() as folder:
             shutil.copytree(Path(folder) / layout.MODEL_DIR, tmp, dirs_exist_ok=True)
             images, labels = layout.load_samples(Path(folder))
-        save_grid(images, labels, cfg.forget_class, str(tmp / "samples.png"))
-        forget = labels == cfg.forget_class
-        save_grid(images[forget], labels[forget], cfg.forget_class, str(tmp / FORGET_PNG))
+        classes = cfg.forget_classes()
+        save_grid(images, labels, classes, str(tmp / "samples.png"))
+        forget = torch.isin(labels, torch.tensor(classes))
+        save_grid(images[forget], labels[forget], classes, str(tmp / FORGET_PNG))
         if out.exists():
             out.rmdir()
         tmp.rename(out)

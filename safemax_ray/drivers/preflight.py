@@ -71,7 +71,8 @@ def preflight(cfg: UnlearnConfig) -> UnlearnConfig:
     if cfg.dataset != "digits" and not (cfg.model and cfg.classifier):
         raise SafemaxError(f"dataset {cfg.dataset!r} needs --model and --classifier (made by `safemax-ray pretrain`)")
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
-    data.check_class(cfg.forget_class)
+    for c in cfg.forget_classes():
+        data.check_class(c)
     _load_weights(
         "model",
         cfg.model or "the shipped model",

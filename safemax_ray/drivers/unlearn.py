@@ -42,7 +42,7 @@ def coerce_config(config: UnlearnConfig | dict | str | Path) -> UnlearnConfig:
 
 def new_run_id(cfg: UnlearnConfig) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    return f"{cfg.method}-c{cfg.forget_class}-{stamp}-{uuid.uuid4().hex[:6]}"
+    return f"{cfg.method}-c{cfg.forget_label()}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
 def unlearn(

@@ -46,17 +46,19 @@ class EvalResult:
     fid_features: str  # "classifier" or "inception"
     noise_forget: float  # % of forget-class samples that are noise (core/noise.py: no classifier)
     noise_retain: float  # % of retained-class samples that are noise
+    per_class: dict[str, dict[str, float]]  # each forgotten class: ua, entropy, noise
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def eval_labels(num_classes: int, forget_class: int, config: EvalConfig) -> torch.Tensor:
-    """n_forget_samples of the forget class, then n_retain_per_class of every other class."""
-    retained = [c for c in range(num_classes) if c != forget_class]
+def eval_labels(num_classes: int, forget: int | list[int], config: EvalConfig) -> torch.Tensor:
+    """n_forget_samples of each forget class, then n_retain_per_class of every other class."""
+    classes = forget if isinstance(forget, list) else [forget]
+    retained = [c for c in range(num_classes) if c not in classes]
     return torch.cat(
         [
-            torch.full((config.n_forget_samples,), forget_class),
+            torch.tensor(classes).repeat_interleave(config.n_forget_samples),
             torch.tensor(retained).repeat_interleave(config.n_retain_per_class),
         ]
     ).long()
@@ -118,15 +120,16 @@ def classify(classifier: Classifier, images: torch.Tensor) -> torch.Tensor:
 def score(
     images: torch.Tensor,
     labels: torch.Tensor,
-    forget_class: int,
+    forget: list[int],
     classifier: Classifier,
     real: ImageData,
     config: EvalConfig,
     noise_threshold: float,
 ) -> EvalResult:
+    """UA (% of forget samples not labelled as their class), H, FID and accuracy on the rest, noise rates."""
     logits = classify(classifier, images)
-    is_forget = labels == forget_class
-    real_retained = real.images[real.labels != forget_class].cpu()
+    is_forget = torch.isin(labels, torch.tensor(forget))
+    real_retained = real.images[~torch.isin(real.labels, torch.tensor(forget, device=real.labels.device))].cpu()
     if config.fid_weights:
         fid = frechet_distance(real_retained, images[~is_forget], 2048, config.fid_weights)
         features = "inception"
@@ -135,13 +138,21 @@ def score(
         fid = frechet_distance(real_retained, images[~is_forget], extractor)
         features = "classifier"
     return EvalResult(
-        ua=unlearning_accuracy(logits[is_forget], forget_class),
+        ua=unlearning_accuracy(logits[is_forget], labels[is_forget]),
         entropy=mean_entropy(logits[is_forget]),
         fid=fid,
         retain_acc=accuracy(logits[~is_forget], labels[~is_forget]),
         fid_features=features,
         noise_forget=noise_rate(images[is_forget], noise_threshold),
         noise_retain=noise_rate(images[~is_forget], noise_threshold),
+        per_class={
+            str(c): {
+                "ua": unlearning_accuracy(logits[labels == c], c),
+                "entropy": mean_entropy(logits[labels == c]),
+                "noise": noise_rate(images[labels == c], noise_threshold),
+            }
+            for c in forget
+        },
     )
 
 
@@ -156,10 +167,10 @@ def judge(
     accuracy for both, the base model's own check, and the search objective."""
     classifier = load_eval_classifier(cfg, data.num_classes)
     threshold = calibrate_noise(data.images)
-    result = score(images, labels, cfg.forget_class, classifier, data, cfg.eval, threshold)
-    base = score(base_images, labels, cfg.forget_class, classifier, data, cfg.eval, threshold)
+    result = score(images, labels, cfg.forget_classes(), classifier, data, cfg.eval, threshold)
+    base = score(base_images, labels, cfg.forget_classes(), classifier, data, cfg.eval, threshold)
     metrics: dict[str, Any] = result.as_dict()
-    metrics.update({f"base_{k}": v for k, v in base.as_dict().items() if k != "fid_features"})
+    metrics.update({f"base_{k}": v for k, v in base.as_dict().items() if k not in ("fid_features", "per_class")})
     metrics["base_ok"] = base_check(base, cfg.eval)
     metrics["score"] = objective_score(metrics, data.num_classes)
     metrics["sample_steps"] = cfg.eval.sample_steps or _train_steps(cfg)
@@ -223,7 +234,7 @@ def probe(
     model: DiffusionModel,
     classifier: Classifier,
     num_classes: int,
-    forget_class: int,
+    forget: list[int],
     config: EvalConfig,
     n: int,
     rank: int = 0,
@@ -235,23 +246,23 @@ def probe(
     probe score = UA/100 + H/ln K - (100 - retained accuracy)/100, comparable across trials at a rung.
     """
     settings = replace(config, n_forget_samples=n, n_retain_per_class=max(2, n // (num_classes - 1)))
-    labels = eval_labels(num_classes, forget_class, settings)
+    labels = eval_labels(num_classes, forget, settings)
     images = sample_labels(model, labels, settings, rank, world, gather)
     logits = classify(classifier, images)
-    is_forget = labels == forget_class
-    ua = unlearning_accuracy(logits[is_forget], forget_class)
+    is_forget = torch.isin(labels, torch.tensor(forget))
+    ua = unlearning_accuracy(logits[is_forget], labels[is_forget])
     entropy = mean_entropy(logits[is_forget])
     acc = accuracy(logits[~is_forget], labels[~is_forget])
     value = ua / 100 + entropy / math.log(num_classes) - (100 - acc) / 100
     return {"probe_ua": ua, "probe_entropy": entropy, "probe_retain_acc": acc, "score": value}
 
 
-def save_grid(images: torch.Tensor, labels: torch.Tensor, forget_class: int, path: str, per_row: int = 10) -> None:
-    """PNG: a row of forget-class samples, then a few of each retained class."""
+def save_grid(images: torch.Tensor, labels: torch.Tensor, forget: list[int], path: str, per_row: int = 10) -> None:
+    """PNG: a row of samples per forget class, then a row per retained class."""
     from PIL import Image
 
     rows = []
-    for c in [forget_class] + sorted(set(labels.tolist()) - {forget_class}):
+    for c in sorted(forget) + sorted(set(labels.tolist()) - set(forget)):
         picks = images[labels == c][:per_row]
         if len(picks) < per_row:
             picks = torch.cat([picks, -torch.ones((per_row - len(picks), *images.shape[1:]))])

@@ -87,7 +87,7 @@ def new_session(
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution once
     if should_compile(cfg, device):
         compile_in_place(model.unet)
-    forget_idx, remain_idx = data.split(cfg.forget_class)
+    forget_idx, remain_idx = data.split(cfg.forget_classes())
     optimizer = torch.optim.Adam(model.unet.parameters(), lr=cfg.learning_rate(), fused=device.type == "cuda")
     return Session(
         cfg=cfg,
@@ -129,7 +129,7 @@ def run_setup(
         data=s.data,
         forget_idx=s.forget_idx,
         remain_idx=s.remain_idx,
-        forget_class=s.cfg.forget_class,
+        forget_classes=s.cfg.forget_classes(),
         device=s.device,
         rank=s.rank,
         world=s.world,
@@ -218,7 +218,7 @@ def evaluate_run(
     s, cfg = session, session.cfg
     metrics = training_metrics(s)
     s.model.unet.eval()
-    labels = evaluate.eval_labels(s.data.num_classes, cfg.forget_class, cfg.eval)
+    labels = evaluate.eval_labels(s.data.num_classes, cfg.forget_classes(), cfg.eval)
     model_id = model_fingerprint(cfg.model)
     cache = evaluate.base_cache_path(cache_dir, model_id, labels, cfg.eval, s.device.type) if cache_dir else None
     base = DiffusionModel(load_model(cfg.model).unet.to(s.device).eval(), s.model.scheduler)

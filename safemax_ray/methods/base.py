@@ -65,7 +65,7 @@ class SetupContext:
     data: ImageData  # on `device`
     forget_idx: torch.Tensor  # indices of the forget class in `data`
     remain_idx: torch.Tensor
-    forget_class: int
+    forget_classes: list[int]
     device: torch.device
     rank: int
     world: int

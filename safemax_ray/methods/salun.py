@@ -70,7 +70,7 @@ class SalUn(UnlearningMethod):
             eps = torch.randn(x0.shape, generator=g, device=ctx.device)
             t = torch.randint(num_t, (len(x0),), generator=g, device=ctx.device)
             x_t = self.scheduler.add_noise(x0, eps, t)
-            cond = torch.full((len(x0),), ctx.forget_class, device=ctx.device)
+            cond = ctx.data.labels[batches[b]]  # each forget image under its own class
             null = torch.full_like(cond, int(unet.config.num_class_embeds) - 1)
             eps_c, eps_u = unet(
                 torch.cat([x_t, x_t]), torch.cat([t, t]), class_labels=torch.cat([cond, null])

@@ -97,7 +97,7 @@ class SelectiveAmnesia(UnlearningMethod):
         names = [name for name, _ in ctx.unet.named_parameters()]
         self.fisher = {name: saved[f"fisher.{name}"].to(ctx.device) for name in names}
         self.anchor = {name: p.detach().clone() for name, p in ctx.unet.named_parameters()}
-        keep = saved["replay_labels"] != ctx.forget_class
+        keep = ~torch.isin(saved["replay_labels"], torch.tensor(ctx.forget_classes))
         self.replay_images = saved["replay_images"][keep].to(ctx.device)
         self.replay_labels = saved["replay_labels"][keep].to(ctx.device)
 

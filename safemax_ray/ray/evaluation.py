@@ -91,7 +91,7 @@ def evaluate_checkpoint(
     if "ua" in metrics or "diverged_at_step" in metrics:
         return metrics
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
-    labels = evaluate.eval_labels(data.num_classes, cfg.forget_class, cfg.eval)
+    labels = evaluate.eval_labels(data.num_classes, cfg.forget_classes(), cfg.eval)
     device = "cuda" if use_gpu else "cpu"
 
     def progress(phase: str):

@@ -108,7 +108,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if probe_n:
             session.model.unet.eval()
             classifier = load_eval_classifier(cfg, session.data.num_classes)
-            k, c = session.data.num_classes, cfg.forget_class
+            k, c = session.data.num_classes, cfg.forget_classes()
             metrics.update(evaluate.probe(session.model, classifier, k, c, cfg.eval, probe_n, rank, world, gather))
             session.model.unet.train()
         _report(session, metrics, _save(session))

@@ -28,7 +28,8 @@ SCHEMA = pa.schema(
         pa.field("timestamp", pa.timestamp("ms", tz="UTC"), nullable=False),
         pa.field("method", pa.string(), nullable=False),
         pa.field("dataset", pa.string(), nullable=False),
-        pa.field("forget_class", pa.int32(), nullable=False),
+        pa.field("forget_class", pa.int32(), nullable=False),  # the first of the forgotten classes
+        pa.field("forget_classes", pa.string(), nullable=False),  # all of them: "3", or "3+7" forgotten together
         pa.field("lam", pa.float64()),  # the method's option of that name, where it has one
         pa.field("alpha", pa.float64()),
         pa.field("target", pa.string()),
@@ -48,6 +49,7 @@ SCHEMA = pa.schema(
         pa.field("fid_features", pa.string(), nullable=False),
         pa.field("noise_forget", pa.float64(), nullable=False),  # % of forget-class samples that are noise
         pa.field("noise_retain", pa.float64(), nullable=False),  # % of retained-class samples that are noise
+        pa.field("per_class_json", pa.string(), nullable=False),  # per forgotten class: UA, H, noise rate
         pa.field("base_ua", pa.float64()),
         pa.field("base_entropy", pa.float64()),
         pa.field("base_fid", pa.float64()),

@@ -117,6 +117,8 @@ def load_runs(
 
     study_label = kept["study"].fillna("").astype(str).str.strip()
     kept[GROUP] = study_label.where(study_label != "", kept["method"])
+    together = kept["forget_classes"].str.contains("+", regex=False)  # one model forgot several classes
+    kept[GROUP] = kept[GROUP].where(~together, kept[GROUP] + " {" + kept["forget_classes"] + "}")
     if kept["dataset"].nunique() > 1:
         kept[GROUP] = kept[GROUP] + "/" + kept["dataset"]
 
