@@ -75,6 +75,7 @@ def build_row(
         "peak_mem_mb": float(metrics["peak_mem_mb"]),
         "device": device,
         "num_workers": int(metrics.get("num_workers", cfg.ray.num_workers)),
+        "eval_nodes": metrics.get("eval_nodes"),
         "model_path": model_path,
         "base_model": cfg.model or str(SHIPPED_MODEL),
         "grid_path": grid_path,

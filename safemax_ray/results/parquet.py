@@ -62,6 +62,7 @@ SCHEMA = pa.schema(
         pa.field("peak_mem_mb", pa.float64(), nullable=False),
         pa.field("device", pa.string(), nullable=False),
         pa.field("num_workers", pa.int32(), nullable=False),
+        pa.field("eval_nodes", pa.int32()),  # Ray nodes that sampled the evaluation (null: the Train workers did)
         pa.field("model_path", pa.string()),  # the unlearned diffusers folder
         pa.field("base_model", pa.string(), nullable=False),
         pa.field("grid_path", pa.string()),
