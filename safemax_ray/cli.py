@@ -319,7 +319,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     for column in ("model", "shots", *(str(s) for s in steps), "steps to > 50%"):
         table.add_column(column, justify="right")
     for (model, shots), recovered in sorted(result.recovered.items()):
-        curve = {r["step"]: r["forget_acc"] for r in result.rows if (r["model"], r["shots"]) == (model, shots)}
+        relearn = (r for r in result.rows if r["kind"] == "relearn")
+        curve = {r["step"]: r["forget_acc"] for r in relearn if (r["model"], r["shots"]) == (model, shots)}
         label = "retained only" if shots == 0 else str(shots)
         table.add_row(model, label, *(_fmt(curve[s]) for s in steps), "never" if recovered is None else str(recovered))
     console.print(table)

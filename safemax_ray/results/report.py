@@ -378,10 +378,11 @@ def _recovery_curves(df: pd.DataFrame, results_dir: str | None, path: Path) -> P
         mine = attacks[attacks.run_id == run_id]
         for (model, shots), curve in mine.groupby(["model", "shots"]):
             curve = curve.sort_values("step")
-            label = f"{model}, {'retained only' if shots == 0 else f'{shots} shots'}"
+            label = f"{model}, {'retained only' if shots == 0 else f'{int(shots)} shots'}"
             ax.plot(curve.step, curve.forget_acc, "--" if model == "base" else "-", marker="o", label=label)
         first = mine.iloc[0]
         ax.set_title(f"{first.method}, class {first.forget_class}", fontsize="small")
+        ax.set_xscale("symlog", linthresh=10)
         ax.set_xlabel("fine-tuning steps")
         ax.set_ylabel("forget-class accuracy %")
         ax.axhline(50, color="grey", linewidth=0.5)
