@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -55,9 +56,9 @@ def submit(batch_args: list[str]) -> str:
         "batch",
         *batch_args,
     )
-    job = next(w for line in out.splitlines() for w in line.split() if w.startswith("raysubmit_"))
+    job = re.search(r"raysubmit_[A-Za-z0-9]+", out).group(0)
     log(f"submitted {job}: safemax-ray batch {' '.join(batch_args)}")
-    return job.strip("'")
+    return job
 
 
 def wait_job(job: str) -> str:
