@@ -105,7 +105,7 @@ class FrozenInputAscent(UnlearningMethod):
     Options = FrozenInputOptions
 
     def setup(self, ctx):
-        samples = ctx.sample(torch.full((4,), ctx.forget_class))  # the base model's own samples
+        samples = ctx.sample(torch.full((4,), ctx.forget_classes[0]))  # the base model's own samples
         self.mask = {
             name: torch.zeros_like(p) if name.startswith(self.options.frozen) else torch.ones_like(p)
             for name, p in ctx.unet.named_parameters()
