@@ -87,14 +87,18 @@ def validate_row(row: dict[str, Any]) -> pa.Table:
 
 def write_row(results_dir: str, row: dict[str, Any]) -> str:
     """Write one run's row atomically; refuses to overwrite an existing run."""
-    table = validate_row(row)
+    path = storage.join(results_dir, RUNS_DIR, f"{row['run_id']}.parquet")
+    return _write_new(path, validate_row(row), f"a result for run {row['run_id']}")
+
+
+def _write_new(path: str, table: pa.Table, what: str) -> str:
+    """The table as one Parquet file, written at once; an existing file is never replaced."""
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    path = storage.join(results_dir, RUNS_DIR, f"{row['run_id']}.parquet")
     try:
         storage.write_bytes_atomic(path, buffer.getvalue())
     except FileExistsError:
-        raise SafemaxError(f"a result for run {row['run_id']} already exists at {path}; not overwriting it") from None
+        raise SafemaxError(f"{what} already exists at {path}; not overwriting it") from None
     return path
 
 
@@ -150,14 +154,8 @@ def write_attack(results_dir: str, attack_id: str, rows: list[dict[str, Any]]) -
     table = pa.Table.from_pylist(
         [{name: row.get(name) for name in ATTACK_SCHEMA.names} for row in rows], schema=ATTACK_SCHEMA
     )
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
     path = storage.join(results_dir, ATTACKS_DIR, f"{attack_id}.parquet")
-    try:
-        storage.write_bytes_atomic(path, buffer.getvalue())
-    except FileExistsError:
-        raise SafemaxError(f"attack results {path} already exist; not overwriting them") from None
-    return path
+    return _write_new(path, table, f"attack {attack_id}")
 
 
 def read_attacks(results_dir: str):
