@@ -71,6 +71,8 @@ class BatchResult:
     skipped: list[str] = field(default_factory=list)  # "method class c" of runs that already had a row
     failed: dict[str, str] = field(default_factory=dict)  # "method class c" -> error
     seconds: float = 0.0
+    results_dir: str = ""  # where the rows are (absolute)
+    run_keys: list[str] = field(default_factory=list)  # the key of every planned run, stored or not
 
 
 def plan(
@@ -163,8 +165,13 @@ def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, con
     configs = [preflight(cfg) for cfg in configs]
     results_dir = configs[0].results_dir
     stored = set(read_dataframe(results_dir).run_key)
-    todo = [c for c in configs if c.run_key() not in stored]
-    outcome = BatchResult(skipped=[label(c) for c in configs if c.run_key() in stored])
+    keys = [c.run_key() for c in configs]
+    todo = [c for c, key in zip(configs, keys, strict=True) if key not in stored]
+    outcome = BatchResult(
+        skipped=[label(c) for c, key in zip(configs, keys, strict=True) if key in stored],
+        results_dir=results_dir,
+        run_keys=keys,
+    )
     if outcome.skipped:
         console.log(f"already stored, skipped: {', '.join(outcome.skipped)}")
     if not todo:

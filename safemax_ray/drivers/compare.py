@@ -71,12 +71,8 @@ def compare(
     console: Console | None = None,
 ) -> CompareResult:
     """Run every method on every class (what is stored already is kept), then write the report."""
-    from safemax_ray.drivers.preflight import preflight
     from safemax_ray.results.report import make_report
 
-    configs = plan_comparison(base, classes, methods, options)
-    keys = [preflight(c).run_key() for c in configs]
-    batch = run_all(configs, max_concurrent, console)
-    results_dir = preflight(configs[0]).results_dir
-    report = make_report(results_dir, dataset=base.dataset, console=console, run_keys=keys)
+    batch = run_all(plan_comparison(base, classes, methods, options), max_concurrent, console)
+    report = make_report(batch.results_dir, dataset=base.dataset, console=console, run_keys=batch.run_keys)
     return CompareResult(batch, report)
