@@ -3,11 +3,12 @@ part-way, the batch resubmitted; every class must end up done exactly once.
 
     .venv/bin/python scripts/multinode_drill.py [--classes 0-3] [--iterations 30]
 
-Starts a head and a worker node with `ray start` (the worker node with its own node-manager port, so
-that it can be killed alone), submits `safemax-ray batch --address auto` with `ray job submit`, kills
-the worker node's raylet once the first result row exists, waits for the job to end, starts a worker
-node again, resubmits the same batch, and prints the rows per class. Stops the cluster (`ray stop`)
-at the end. Prints every step with a timestamp.
+Starts a head and a worker node with `ray start`, each with its own temp dir, submits `safemax-ray batch
+--address auto` with `ray job submit`, kills every process of the worker node (SIGKILL, as a crashed
+machine) once the first result row exists, waits for the job to end, starts a worker node again,
+resubmits the same batch, and prints the rows per class. At the end it kills this cluster's processes
+only (found by its temp dirs), so another Ray on the machine keeps running. Prints every step with a
+timestamp; a job that has not ended after --job-timeout seconds fails the drill with Ray's task list.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -23,8 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from safemax_ray.drivers.batch import parse_classes
+
 BIN = Path(sys.executable).parent
-HEAD_PORT, DASHBOARD_PORT, WORKER_NODE_PORT = 6391, 8299, 6411
+HEAD_PORT, DASHBOARD_PORT = 6391, 8299
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
@@ -39,35 +43,70 @@ def ray(*args: str, check: bool = True) -> str:
     return done.stdout
 
 
-def start_worker_node(port: int) -> None:
-    ray("start", "--address", f"127.0.0.1:{HEAD_PORT}", "--num-cpus", "2", "--node-manager-port", str(port))
-    log(f"worker node up (node-manager port {port})")
+def start_worker_node(temp_dir: Path) -> None:
+    ray("start", "--address", f"127.0.0.1:{HEAD_PORT}", "--num-cpus", "2", "--temp-dir", str(temp_dir))
+    log(f"worker node up (temp dir {temp_dir})")
+
+
+def kill_processes(marker: Path) -> list[str]:
+    """SIGKILL every process whose command line names `marker` (a node's temp dir), and their children
+    (a raylet's workers); their pids."""
+    found = subprocess.run(["pgrep", "-f", str(marker)], capture_output=True, text=True).stdout.split()
+    pids: list[str] = []
+    while found:
+        pid = found.pop()
+        pids.append(pid)
+        found += subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def train_workers_on_worker_node() -> list[str]:
+    """Ray Train worker actors alive on the non-head node."""
+    from ray.util.state import list_actors, list_nodes
+
+    address = f"http://127.0.0.1:{DASHBOARD_PORT}"
+    nodes = {n.node_id for n in list_nodes(address=address) if not n.is_head_node and n.state == "ALIVE"}
+    actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+    return [a.actor_id for a in actors if a.node_id in nodes and "TrainWorker" in (a.class_name or "")]
+
+
+def job_client():
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(f"http://127.0.0.1:{DASHBOARD_PORT}")
 
 
 def submit(batch_args: list[str]) -> str:
-    out = ray(
-        "job",
-        "submit",
-        "--address",
-        f"http://127.0.0.1:{DASHBOARD_PORT}",
-        "--no-wait",
-        "--",
-        str(BIN / "safemax-ray"),
-        "batch",
-        *batch_args,
-    )
-    job = re.search(r"raysubmit_[A-Za-z0-9]+", out).group(0)
+    entrypoint = " ".join(shlex.quote(a) for a in [str(BIN / "safemax-ray"), "batch", *batch_args])
+    for attempt in range(30):  # the head's job agent needs a few seconds after `ray start` returns
+        try:
+            job = job_client().submit_job(entrypoint=entrypoint)
+            break
+        except RuntimeError:
+            if attempt == 29:
+                raise
+            time.sleep(2)
     log(f"submitted {job}: safemax-ray batch {' '.join(batch_args)}")
     return job
 
 
-def wait_job(job: str) -> str:
-    while True:
-        status = ray("job", "status", "--address", f"http://127.0.0.1:{DASHBOARD_PORT}", job).strip().splitlines()[-1]
-        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
-            log(f"{job}: {status}")
-            return status
+def wait_job(job: str, timeout_s: float) -> str:
+    client, deadline = job_client(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = client.get_job_status(job)
+        if status.is_terminal():
+            said = [line for line in client.get_job_logs(job).splitlines() if re.search(r"batch:|failed|Error", line)]
+            log(f"{job}: {status.value}\n" + "\n".join(said))
+            return status.value
         time.sleep(3)
+    tasks = ray("list", "tasks", "--address", f"127.0.0.1:{HEAD_PORT}", "--filter", "state!=FINISHED", check=False)
+    log(f"FAILED: {job} has not ended after {timeout_s:.0f} s; unfinished tasks:\n{tasks}")
+    sys.exit(1)
 
 
 def rows_per_class(results: Path) -> dict[int, int]:
@@ -85,8 +124,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", default="0-3")
     parser.add_argument("--iterations", default="30")
+    parser.add_argument("--job-timeout", type=float, default=600.0, help="seconds each job may take")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="drill", dir="/tmp"))
+    os.environ.update(ENV)  # the job client, in this process, talks to the same auth-less cluster
+    work = Path(tempfile.mkdtemp(prefix="drill", dir="/tmp"))  # short: Ray's socket paths are limited
     results = work / "results"
     batch_args = [
         "--classes",
@@ -106,7 +147,6 @@ def main() -> None:
         "--cpus-per-worker",
         "1",
     ]
-    ray("stop", "--force", check=False)
     try:
         ray(
             "start",
@@ -115,6 +155,8 @@ def main() -> None:
             str(HEAD_PORT),
             "--num-cpus",
             "2",
+            "--temp-dir",
+            str(work / "head"),
             "--include-dashboard",
             "true",
             "--dashboard-host",
@@ -124,29 +166,30 @@ def main() -> None:
             "--disable-usage-stats",
         )
         log("head node up")
-        start_worker_node(WORKER_NODE_PORT)
+        start_worker_node(work / "node1")
         job = submit(batch_args)
         while not list((results / "runs").glob("*.parquet")):
             time.sleep(2)
         log(f"first row written: {rows_per_class(results)}")
-        pids = subprocess.run(
-            ["pgrep", "-f", f"node_manager_port={WORKER_NODE_PORT}"], capture_output=True, text=True
-        ).stdout.split()
-        for pid in pids:
-            os.kill(int(pid), signal.SIGKILL)
-        log(f"killed the worker node's raylet (pid {', '.join(pids)})")
-        wait_job(job)
+        for _ in range(60):  # kill it while a run trains there, so that the kill costs a run
+            if on_node := train_workers_on_worker_node():
+                log(f"Train worker(s) of a run in flight on the worker node: {len(on_node)}")
+                break
+            time.sleep(1)
+        pids = kill_processes(work / "node1")
+        log(f"killed the worker node: {len(pids)} processes (its raylet, agents and workers)")
+        wait_job(job, args.job_timeout)
         log(f"rows per class after the first job: {rows_per_class(results)}")
-        start_worker_node(WORKER_NODE_PORT + 1)
-        wait_job(submit(batch_args))
+        start_worker_node(work / "node2")
+        wait_job(submit(batch_args), args.job_timeout)
         counts = rows_per_class(results)
-        wanted = {int(c) for c in range(int(args.classes.split("-")[0]), int(args.classes.split("-")[-1]) + 1)}
+        wanted = set(parse_classes(args.classes))
         log(f"rows per class after resubmitting: {counts}")
         ok = set(counts) == wanted and all(n == 1 for n in counts.values())
         log("every class done exactly once" if ok else "FAILED: some class is missing or doubled")
         sys.exit(0 if ok else 1)
     finally:
-        ray("stop", "--force", check=False)
+        kill_processes(work)
         shutil.rmtree(work, ignore_errors=True)
 
 

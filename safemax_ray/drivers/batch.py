@@ -177,6 +177,7 @@ def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, con
     if not todo:
         return outcome
     began = time.perf_counter()
+    # One CPU beside the workers for the run's scoring and export, so runs at once do not oversubscribe.
     per_run_cpus = 1 + first.ray.num_workers * first.ray.cpus_per_worker
     started = ensure_ray(first.ray.address, first.ray.num_cpus or max(4, int(2 * per_run_cpus)))
     try:
@@ -184,7 +185,9 @@ def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, con
         fits = int(ray.cluster_resources().get("CPU", 1) // per_run_cpus)
         limit = max(1, max_concurrent or fits)
         console.log(f"{len(todo)} runs, {limit} at a time, {first.ray.num_workers} worker(s) each")
-        task = ray.remote(_one_run).options(num_cpus=1, max_retries=0)
+        # The run's own task only waits on its Train workers and evaluation tasks: it holds no CPU, or
+        # after a node dies the surviving runs' tasks could hold every CPU their restarted workers need.
+        task = ray.remote(_one_run).options(num_cpus=0, max_retries=0)
         pending: dict[Any, str] = {}
         queue = list(todo)
         while queue or pending:
