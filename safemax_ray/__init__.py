@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from safemax_ray.config import EvalConfig, RayConfig, UnlearnConfig, load_unlearn_config
+from safemax_ray.config import ConceptConfig, EvalConfig, RayConfig, UnlearnConfig, load_unlearn_config
 from safemax_ray.errors import SafemaxError
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 __all__ = [
+    "ConceptConfig",
     "attack",
     "EvalConfig",
     "RayConfig",

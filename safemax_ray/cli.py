@@ -58,6 +58,19 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 OPTION_DEST = "method_option__"
 
 
+CONCEPT_FLAGS = ("pipeline", "concept", "prompts_file", "remain_prompts_file", "forget_images", "images_per_prompt")
+
+
+def _add_concept_flags(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("text-to-image: forget a concept (under concept: in YAML; needs the text extra)")
+    group.add_argument("--pipeline", help="diffusers text-to-image folder (StableDiffusionPipeline layout)")
+    group.add_argument("--concept", help="what to forget, e.g. 'a dog'")
+    group.add_argument("--prompts-file", help="the concept's prompts, one a line (default: a few templates)")
+    group.add_argument("--remain-prompts-file", help="prompts to keep, one a line (default: a small list)")
+    group.add_argument("--forget-images", help="folder of the concept's images (default: generated)")
+    group.add_argument("--images-per-prompt", type=int, help="generated training images per prompt (default 8)")
+
+
 def _add_method_flags(p: argparse.ArgumentParser) -> None:
     """One flag per option that some method declares (its Options dataclass); --lam sets
     method_options.lam, and the chosen method refuses options it does not have."""
@@ -142,19 +155,26 @@ def _fmt_param(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+CLASS_ROWS = (
+    ("ua", "UA %"),
+    ("entropy", "entropy H (nats)"),
+    ("fid", "FID (retained)"),
+    ("retain_acc", "retained accuracy %"),
+    ("noise_forget", "noise rate, forget samples %"),
+    ("noise_retain", "noise rate, retained samples %"),
+)
+CONCEPT_ROWS = (
+    ("forget_mse", "concept: MSE to eps_T (floor 1)"),
+    ("remain_mse", "other prompts: denoising MSE"),
+)
+
+
 def metrics_table(metrics: dict[str, Any], title: str) -> Table:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("base model", justify="right")
     table.add_column("unlearned", justify="right")
-    for key, label in (
-        ("ua", "UA %"),
-        ("entropy", "entropy H (nats)"),
-        ("fid", "FID (retained)"),
-        ("retain_acc", "retained accuracy %"),
-        ("noise_forget", "noise rate, forget samples %"),
-        ("noise_retain", "noise rate, retained samples %"),
-    ):
+    for key, label in CONCEPT_ROWS if "forget_mse" in metrics else CLASS_ROWS:
         table.add_row(label, _fmt(metrics.get(f"base_{key}")), _fmt(metrics.get(key)))
     table.add_row("RTE (s, unlearning only)", "", _fmt(metrics.get("rte_s")))
     table.add_row("set-up (s)", "", _fmt(metrics.get("setup_s")))
@@ -171,16 +191,21 @@ BASE_WARNING = (
 
 
 def cmd_unlearn(args: argparse.Namespace) -> int:
-    from safemax_ray.config import load_unlearn_config
+    from safemax_ray.config import ConceptConfig, apply_overrides, load_unlearn_config
     from safemax_ray.drivers.unlearn import unlearn
 
     overrides = run_overrides(args)
     overrides["forget_class"] = args.forget_class
     overrides["output_dir"] = args.output_dir
     cfg = load_unlearn_config(args.config, **overrides)
+    concept = {f"concept.{key}": getattr(args, key) for key in CONCEPT_FLAGS}
+    if any(v is not None for v in concept.values()):
+        cfg.concept = cfg.concept or ConceptConfig()
+        apply_overrides(cfg, concept)
     began = time.perf_counter()
     result = unlearn(cfg, console=console, show_progress=not args.no_progress)
-    title = f"{cfg.method}: forget class {cfg.forget_label()} ({cfg.dataset})"
+    what = f"concept {cfg.concept.concept!r}" if cfg.concept else f"class {cfg.forget_label()} ({cfg.dataset})"
+    title = f"{cfg.method}: forget {what}"
     console.print(metrics_table(result.metrics, title))
     console.print(f"model:   {result.model_path}")
     console.print(f"samples: {result.grid_path}")
@@ -360,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="where the unlearned model goes (default <results-dir>/models/<run_id>)")
     p.add_argument("--no-progress", action="store_true", help="no live progress bars")
     _add_run_flags(p)
+    _add_concept_flags(p)
     p.set_defaults(func=cmd_unlearn)
 
     p = sub.add_parser("pretrain", help="train the base diffusion model and the evaluation classifier")

@@ -30,6 +30,15 @@ def tiny_assets(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """A random text-to-image pipeline folder (tests/text_pipeline.py); needs the text extra."""
+    pytest.importorskip("transformers", reason="text-to-image tests need the text extra: pip install -e '.[text]'")
+    from text_pipeline import make_tiny_pipeline
+
+    return make_tiny_pipeline(tmp_path_factory.mktemp("t2i"))
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     import ray
 

@@ -75,12 +75,25 @@ def test_write_and_read_back(tmp_path):
 
 def test_rows_missing_a_column_or_with_extras_are_refused(tmp_path):
     bad = make_row()
-    del bad["ua"]
-    with pytest.raises(SafemaxError, match="missing \\['ua'\\]"):
+    del bad["rte_s"]
+    with pytest.raises(SafemaxError, match="missing \\['rte_s'\\]"):
         results.write_row(str(tmp_path), bad)
     with pytest.raises(SafemaxError, match="unknown \\['typo'\\]"):
         results.write_row(str(tmp_path), make_row(typo=1))
     assert results.read_results(str(tmp_path)).num_rows == 0  # nothing half-written
+
+
+def test_rows_written_before_the_concept_columns_read_with_nulls(tmp_path):
+    table = results.validate_row(make_row("old"))
+    table = table.drop_columns(list(results.ADDED_LATER))
+    (tmp_path / "runs").mkdir()
+    pq.write_table(table, tmp_path / "runs" / "old.parquet")
+    df = results.read_dataframe(str(tmp_path))
+    assert df.run_id.tolist() == ["old"] and df.concept.isna().all() and df.forget_mse.isna().all()
+    # A file that lacks a column older than those is still refused.
+    pq.write_table(table.drop_columns(["rte_s"]), tmp_path / "runs" / "older.parquet")
+    with pytest.raises(SafemaxError, match="older safemax_ray \\(no column rte_s\\)"):
+        results.read_results(str(tmp_path))
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path):

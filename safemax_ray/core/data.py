@@ -124,26 +124,31 @@ def load_cifar10(root: str | Path) -> ImageData:
 
 def load_image_folder(root: str | Path, image_size: int | None) -> ImageData:
     """An ImageFolder tree (root/<class>/<image>), classes in sorted order, resized square."""
-    from PIL import Image
-
     root = Path(root)
     if not root.is_dir():
         raise SafemaxError(f"ImageFolder root {root} is not a directory")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if len(class_dirs) < 2:
         raise SafemaxError(f"ImageFolder root {root} needs one sub-folder per class (2 or more)")
-    size = image_size or 32
-    arrays, labels = [], []
+    images, labels = [], []
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise SafemaxError(f"class folder {class_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        for path in files:
-            with Image.open(path) as img:
-                arrays.append(np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC)))
-            labels.append(label)
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return ImageData(x, torch.tensor(labels, dtype=torch.int64), [p.name for p in class_dirs])
+        images.append(read_images(class_dir, image_size or 32))
+        labels += [label] * len(images[-1])
+    return ImageData(torch.cat(images), torch.tensor(labels, dtype=torch.int64), [p.name for p in class_dirs])
+
+
+def read_images(folder: str | Path, size: int) -> torch.Tensor:
+    """Every image file directly in `folder`, in name order, resized square: float32 in [-1, 1], NCHW."""
+    from PIL import Image
+
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise SafemaxError(f"folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    arrays = []
+    for path in files:
+        with Image.open(path) as img:
+            arrays.append(np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC)))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def load_dataset(name: str, root: str | None = None, image_size: int | None = None) -> ImageData:

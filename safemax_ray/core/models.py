@@ -127,7 +127,7 @@ def save_model(model: DiffusionModel, path: str | Path, overwrite: bool = False)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is for sharing
     try:
-        DDPMPipeline(unet=model.unet, scheduler=model.scheduler).save_pretrained(tmp, safe_serialization=True)
+        _write(model, tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -135,6 +135,16 @@ def save_model(model: DiffusionModel, path: str | Path, overwrite: bool = False)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _write(model: DiffusionModel, folder: Path) -> None:
+    from safemax_ray.core.text import PromptUNet
+
+    if isinstance(model.unet, PromptUNet):  # a pipeline's UNet: its other parts stay in the pipeline folder
+        model.unet.unet.save_pretrained(folder / "unet", safe_serialization=True)
+        model.scheduler.save_pretrained(folder / "scheduler")
+    else:
+        DDPMPipeline(unet=model.unet, scheduler=model.scheduler).save_pretrained(folder, safe_serialization=True)
 
 
 def load_model(
@@ -201,6 +211,11 @@ def model_fingerprint(path: str | Path | None) -> str:
         path / "scheduler" / "scheduler_config.json",
     ]
     return content_hash(files)
+
+
+def folder_fingerprint(path: str | Path) -> str:
+    """Every file under `path`, by content."""
+    return content_hash(sorted(f for f in Path(path).rglob("*") if f.is_file()))
 
 
 def content_hash(files: list[Path]) -> str:

@@ -72,4 +72,5 @@ def _denoise(unet, scheduler, x, timesteps, labels, null_label, generator, guida
         x = scheduler.step(eps, t, x, generator=generator).prev_sample
         if on_step is not None:
             on_step()
-    return x.clamp(-1, 1).cpu()
+    # Pixel models (clip_sample) end in [-1, 1]; latents (Stable Diffusion's clip_sample: false) are unbounded.
+    return (x.clamp(-1, 1) if scheduler.config.clip_sample else x).cpu()

@@ -24,6 +24,7 @@ from safemax_ray.results.parquet import COMMON_OPTIONS, write_row
 from safemax_ray.results.report import FORGET_PNG
 
 METRICS = ("ua", "entropy", "fid", "retain_acc", "noise_forget", "noise_retain")
+CONCEPT_METRICS = ("forget_mse", "remain_mse")
 
 
 def check_not_diverged(checkpoint) -> None:
@@ -52,7 +53,7 @@ def build_row(
         "run_key": cfg.run_key(),
         "timestamp": datetime.now(timezone.utc),
         "method": cfg.method,
-        "dataset": cfg.dataset,
+        "dataset": cfg.data_name(),
         "forget_class": cfg.forget_classes()[0],
         "forget_classes": cfg.forget_label(),
         "per_class_json": json.dumps(metrics.get("per_class", {}), sort_keys=True),
@@ -66,10 +67,11 @@ def build_row(
         "sample_steps": int(metrics["sample_steps"]),
         "n_forget_samples": cfg.eval.n_forget_samples,
         "n_retain_per_class": cfg.eval.n_retain_per_class,
-        **{k: float(metrics[k]) for k in METRICS},
-        "fid_features": metrics["fid_features"],
-        **{f"base_{k}": metrics.get(f"base_{k}") for k in METRICS},
-        "base_ok": bool(metrics["base_ok"]),
+        **{k: _number(metrics.get(k)) for k in METRICS + CONCEPT_METRICS},
+        "fid_features": metrics.get("fid_features"),
+        **{f"base_{k}": _number(metrics.get(f"base_{k}")) for k in METRICS + CONCEPT_METRICS},
+        "base_ok": None if metrics.get("base_ok") is None else bool(metrics["base_ok"]),
+        "concept": cfg.concept.concept if cfg.concept else None,
         "rte_s": float(metrics["rte_s"]),
         "setup_s": float(metrics.get("setup_s", 0.0)),
         "peak_mem_mb": float(metrics["peak_mem_mb"]),
@@ -77,7 +79,7 @@ def build_row(
         "num_workers": int(metrics.get("num_workers", cfg.ray.num_workers)),
         "eval_nodes": metrics.get("eval_nodes"),
         "model_path": model_path,
-        "base_model": cfg.model or str(SHIPPED_MODEL),
+        "base_model": cfg.concept.pipeline if cfg.concept else cfg.model or str(SHIPPED_MODEL),
         "grid_path": grid_path,
         "study": cfg.study,
         "trial_id": trial_id,
@@ -87,9 +89,14 @@ def build_row(
     }
 
 
-def export_run(cfg: UnlearnConfig, checkpoint, output_dir: str) -> tuple[str, str]:
-    """Copy the final checkpoint's model folder to `output_dir` atomically and draw the sample grid."""
-    from safemax_ray.engine.evaluate import save_grid
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def export_run(cfg: UnlearnConfig, checkpoint, output_dir: str) -> tuple[str, str | None]:
+    """Copy the final checkpoint's model folder to `output_dir` atomically and draw the sample grid
+    (a concept run: the whole pipeline with the unlearned UNet, no grid)."""
+    from safemax_ray.core.text import export_pipeline
 
     if storage.is_uri(output_dir):  # build it locally, then one upload
         with tempfile.TemporaryDirectory() as local:
@@ -98,7 +105,7 @@ def export_run(cfg: UnlearnConfig, checkpoint, output_dir: str) -> tuple[str, st
                 storage.upload_dir(Path(local) / "model", output_dir)
             except FileExistsError:
                 raise SafemaxError(f"{output_dir} already exists; not overwriting it") from None
-        return output_dir, storage.join(output_dir, "samples.png")
+        return output_dir, None if cfg.concept is not None else storage.join(output_dir, "samples.png")
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()):
         raise SafemaxError(f"output folder {out} already exists and is not empty; not overwriting it")
@@ -107,19 +114,27 @@ def export_run(cfg: UnlearnConfig, checkpoint, output_dir: str) -> tuple[str, st
     tmp.chmod(0o755)
     try:
         with checkpoint.as_directory() as folder:
-            shutil.copytree(Path(folder) / layout.MODEL_DIR, tmp, dirs_exist_ok=True)
-            images, labels = layout.load_samples(Path(folder))
-        classes = cfg.forget_classes()
-        save_grid(images, labels, classes, str(tmp / "samples.png"))
-        forget = torch.isin(labels, torch.tensor(classes))
-        save_grid(images[forget], labels[forget], classes, str(tmp / FORGET_PNG))
+            if cfg.concept is not None:  # the whole pipeline, so that diffusers loads it as it is
+                export_pipeline(cfg.concept.pipeline, Path(folder) / layout.MODEL_DIR / "unet", tmp)
+            else:
+                shutil.copytree(Path(folder) / layout.MODEL_DIR, tmp, dirs_exist_ok=True)
+                _draw_grids(cfg, *layout.load_samples(Path(folder)), tmp)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return str(out), str(out / "samples.png")
+    return str(out), None if cfg.concept is not None else str(out / "samples.png")
+
+
+def _draw_grids(cfg: UnlearnConfig, images: torch.Tensor, labels: torch.Tensor, folder: Path) -> None:
+    from safemax_ray.engine.evaluate import save_grid
+
+    classes = cfg.forget_classes()
+    save_grid(images, labels, classes, str(folder / "samples.png"))
+    forget = torch.isin(labels, torch.tensor(classes))
+    save_grid(images[forget], labels[forget], classes, str(folder / FORGET_PNG))
 
 
 def finish_run(

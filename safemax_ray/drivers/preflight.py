@@ -27,8 +27,16 @@ def resolve_paths(cfg: UnlearnConfig) -> UnlearnConfig:
     def fix(path: str | None) -> str | None:
         return absolute(path) if path else path
 
+    concept = cfg.concept and replace(
+        cfg.concept,
+        pipeline=absolute(cfg.concept.pipeline) if cfg.concept.pipeline else "",
+        prompts_file=fix(cfg.concept.prompts_file),
+        remain_prompts_file=fix(cfg.concept.remain_prompts_file),
+        forget_images=fix(cfg.concept.forget_images),
+    )
     return replace(
         cfg,
+        concept=concept,
         model=fix(cfg.model),
         classifier=fix(cfg.classifier),
         data_root=fix(cfg.data_root),
@@ -68,6 +76,22 @@ def preflight(cfg: UnlearnConfig) -> UnlearnConfig:
     """Validate `cfg`, load what the workers will load, and return it with absolute paths."""
     cfg = resolve_paths(cfg)
     cfg.validate()
+    if cfg.concept is not None:
+        _check_pipeline(cfg)
+    else:
+        _check_model_and_data(cfg)
+    check_writable_folder(cfg.results_dir, "results folder")
+    if cfg.ray.storage_path:
+        check_writable_folder(cfg.ray.storage_path, "Ray storage path")
+    if cfg.output_dir:
+        check_writable_folder(cfg.output_dir, "output folder")
+        out = Path(cfg.output_dir)
+        if not storage.is_uri(cfg.output_dir) and out.is_dir() and any(out.iterdir()):
+            raise SafemaxError(f"output folder {cfg.output_dir} already exists and is not empty; choose another")
+    return cfg
+
+
+def _check_model_and_data(cfg: UnlearnConfig) -> None:
     if cfg.dataset != "digits" and not (cfg.model and cfg.classifier):
         raise SafemaxError(f"dataset {cfg.dataset!r} needs --model and --classifier (made by `safemax-ray pretrain`)")
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
@@ -80,12 +104,12 @@ def preflight(cfg: UnlearnConfig) -> UnlearnConfig:
     )
     classifier = cfg.classifier or str(SHIPPED_CLASSIFIER)
     _load_weights("classifier", classifier, lambda: load_classifier(classifier, data.num_classes))
-    check_writable_folder(cfg.results_dir, "results folder")
-    if cfg.ray.storage_path:
-        check_writable_folder(cfg.ray.storage_path, "Ray storage path")
-    if cfg.output_dir:
-        check_writable_folder(cfg.output_dir, "output folder")
-        out = Path(cfg.output_dir)
-        if not storage.is_uri(cfg.output_dir) and out.is_dir() and any(out.iterdir()):
-            raise SafemaxError(f"output folder {cfg.output_dir} already exists and is not empty; choose another")
-    return cfg
+
+
+def _check_pipeline(cfg: UnlearnConfig) -> None:
+    from safemax_ray.core.text import check_pipeline_folder, load_pipeline
+
+    check_pipeline_folder(cfg.concept.pipeline)
+    _load_weights("pipeline", cfg.concept.pipeline, lambda: load_pipeline(cfg.concept.pipeline))
+    if cfg.concept.forget_images and not Path(cfg.concept.forget_images).is_dir():
+        raise SafemaxError(f"forget images folder {cfg.concept.forget_images} does not exist")

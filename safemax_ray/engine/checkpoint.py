@@ -1,6 +1,7 @@
 """The checkpoint folder of a run, written by rank 0 and read on resume and export.
 
-    model/                 the diffusers folder (DDPMPipeline layout, safetensors)
+    model/                 the diffusers folder (DDPMPipeline layout, safetensors; a concept run: unet/
+                           and scheduler/ only, the rest stays in the base pipeline)
     train_state.pt         optimizer state, step, seconds so far, set-up seconds, the method's state
     samples.safetensors    the final evaluation images and labels (last checkpoint only)
     diverged.json          instead of all the above when training diverged
@@ -24,6 +25,7 @@ MODEL_DIR = "model"
 TRAIN_STATE = "train_state.pt"
 SAMPLES = "samples.safetensors"
 DIVERGED = "diverged.json"
+UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained names them
 
 
 @dataclass
@@ -49,8 +51,12 @@ def save(folder: Path, model: DiffusionModel, optimizer, method_state: dict, sta
 
 def restore(folder: Path, unet: torch.nn.Module, optimizer) -> tuple[TrainState, dict]:
     """Load weights and optimizer state in place; returns the counters and the method's state."""
-    saved = load_model(folder / MODEL_DIR)
-    unet.load_state_dict(saved.unet.state_dict())
+    from safemax_ray.core.text import PromptUNet
+
+    if isinstance(unet, PromptUNet):
+        unet.unet.load_state_dict(load_file(str(folder / MODEL_DIR / "unet" / UNET_WEIGHTS)))
+    else:
+        unet.load_state_dict(load_model(folder / MODEL_DIR).unet.state_dict())
     raw = torch.load(folder / TRAIN_STATE, weights_only=True, map_location=next(unet.parameters()).device)
     optimizer.load_state_dict(raw["optimizer"])
     return TrainState(int(raw["step"]), float(raw["elapsed_s"]), float(raw["setup_s"])), raw["method"]

@@ -104,9 +104,17 @@ def new_session(
     )
 
 
-def open_session(cfg: UnlearnConfig, device: torch.device, rank: int = 0, world: int = 1) -> Session:
-    data = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
-    model = load_model(cfg.model, data.num_classes, data.channels, data.image_size)
+def open_session(
+    cfg: UnlearnConfig, device: torch.device, rank: int = 0, world: int = 1, cache_dir: str | None = None
+) -> Session:
+    """The model and data `cfg` names; a concept run's prompts and latents (cached in `cache_dir`)."""
+    if cfg.concept is not None:
+        from safemax_ray.engine.concept import open_workload
+
+        model, data = open_workload(cfg, device, cache_dir)
+    else:
+        data = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+        model = load_model(cfg.model, data.num_classes, data.channels, data.image_size)
     return new_session(cfg, model, data, device, rank, world)
 
 
@@ -137,7 +145,7 @@ def run_setup(
         all_reduce=all_reduce,
         sample=sample,
         cache_dir=cache_dir,
-        model_id=model_fingerprint(s.cfg.model),
+        model_id=s.cfg.model_id(),
     )
     began = time.perf_counter()
     s.method.setup(ctx)
@@ -217,6 +225,13 @@ def evaluate_run(
     both on rank 0. Returns (metrics, images, labels); UA, H, FID and accuracy are on rank 0 only."""
     s, cfg = session, session.cfg
     metrics = training_metrics(s)
+    if cfg.concept is not None:  # no classifier: the probe losses, beside the base pipeline's
+        from safemax_ray.engine.concept import evaluate_concept
+
+        metrics["sample_steps"] = cfg.eval.sample_steps or s.model.num_train_timesteps  # of the training images
+        if s.rank == 0:
+            metrics.update(evaluate_concept(s.model, s.data, cfg))
+        return metrics, torch.empty(0), torch.empty(0, dtype=torch.int64)
     s.model.unet.eval()
     labels = evaluate.eval_labels(s.data.num_classes, cfg.forget_classes(), cfg.eval)
     model_id = model_fingerprint(cfg.model)

@@ -88,7 +88,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """The run's metrics with UA, H, FID and accuracy added, sampling on the cluster (unless the Train
     workers evaluated already, or training diverged); the samples go into the checkpoint folder."""
-    if "ua" in metrics or "diverged_at_step" in metrics:
+    if "ua" in metrics or "diverged_at_step" in metrics or cfg.concept is not None:
         return metrics
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     labels = evaluate.eval_labels(data.num_classes, cfg.forget_classes(), cfg.eval)

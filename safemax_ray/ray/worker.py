@@ -95,7 +95,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         torch.cuda.reset_peak_memory_stats(device)
     all_reduce, gather = _collectives(world)
 
-    session = open_session(cfg, device, rank, world)
+    session = open_session(cfg, device, rank, world, loop_config["cache_dir"])
     resumed_from = _restore_or_set_up(session, loop_config["cache_dir"], all_reduce, gather)
     session.unet = ray.train.torch.prepare_model(session.model.unet)
 
@@ -141,7 +141,8 @@ def _restore_or_set_up(session: Session, cache_dir: str, all_reduce, gather) -> 
 def _evaluate_and_report(session: Session, cache_dir: str, gather, progress, resumed_from: int) -> None:
     """The final report: with the evaluation when the Train workers sample (`eval.workers: train`),
     else the training figures only, for the driver to evaluate over the cluster (ray/evaluation.py)."""
-    if session.cfg.eval.workers != "train":
+    # A concept run's evaluation is a cheap probe, done here; class runs sample over the cluster.
+    if session.cfg.eval.workers != "train" and session.cfg.concept is None:
         _report(session, {**training_metrics(session), "resumed_from_step": resumed_from}, _save(session))
         return
 

@@ -42,13 +42,14 @@ SCHEMA = pa.schema(
         pa.field("sample_steps", pa.int32(), nullable=False),
         pa.field("n_forget_samples", pa.int32(), nullable=False),
         pa.field("n_retain_per_class", pa.int32(), nullable=False),
-        pa.field("ua", pa.float64(), nullable=False),
-        pa.field("entropy", pa.float64(), nullable=False),
-        pa.field("fid", pa.float64(), nullable=False),
-        pa.field("retain_acc", pa.float64(), nullable=False),
-        pa.field("fid_features", pa.string(), nullable=False),
-        pa.field("noise_forget", pa.float64(), nullable=False),  # % of forget-class samples that are noise
-        pa.field("noise_retain", pa.float64(), nullable=False),  # % of retained-class samples that are noise
+        # Classifier metrics: null for concept runs, which have no classifier (their columns follow).
+        pa.field("ua", pa.float64()),
+        pa.field("entropy", pa.float64()),
+        pa.field("fid", pa.float64()),
+        pa.field("retain_acc", pa.float64()),
+        pa.field("fid_features", pa.string()),
+        pa.field("noise_forget", pa.float64()),  # % of forget-class samples that are noise
+        pa.field("noise_retain", pa.float64()),  # % of retained-class samples that are noise
         pa.field("per_class_json", pa.string(), nullable=False),  # per forgotten class: UA, H, noise rate
         pa.field("base_ua", pa.float64()),
         pa.field("base_entropy", pa.float64()),
@@ -56,7 +57,12 @@ SCHEMA = pa.schema(
         pa.field("base_retain_acc", pa.float64()),
         pa.field("base_noise_forget", pa.float64()),
         pa.field("base_noise_retain", pa.float64()),
-        pa.field("base_ok", pa.bool_(), nullable=False),  # the base model recognised its own samples
+        pa.field("base_ok", pa.bool_()),  # the base model recognised its own samples (null: no classifier)
+        pa.field("concept", pa.string()),  # a concept run: what the text-to-image pipeline forgot
+        pa.field("forget_mse", pa.float64()),  # concept: ||eps_T - eps_theta(x_t, concept)||^2, floor 1
+        pa.field("remain_mse", pa.float64()),  # concept: the denoising loss on the remain prompts
+        pa.field("base_forget_mse", pa.float64()),
+        pa.field("base_remain_mse", pa.float64()),
         pa.field("rte_s", pa.float64(), nullable=False),  # training steps only
         pa.field("setup_s", pa.float64(), nullable=False),  # the method's set-up phase
         pa.field("peak_mem_mb", pa.float64(), nullable=False),
@@ -73,6 +79,9 @@ SCHEMA = pa.schema(
         pa.field("config_json", pa.string(), nullable=False),
     ]
 )
+
+# Columns that rows written before them lack; they read as null.
+ADDED_LATER = ("concept", "forget_mse", "remain_mse", "base_forget_mse", "base_remain_mse")
 
 
 def validate_row(row: dict[str, Any]) -> pa.Table:
@@ -110,6 +119,9 @@ def read_results(results_dir: str) -> pa.Table:
     tables = []
     for path in files:
         table = pq.read_table(io.BytesIO(storage.read_bytes(path)))
+        for name in ADDED_LATER:
+            if name not in table.column_names:
+                table = table.append_column(SCHEMA.field(name), pa.nulls(len(table), SCHEMA.field(name).type))
         missing = sorted(set(SCHEMA.names) - set(table.column_names))
         if missing:
             raise SafemaxError(
@@ -140,8 +152,9 @@ ATTACK_SCHEMA = pa.schema(
         pa.field("step", pa.int32()),  # relearn: fine-tuning steps so far
         pa.field("t0", pa.int32()),  # trajectory: the timestep real images were noised to
         pa.field("forget_acc", pa.float64(), nullable=False),  # % of forget-class samples labelled c_f
-        pa.field("ua", pa.float64(), nullable=False),
-        pa.field("entropy", pa.float64(), nullable=False),
+        # Classifier metrics: null for concept runs, which have no classifier (their columns follow).
+        pa.field("ua", pa.float64()),
+        pa.field("entropy", pa.float64()),
         pa.field("noise", pa.float64(), nullable=False),  # % of forget-class samples that are noise
         pa.field("steps_to_recover", pa.int32()),  # relearn: first step with forget_acc > 50% (null: never)
         pa.field("settings_json", pa.string(), nullable=False),

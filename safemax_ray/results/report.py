@@ -477,7 +477,7 @@ def make_report(
 
 def base_warnings(runs: pd.DataFrame) -> list[str]:
     """One line per run whose base model failed its own check: its UA and H mean nothing."""
-    failed = runs[~runs["base_ok"].astype(bool)]
+    failed = runs[runs["base_ok"].eq(False)]
     return [
         f"{row.group} class {row.forget_class}: the base model fails its own check (forget-class accuracy "
         f"{100 - row.base_ua:.1f}%, retained accuracy {row.base_retain_acc:.1f}%), so UA and H mean nothing"

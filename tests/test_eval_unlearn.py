@@ -1,0 +1,112 @@
+"""SAFEMax as an Eval-Unlearn technique: each item of its technique contract, and its own runner."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+pytest.importorskip("eval_unlearn", reason="the Eval-Unlearn plugin needs its extra: pip install -e '.[eval-unlearn]'")
+
+from eval_unlearn.registry import get_technique, register_metric  # noqa: E402
+from eval_unlearn.registry.entrypoints import load_entrypoints  # noqa: E402
+from eval_unlearn.runners import SingleBenchmarkRunner  # noqa: E402
+from eval_unlearn.types import Dataset, MetricResult  # noqa: E402
+
+from safemax_ray.errors import SafemaxError  # noqa: E402
+from safemax_ray.plugins.eval_unlearn import SafemaxTechnique, SafemaxTechniqueConfig  # noqa: E402
+from safemax_ray.results.parquet import read_dataframe  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def settings(tiny_pipeline, tmp_path_factory):
+    return {
+        "erase_concept": "a dog",
+        "device": "cpu",
+        "model_path": str(tiny_pipeline),
+        "iterations": 4,
+        "batch_size": 4,
+        "images_per_prompt": 1,
+        "num_inference_steps": 4,
+        "learning_rate": 1e-3,
+        "results_dir": str(tmp_path_factory.mktemp("eu") / "results"),
+    }
+
+
+@pytest.fixture(scope="module")
+def technique(settings, ray_session):
+    return SafemaxTechnique(**settings)
+
+
+def test_the_entry_point_registers_safemax():
+    load_entrypoints()
+    assert get_technique("safemax") is SafemaxTechnique
+
+
+def test_config_is_frozen_ignores_unknown_keys_and_refuses_an_empty_concept(settings):
+    config = SafemaxTechniqueConfig.from_dict({**settings, "not_ours": 1, "train_method": "xattn"})
+    assert (config.erase_concept, config.device) == ("a dog", "cpu")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.erase_concept = "a cat"
+    for empty in ("", "   "):
+        with pytest.raises(ValueError, match="erase_concept must not be empty"):
+            SafemaxTechniqueConfig.from_dict({**settings, "erase_concept": empty})
+
+
+def test_generate_gives_one_image_per_prompt_and_forwards_the_seed(technique):
+    prompts = ["a dog", "a photo of a house", "a dog"]
+    images = technique.generate(prompts, seed=3)
+    assert len(images) == 3 and all(im.size == (16, 16) and im.mode == "RGB" for im in images)
+    same = technique.generate(prompts, seed=3)
+    other = technique.generate(prompts, seed=4)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, same, strict=True))
+    assert not np.array_equal(np.asarray(images[0]), np.asarray(other[0]))
+
+
+def test_the_wrapper_trains_once_per_run_key(technique, settings):
+    again = SafemaxTechnique(**settings)  # same settings: found by run key, not trained again
+    rows = read_dataframe(settings["results_dir"])
+    assert again.model_path == technique.model_path and len(rows) == 1
+    assert rows.iloc[0].concept == "a dog" and rows.iloc[0].study == "eval-unlearn"
+
+
+def test_errors_propagate(settings, technique, tmp_path):
+    with pytest.raises(SafemaxError, match="not a diffusers text-to-image folder"):
+        SafemaxTechnique(**{**settings, "model_path": str(tmp_path / "missing")})
+    broken = SafemaxTechnique.__new__(SafemaxTechnique)
+    broken.config, broken.model_path, broken._pipeline = technique.config, str(tmp_path / "gone"), None
+    with pytest.raises(SafemaxError, match="not a diffusers text-to-image folder"):
+        broken.generate(["a dog"])
+
+
+@register_metric("test_mean_brightness")
+class MeanBrightness:
+    """A metric that needs no hub model: the mean pixel value of the images, per prompt batch."""
+
+    def __init__(self, **_):
+        self.values: list[float] = []
+
+    def load_dataset(self):
+        return [Dataset(prompts=["a dog", "a photo of a dog"], metadata={"source": "test"}), Dataset(["a house"])]
+
+    def update(self, images, prompts, metadata):
+        assert len(images) == len(prompts)
+        self.values += [float(np.asarray(im).mean()) for im in images]
+
+    def compute(self) -> MetricResult:
+        return MetricResult(name="mean_brightness", value=float(np.mean(self.values)), details={"n": len(self.values)})
+
+
+def test_eval_unlearns_own_runner_runs_safemax(settings, technique, tmp_path):
+    runner = SingleBenchmarkRunner(
+        technique_name="safemax",
+        metric_name="test_mean_brightness",
+        technique_config=settings,
+        output_dir=str(tmp_path / "bench"),
+        seed=0,
+    )
+    report = runner.run()
+    assert report["metric_result"]["details"] == {"n": 3}
+    assert 0 < report["metric_result"]["value"] < 255 and report["erase_concept"] == "a dog"
+    written = {p.name for p in (tmp_path / "bench").rglob("*")}
+    assert any(name.endswith("_report.json") for name in written)
+    assert sum(name.endswith(".png") for name in written) == 3
