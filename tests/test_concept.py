@@ -71,12 +71,28 @@ def test_safemax_moves_the_concept_to_noise_and_keeps_other_prompts(tiny_pipelin
     assert torch.equal(again.images, data.images)
 
 
+@pytest.mark.parametrize("method, options", [("salun", {}), ("sa", {"fisher_samples_per_class": 2})])
+def test_the_baselines_run_on_a_pipeline(tiny_pipeline, tmp_path, method, options):
+    """Prompts play their classes: SalUn's saliency and pseudo label, SA's Fisher and replay."""
+    from safemax_ray.engine.loop import evaluate_run, open_session, run_setup, train
+
+    cfg = concept_config(tiny_pipeline, tmp_path, iterations=2, method=method, method_options=options)
+    session = open_session(cfg, torch.device("cpu"), cache_dir=str(tmp_path / "cache"))
+    before = {k: v.clone() for k, v in session.model.unet.state_dict().items()}
+    run_setup(session, cache_dir=str(tmp_path / "cache"))
+    train(session)
+    metrics, _, _ = evaluate_run(session)
+    assert any(not torch.equal(before[k], v) for k, v in session.model.unet.state_dict().items())
+    assert all(torch.isfinite(torch.tensor(metrics[k])) for k in ("forget_mse", "remain_mse"))
+
+
 def test_unlearn_concept_on_ray_exports_a_loadable_pipeline(tiny_pipeline, tmp_path, ray_session):
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file
 
     from safemax_ray import unlearn
     from safemax_ray.results.parquet import read_dataframe
+    from safemax_ray.results.report import make_report
 
     result = unlearn(concept_config(tiny_pipeline, tmp_path / "results", iterations=6))
     row = read_dataframe(str(tmp_path / "results")).iloc[0]
@@ -88,6 +104,20 @@ def test_unlearn_concept_on_ray_exports_a_loadable_pipeline(tiny_pipeline, tmp_p
     assert not torch.equal(*(load_file(p / "unet" / weights)["conv_in.weight"] for p in (exported, tiny_pipeline)))
     assert (exported / "vae" / weights).read_bytes() == (tiny_pipeline / "vae" / weights).read_bytes()
     assert pipe.unet.config.cross_attention_dim == 32
+    report = make_report(str(tmp_path / "results"), tmp_path / "report")
+    assert list(report.tables) == ["concepts"]
+    assert report.tables["concepts"].loc["safemax {a-dog}", "MSE to eps_T (floor 1)"] == pytest.approx(row.forget_mse)
+
+
+def test_batch_and_tune_refuse_a_concept_in_one_line(tmp_path):
+    from safemax_ray.drivers.batch import batch_unlearn
+    from safemax_ray.drivers.tune import TuneConfig
+
+    cfg = UnlearnConfig(concept=ConceptConfig(pipeline="p", concept="a dog"))
+    with pytest.raises(SafemaxError, match="forget a concept with one run: safemax-ray unlearn --pipeline"):
+        batch_unlearn(cfg, [0, 1])
+    with pytest.raises(SafemaxError, match="tune trials run classes"):
+        TuneConfig(run={"concept": {"pipeline": "p", "concept": "a dog"}}).validate()
 
 
 def test_cli_concept_run_refuses_a_missing_pipeline_in_one_line(tmp_path, capsys):

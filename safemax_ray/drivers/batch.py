@@ -145,6 +145,12 @@ def batch_unlearn(
     return run_all(plan(base, classes, params), max_concurrent, console)
 
 
+CONCEPT_IS_ONE_RUN = (
+    "{command} run classes of a class-conditional model; forget a concept with one run: "
+    "safemax-ray unlearn --pipeline DIR --concept TEXT"
+)
+
+
 def label(cfg: UnlearnConfig) -> str:
     return f"{cfg.method} class {cfg.forget_label()}"
 
@@ -157,6 +163,8 @@ def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, con
     from safemax_ray.ray.cluster import cluster_has_gpus, ensure_ray
 
     console = console or Console(quiet=True)
+    if any(c.concept is not None for c in configs):
+        raise SafemaxError(CONCEPT_IS_ONE_RUN.format(command="batch and compare"))
     first = configs[0]
     if first.ray.cpus_per_worker is None:
         # Several runs share each node: one thread per worker, and Ray packs runs by CPU count.

@@ -30,6 +30,7 @@ from rich.console import Console
 from safemax_ray import storage
 from safemax_ray.config import UnlearnConfig, apply_overrides, from_dict, read_yaml, to_dict
 from safemax_ray.core.objective import PARETO_OBJECTIVES, pareto_mask
+from safemax_ray.drivers.batch import CONCEPT_IS_ONE_RUN
 from safemax_ray.drivers.finish import finish_run
 from safemax_ray.drivers.preflight import preflight
 from safemax_ray.errors import SafemaxError
@@ -121,6 +122,8 @@ class TuneConfig:
             raise SafemaxError("budget.max_concurrent must be >= 1 or null")
         if not self.search:
             raise SafemaxError("search is empty: name at least one of lr, iterations, method.<option>")
+        if self.run.get("concept") is not None:
+            raise SafemaxError(CONCEPT_IS_ONE_RUN.format(command="tune trials"))
         method = get_method(self.run.get("method", "safemax"))
         allowed = [*RUN_PARAMS, *(METHOD_PREFIX + o for o in method.SEARCHABLE)]
         for name, spec in self.search.items():

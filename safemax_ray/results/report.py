@@ -117,7 +117,8 @@ def load_runs(
 
     study_label = kept["study"].fillna("").astype(str).str.strip()
     kept[GROUP] = study_label.where(study_label != "", kept["method"])
-    together = kept["forget_classes"].str.contains("+", regex=False)  # one model forgot several classes
+    # One model forgot several classes, or a concept: the group names them, as their class is not one.
+    together = kept["forget_classes"].str.contains("+", regex=False) | kept["concept"].notna()
     kept[GROUP] = kept[GROUP].where(~together, kept[GROUP] + " {" + kept["forget_classes"] + "}")
     if kept["dataset"].nunique() > 1:
         kept[GROUP] = kept[GROUP] + "/" + kept["dataset"]
@@ -164,7 +165,11 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
         raise SafemaxError("no runs to tabulate")
     if GROUP not in df.columns:
         raise SafemaxError("tables() needs the output of load_runs() (it lacks the 'group' column)")
-    built = {
+    concepts, df = df[df["concept"].notna()], df[df["concept"].isna()]
+    built = {} if concepts.empty else {"concepts": concept_table(concepts)}
+    if df.empty:
+        return built
+    built |= {
         "quality": _per_class_table(df, QUALITY_METRICS),
         "cost": _per_class_table(df, COST_METRICS),
     }
@@ -172,6 +177,24 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     if ratios is not None:
         built["ratios"] = ratios
     return built
+
+
+CONCEPT_COLUMNS = {
+    "forget_mse": "MSE to eps_T (floor 1)",
+    "base_forget_mse": "base: MSE to eps_T",
+    "remain_mse": "remain MSE",
+    "base_remain_mse": "base: remain MSE",
+    "rte_s": "RTE s",
+    "peak_mem_mb": "peak mem MB",
+}
+
+
+def concept_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Concept runs, one row each: how close the concept's predictions came to eps_T, and the remain
+    prompts' denoising loss, beside the base pipeline's."""
+    table = df.set_index(GROUP)[list(CONCEPT_COLUMNS)].rename(columns=CONCEPT_COLUMNS).astype(float)
+    table.index.name = "run"
+    return table
 
 
 def cost_ratios(df: pd.DataFrame, reference: str = REFERENCE_GROUP) -> pd.DataFrame | None:
@@ -464,7 +487,8 @@ def make_report(
     runs = load_runs(results_dir, method=method, dataset=dataset, study=study, run_keys=run_keys)
     built = tables(runs)
     folder = _local_out_dir(out_dir)
-    files = export(built, folder) + figures(runs, folder, results_dir=results_dir)
+    class_runs = runs[runs["concept"].isna()]
+    files = export(built, folder) + (figures(class_runs, folder, results_dir) if len(class_runs) else [])
     warnings = base_warnings(runs)
     if warnings:
         files.append(_write_atomic(folder / "warnings.md", ("".join(f"- {w}\n" for w in warnings)).encode()))
