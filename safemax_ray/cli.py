@@ -208,7 +208,8 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     title = f"{cfg.method}: forget {what}"
     console.print(metrics_table(result.metrics, title))
     console.print(f"model:   {result.model_path}")
-    console.print(f"samples: {result.grid_path}")
+    if result.grid_path:
+        console.print(f"samples: {result.grid_path}")
     console.print(f"results: {result.results_path}")
     console.print(f"wall time {time.perf_counter() - began:.0f}s")
     return 0

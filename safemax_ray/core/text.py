@@ -80,8 +80,10 @@ def load_pipeline(path: str | Path) -> TextPipeline:
     """Every part from local files, in eval mode; the VAE and text encoder stay frozen."""
     try:
         from transformers import CLIPTextModel, CLIPTokenizer
+        from transformers.utils import logging as transformers_logging
     except ImportError:
         raise SafemaxError("text-to-image pipelines need transformers: pip install 'safemax-ray[text]'") from None
+    transformers_logging.disable_progress_bar()  # its bars would interleave with ours
     path = check_pipeline_folder(path)
     local = {"local_files_only": True}
     pipe = TextPipeline(

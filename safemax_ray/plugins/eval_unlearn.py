@@ -54,8 +54,10 @@ class SafemaxTechniqueConfig(BaseConfig):
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
 
-    def sampling(self, seed: int) -> EvalConfig:
-        return EvalConfig(guidance=max(self.guidance_scale - 1, 0.0), sample_steps=self.num_inference_steps, seed=seed)
+    def sampling(self, seed: int, steps: int | None = None, scale: float | None = None) -> EvalConfig:
+        """Our sampler's settings for Stable Diffusion's (steps, scale s): guidance weight w = s - 1."""
+        scale = self.guidance_scale if scale is None else scale
+        return EvalConfig(guidance=max(scale - 1, 0.0), sample_steps=steps or self.num_inference_steps, seed=seed)
 
     def unlearn_config(self) -> UnlearnConfig:
         return UnlearnConfig(
@@ -102,10 +104,9 @@ class SafemaxTechnique:
 
         if self._pipeline is None:
             self._pipeline = load_pipeline(self.model_path).to(self.config.device)
-        steps = kwargs.pop("num_inference_steps", self.config.num_inference_steps)
-        scale = kwargs.pop("guidance_scale", self.config.guidance_scale)
-        sampling = self.config.sampling(self.config.seed if seed is None else seed)
-        sampling.sample_steps, sampling.guidance = steps, max(scale - 1, 0.0)
+        sampling = self.config.sampling(
+            self.config.seed if seed is None else seed, kwargs.get("num_inference_steps"), kwargs.get("guidance_scale")
+        )
         with torch.no_grad():
             images = generate(self._pipeline, list(prompts), sampling)
         pixels = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
