@@ -27,7 +27,7 @@ class UnlearnResult:
     run_key: str
     metrics: dict[str, Any]  # ua, entropy, fid, retain_acc, base_*, rte_s, peak_mem_mb, ...
     model_path: str
-    grid_path: str
+    grid_path: str | None  # the sample grid (none for a concept run)
     results_path: str
     row: dict[str, Any] = field(repr=False, default_factory=dict)
 
