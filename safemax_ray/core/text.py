@@ -88,7 +88,7 @@ def load_pipeline(path: str | Path) -> TextPipeline:
     local = {"local_files_only": True}
     pipe = TextPipeline(
         path=path,
-        unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", low_cpu_mem_usage=False, **local),
+        unet=load_unet(path),
         vae=AutoencoderKL.from_pretrained(path, subfolder="vae", low_cpu_mem_usage=False, **local),
         text_encoder=CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **local),
         tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **local),
@@ -97,6 +97,10 @@ def load_pipeline(path: str | Path) -> TextPipeline:
     for frozen in (pipe.vae, pipe.text_encoder):
         frozen.eval().requires_grad_(False)
     return pipe
+
+
+def load_unet(path: str | Path) -> UNet2DConditionModel:
+    return UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True, low_cpu_mem_usage=False)
 
 
 @torch.no_grad()

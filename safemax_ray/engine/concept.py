@@ -25,7 +25,15 @@ from safemax_ray.config import EvalConfig, UnlearnConfig, to_dict
 from safemax_ray.core.data import ImageData, read_images
 from safemax_ray.core.models import DiffusionModel
 from safemax_ray.core.randomness import seeded_generator
-from safemax_ray.core.text import TextPipeline, decode_latents, encode_images, load_pipeline, prompt_model
+from safemax_ray.core.text import (
+    PromptUNet,
+    TextPipeline,
+    decode_latents,
+    encode_images,
+    load_pipeline,
+    load_unet,
+    prompt_model,
+)
 from safemax_ray.engine import evaluate
 
 PROBE_TIMESTEPS = 8  # timesteps per probe latent, spread evenly over the schedule
@@ -51,7 +59,6 @@ def open_workload(cfg: UnlearnConfig, device: torch.device, cache_dir: str | Non
             storage.write_bytes_atomic(path, tensors_to_bytes({"latents": latents, "labels": labels}), overwrite=True)
     else:
         latents, labels = cached["latents"], cached["labels"]
-    del pipe.vae, pipe.text_encoder  # only the UNet trains
     return model, ImageData(latents, labels, prompts)
 
 
@@ -98,8 +105,8 @@ def evaluate_concept(model: DiffusionModel, data: ImageData, cfg: UnlearnConfig)
     was_training = model.unet.training
     model.unet.eval()
     after = probe_losses(model, data, forget, cfg.eval.seed)
-    base_unet = load_pipeline(cfg.concept.pipeline).unet.to(next(model.unet.parameters()).device)
-    base = DiffusionModel(type(model.unet)(base_unet, model.unet.prompt_embeds), model.scheduler)
+    base_unet = load_unet(cfg.concept.pipeline).to(next(model.unet.parameters()).device)
+    base = DiffusionModel(PromptUNet(base_unet, model.unet.prompt_embeds), model.scheduler)
     before = probe_losses(base, data, forget, cfg.eval.seed)
     model.unet.train(was_training)
     return {**after, **{f"base_{k}": v for k, v in before.items()}}
