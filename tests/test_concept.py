@@ -71,6 +71,23 @@ def test_safemax_moves_the_concept_to_noise_and_keeps_other_prompts(tiny_pipelin
     assert torch.equal(again.images, data.images)
 
 
+def test_forget_images_from_a_folder_replace_the_generated_concept_latents(tiny_pipeline, tmp_path):
+    from PIL import Image
+
+    from safemax_ray.engine.concept import open_workload
+
+    folder = tmp_path / "dogs"
+    folder.mkdir()
+    for i in range(5):
+        Image.new("RGB", (20, 20), (40 * i, 100, 200)).save(folder / f"{i}.png")
+    cfg = concept_config(tiny_pipeline, tmp_path)
+    cfg.concept.forget_images = str(folder)
+    _, data = open_workload(cfg, torch.device("cpu"), None)
+    assert data.labels[:5].tolist() == [0, 1, 2, 3, 0]  # the images are dealt over the concept's prompts
+    assert data.labels[5:].tolist() == [p for p in range(4, 10) for _ in range(2)]  # remain: generated
+    assert data.images.shape == (5 + 12, 4, 8, 8)
+
+
 @pytest.mark.parametrize("method, options", [("salun", {}), ("sa", {"fisher_samples_per_class": 2})])
 def test_the_baselines_run_on_a_pipeline(tiny_pipeline, tmp_path, method, options):
     """Prompts play their classes: SalUn's saliency and pseudo label, SA's Fisher and replay."""
