@@ -88,6 +88,33 @@ def test_forget_images_from_a_folder_replace_the_generated_concept_latents(tiny_
     assert data.images.shape == (5 + 12, 4, 8, 8)
 
 
+def test_a_resumed_concept_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_pipeline, tmp_path):
+    """Checkpoints of a concept run hold the UNet alone; restoring one continues bit for bit."""
+    from safemax_ray.engine import checkpoint
+    from safemax_ray.engine.loop import Hooks, open_session, train
+
+    cfg = concept_config(tiny_pipeline, tmp_path, iterations=4)
+    cfg.ray.checkpoint_every = 2
+    cache, cpu = str(tmp_path / "cache"), torch.device("cpu")
+    whole = open_session(cfg, cpu, cache_dir=cache)
+    train(whole)
+    first = open_session(cfg, cpu, cache_dir=cache)
+
+    def save_and_stop(done):
+        checkpoint.save(tmp_path, first.model, first.optimizer, first.method.state_dict(), first.state)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(first, Hooks(on_checkpoint=save_and_stop))
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["scheduler", "unet"]
+    resumed = open_session(cfg, cpu, cache_dir=cache)
+    resumed.state, _ = checkpoint.restore(tmp_path, resumed.model.unet, resumed.optimizer)
+    train(resumed)
+    assert resumed.state.step == 4
+    for key, value in whole.model.unet.state_dict().items():
+        assert torch.equal(resumed.model.unet.state_dict()[key], value), key
+
+
 @pytest.mark.parametrize("method, options", [("salun", {}), ("sa", {"fisher_samples_per_class": 2})])
 def test_the_baselines_run_on_a_pipeline(tiny_pipeline, tmp_path, method, options):
     """Prompts play their classes: SalUn's saliency and pseudo label, SA's Fisher and replay."""
