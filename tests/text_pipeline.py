@@ -67,7 +67,9 @@ def make_tiny_pipeline(path: Path, seed: int = 0) -> Path:
         sample_size=16,
     )
     # Betas small enough that a random UNet samples bounded latents (Stable Diffusion: clip_sample off too).
-    scheduler = DDPMScheduler(num_train_timesteps=100, beta_start=1e-3, beta_end=0.02, clip_sample=False)
+    scheduler = DDPMScheduler(
+        num_train_timesteps=100, beta_start=1e-3, beta_end=0.02, clip_sample=False, steps_offset=1
+    )
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
