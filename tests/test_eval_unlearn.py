@@ -110,3 +110,21 @@ def test_eval_unlearns_own_runner_runs_safemax(settings, technique, tmp_path):
     written = {p.name for p in (tmp_path / "bench").rglob("*")}
     assert any(name.endswith("_report.json") for name in written)
     assert sum(name.endswith(".png") for name in written) == 3
+
+
+def test_eval_unlearns_cli_runs_a_config_naming_safemax(settings, technique, tmp_path, monkeypatch):
+    """`eval-unlearn run --config bench.yaml`, as README shows it (the technique's run is found by its
+    key, so this trains nothing new)."""
+    import yaml
+    from eval_unlearn import cli
+
+    config = {
+        "technique": {"name": "safemax", "config": settings},
+        "metric": {"name": "test_mean_brightness"},
+        "output_dir": str(tmp_path / "bench"),
+    }
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setattr("sys.argv", ["eval-unlearn", "run", "--config", str(tmp_path / "bench.yaml")])
+    cli.main()
+    reports = list((tmp_path / "bench").rglob("*_report.json"))
+    assert reports and len(read_dataframe(settings["results_dir"])) == 1
