@@ -374,12 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
     from safemax_ray.core.models import PRESETS
 
     parser = argparse.ArgumentParser(
-        prog="safemax-ray", description="SAFEMax machine unlearning for class-conditional diffusion models on Ray."
+        prog="safemax-ray",
+        description="SAFEMax machine unlearning for class-conditional diffusion models and text-to-image pipelines, "
+        "on Ray.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("unlearn", help="make a model forget one class (SAFEMax by default) on Ray Train")
+    p = sub.add_parser(
+        "unlearn", help="forget a class, or a concept of a text-to-image pipeline (SAFEMax by default), on Ray Train"
+    )
     p.add_argument(
         "--forget-class", type=_classes, help="class to forget (default 0), or several to forget together: 3,7"
     )
