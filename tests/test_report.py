@@ -213,6 +213,24 @@ def test_print_tables_bold_summary_rows(results_dir):
     assert not any(" 0 " in line.split("│")[1] for line in bold_lines if "│" in line)
 
 
+def test_printed_tables_fit_a_terminal_one_per_metric(results_dir):
+    # The paper's layout: a table per metric, classes down and methods across, readable at 80 columns.
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=80, force_terminal=False)
+    built = report.tables(report.load_runs(results_dir))
+    report.print_tables(built, console)
+    out = buffer.getvalue()
+    assert "…" not in out
+    for name in ("quality", "cost"):
+        for _, label in report.QUALITY_METRICS if name == "quality" else report.COST_METRICS:
+            assert f"{name}: {label}" in out
+    header = next(line for line in out.splitlines() if "safemax" in line and "sweep" in line)
+    assert "H" not in header  # methods across, the metric in the title
+    mean_h = built["quality"].loc["mean", ("safemax", "H")]
+    assert f"{mean_h:.2f}" in out
+    assert any(line.lstrip("│ ").startswith("RTE / safemax") for line in out.splitlines())
+
+
 def test_several_datasets_get_separate_groups(results_dir):
     # Class 0 of another dataset must not replace (latest-wins) or be averaged with class 0 of digits.
     results.write_row(

@@ -446,16 +446,31 @@ def _forget_rows(df: pd.DataFrame, path: Path, results_dir: str | None) -> Path 
 # ---------------------------------------------------------------------------------------------- output
 
 
+def _console_tables(tables: dict[str, pd.DataFrame]) -> list[tuple[str, pd.DataFrame]]:
+    """The tables as printed: a per-class table splits into one table per metric (classes by groups),
+    the paper's layout, and the ratios table turns to put the methods across, because the wide forms
+    do not fit a terminal beside three methods; the files keep the wide forms."""
+    printed = []
+    for name, table in tables.items():
+        if isinstance(table.columns, pd.MultiIndex):
+            for metric in table.columns.get_level_values("metric").unique():
+                printed.append((f"{name}: {metric}", table.xs(metric, axis=1, level="metric")))
+        elif name == "ratios":
+            printed.append((name, table.T))
+        else:
+            printed.append((name, table))
+    return printed
+
+
 def print_tables(tables: dict[str, pd.DataFrame], console: Any) -> None:
     """Print each table with rich; the mean and std rows are bold and set off by a rule."""
     from rich.table import Table
 
-    for name, table in tables.items():
-        rich_table = Table(title=name, title_justify="left")
+    for title, table in _console_tables(tables):
+        rich_table = Table(title=title, title_justify="left")
         rich_table.add_column(str(table.index.name or ""), justify="right")
         for column in table.columns:
-            label = "\n".join(str(p) for p in column) if isinstance(column, tuple) else str(column)
-            rich_table.add_column(label, justify="right")
+            rich_table.add_column(str(column), justify="right")
         labels = list(table.index)
         for i, (label, row) in enumerate(table.iterrows()):
             is_summary = label in SUMMARY_ROWS
