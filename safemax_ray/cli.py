@@ -177,7 +177,8 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
     for key, label in CONCEPT_ROWS if "forget_mse" in metrics else CLASS_ROWS:
         table.add_row(label, _fmt(metrics.get(f"base_{key}")), _fmt(metrics.get(key)))
     table.add_row("RTE (s, unlearning only)", "", _fmt(metrics.get("rte_s")))
-    table.add_row("set-up (s)", "", _fmt(metrics.get("setup_s")))
+    cached = " (cached)" if metrics.get("setup_cached") else ""
+    table.add_row("set-up (s)", "", _fmt(metrics.get("setup_s")) + cached)
     table.add_row("peak memory (MB)", "", _fmt(metrics.get("peak_mem_mb")))
     if metrics.get("base_ok") is False:
         table.caption = BASE_WARNING

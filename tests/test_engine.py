@@ -92,6 +92,8 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_assets, 
     resumed.state, method_state = checkpoint.restore(tmp_path, resumed.model.unet, resumed.optimizer)
     resumed.method.load_state_dict(method_state)
     assert saved == [3] and resumed.state.step == 3
+    # SA's set-up is computed by `whole`, read from the cache by `first`, and the checkpoint keeps that.
+    assert not whole.state.setup_cached and resumed.state.setup_cached == first.state.setup_cached == (method == "sa")
     train(resumed)
     assert resumed.state.step == 6
     assert torch.equal(weights(resumed), weights(whole))

@@ -137,6 +137,20 @@ def test_summary_rows_are_nan_safe(results_dir, tmp_path):
     assert "| 1 | " in report.to_markdown(quality) and " - |" in report.to_markdown(quality)
 
 
+def test_cost_ratios_count_only_set_ups_that_were_computed():
+    # Three SA classes share one cached Fisher: the run that computed it took 100 s, the others read it.
+    rows = [make_row("safemax", "", c, c, VALUES[("safemax", "", c)], setup_s=0.5) for c in range(3)]
+    rows += [
+        make_row("sa", "", c, 10 + c, (90.0, 0.9, 17.0, 95.0, 3000.0, 9000.0), setup_s=s, setup_cached=cached)
+        for c, (s, cached) in enumerate([(100.0, False), (2.0, True), (3.0, True)])
+    ]
+    df = pd.DataFrame(rows).assign(group=lambda d: d["method"])
+    ratios = report.cost_ratios(df)
+    assert ratios.loc["sa", "set-up s"] == pytest.approx(100.0)
+    assert ratios.loc["safemax", "set-up s"] == pytest.approx(0.5)  # no setup_cached column value: computed
+    assert ratios.loc["sa", "RTE + set-up / safemax"] == pytest.approx(3100.0 / (np.mean([300, 320, 290]) + 0.5))
+
+
 def test_filters(results_dir):
     assert set(report.load_runs(results_dir, method="salun")["group"]) == {"sweep"}
     assert set(report.load_runs(results_dir, study="")["method"]) == {"safemax"}

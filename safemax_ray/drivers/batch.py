@@ -209,7 +209,8 @@ def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, con
                 outcome.done.append(row)
                 console.log(
                     f"{name}: UA {row['ua']:.1f}%  H {row['entropy']:.2f}  FID {row['fid']:.2f}  "
-                    f"retained acc {row['retain_acc']:.1f}%  ({row['rte_s']:.0f}s + set-up {row['setup_s']:.0f}s)"
+                    f"retained acc {row['retain_acc']:.1f}%  ({row['rte_s']:.0f}s + set-up {row['setup_s']:.0f}s"
+                    f"{', cached' if row['setup_cached'] else ''})"
                 )
             except Exception as exc:  # noqa: BLE001  (one run failing must not stop the others)
                 outcome.failed[name] = f"{type(exc).__name__}: {exc}"

@@ -74,6 +74,7 @@ def build_row(
         "concept": cfg.concept.concept if cfg.concept else None,
         "rte_s": float(metrics["rte_s"]),
         "setup_s": float(metrics.get("setup_s", 0.0)),
+        "setup_cached": bool(metrics.get("setup_cached", False)),
         "peak_mem_mb": float(metrics["peak_mem_mb"]),
         "device": device,
         "num_workers": int(metrics.get("num_workers", cfg.ray.num_workers)),

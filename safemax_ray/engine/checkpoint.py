@@ -2,7 +2,8 @@
 
     model/                 the diffusers folder (DDPMPipeline layout, safetensors; a concept run: unet/
                            and scheduler/ only, the rest stays in the base pipeline)
-    train_state.pt         optimizer state, step, seconds so far, set-up seconds, the method's state
+    train_state.pt         optimizer state, step, seconds so far, set-up seconds (and whether cached),
+                           the method's state
     samples.safetensors    the final evaluation images and labels (last checkpoint only)
     diverged.json          instead of all the above when training diverged
 
@@ -33,6 +34,7 @@ class TrainState:
     step: int = 0
     elapsed_s: float = 0.0  # training seconds before this attempt (steps only)
     setup_s: float = 0.0
+    setup_cached: bool = False  # the method's set-up came from the cache (setup_s is a file read)
 
 
 def save(folder: Path, model: DiffusionModel, optimizer, method_state: dict, state: TrainState) -> None:
@@ -43,6 +45,7 @@ def save(folder: Path, model: DiffusionModel, optimizer, method_state: dict, sta
             "step": state.step,
             "elapsed_s": state.elapsed_s,
             "setup_s": state.setup_s,
+            "setup_cached": state.setup_cached,
             "method": method_state,
         },
         folder / TRAIN_STATE,
@@ -59,7 +62,8 @@ def restore(folder: Path, unet: torch.nn.Module, optimizer) -> tuple[TrainState,
         unet.load_state_dict(load_model(folder / MODEL_DIR).unet.state_dict())
     raw = torch.load(folder / TRAIN_STATE, weights_only=True, map_location=next(unet.parameters()).device)
     optimizer.load_state_dict(raw["optimizer"])
-    return TrainState(int(raw["step"]), float(raw["elapsed_s"]), float(raw["setup_s"])), raw["method"]
+    state = TrainState(int(raw["step"]), float(raw["elapsed_s"]), float(raw["setup_s"]), bool(raw["setup_cached"]))
+    return state, raw["method"]
 
 
 def save_samples(folder: Path, images: torch.Tensor, labels: torch.Tensor) -> None:

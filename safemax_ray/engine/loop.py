@@ -151,6 +151,7 @@ def run_setup(
     s.method.setup(ctx)
     s.model.unet.train()
     s.state.setup_s = time.perf_counter() - began
+    s.state.setup_cached = s.method.setup_cached
 
 
 @dataclass
@@ -209,6 +210,7 @@ def training_metrics(session: Session) -> dict[str, Any]:
         "step": s.state.step,
         "rte_s": s.state.elapsed_s,
         "setup_s": s.state.setup_s,
+        "setup_cached": s.state.setup_cached,
         "peak_mem_mb": peak_memory_mb(s.device),
         "num_workers": s.world,
         "num_classes": s.data.num_classes,

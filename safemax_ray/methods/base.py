@@ -6,6 +6,7 @@ The engine owns data, optimiser, clipping, DDP, checkpoints and timing. A method
   ones a Tune search may vary (as `method.<name>`);
 - `setup(ctx)`: once before step 0 on every rank (saliency masks, Fisher diagonals, frozen copies); it
   may sample, all-reduce, and cache under `ctx.cache_dir`. Its time is measured apart (`setup_s`);
+  a set-up loaded from that cache sets `setup_cached`, so cost tables count only set-ups computed;
 - `loss(unet, batch, rng)`: the step's loss; randomness only from `rng`, so work splits and resumes
   reproducibly;
 - `after_backward(unet)`: a gradient hook (e.g. masking), after DDP has averaged the gradients;
@@ -84,6 +85,9 @@ class UnlearningMethod(ABC):
     def __init__(self, options: MethodOptions, scheduler: DDPMScheduler):
         self.options = options
         self.scheduler = scheduler
+        # True when `setup` loaded its result from `ctx.cache_dir` instead of computing it: that run's
+        # `setup_s` is a file read, not the method's set-up cost.
+        self.setup_cached = False
 
     def setup(self, ctx: SetupContext) -> None:  # noqa: B027  (optional hook)
         """Once before step 0 on every rank."""

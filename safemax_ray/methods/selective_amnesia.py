@@ -85,7 +85,8 @@ class SelectiveAmnesia(UnlearningMethod):
 
     def setup(self, ctx: SetupContext) -> None:
         cache = self._cache_path(ctx)
-        if cache and storage.exists(cache):
+        self.setup_cached = bool(cache and storage.exists(cache))
+        if self.setup_cached:
             saved = load_tensors(storage.read_bytes(cache))
         else:
             saved = self._compute(ctx)

@@ -65,6 +65,7 @@ SCHEMA = pa.schema(
         pa.field("base_remain_mse", pa.float64()),
         pa.field("rte_s", pa.float64(), nullable=False),  # training steps only
         pa.field("setup_s", pa.float64(), nullable=False),  # the method's set-up phase
+        pa.field("setup_cached", pa.bool_()),  # set-up loaded from the cache: setup_s is not its cost
         pa.field("peak_mem_mb", pa.float64(), nullable=False),
         pa.field("device", pa.string(), nullable=False),
         pa.field("num_workers", pa.int32(), nullable=False),
@@ -81,7 +82,7 @@ SCHEMA = pa.schema(
 )
 
 # Columns that rows written before them lack; they read as null.
-ADDED_LATER = ("concept", "forget_mse", "remain_mse", "base_forget_mse", "base_remain_mse")
+ADDED_LATER = ("concept", "forget_mse", "remain_mse", "base_forget_mse", "base_remain_mse", "setup_cached")
 
 
 def validate_row(row: dict[str, Any]) -> pa.Table:
