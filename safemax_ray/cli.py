@@ -155,26 +155,12 @@ def _fmt_param(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-CLASS_ROWS = (
-    ("ua", "UA %"),
-    ("entropy", "entropy H (nats)"),
-    ("fid", "FID (retained)"),
-    ("retain_acc", "retained accuracy %"),
-    ("noise_forget", "noise rate, forget samples %"),
-    ("noise_retain", "noise rate, retained samples %"),
-)
-CONCEPT_ROWS = (
-    ("forget_mse", "concept: MSE to eps_T (floor 1)"),
-    ("remain_mse", "other prompts: denoising MSE"),
-)
-
-
-def metrics_table(metrics: dict[str, Any], title: str) -> Table:
+def metrics_table(metrics: dict[str, Any], title: str, rows: tuple[tuple[str, str], ...]) -> Table:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("base model", justify="right")
     table.add_column("unlearned", justify="right")
-    for key, label in CONCEPT_ROWS if "forget_mse" in metrics else CLASS_ROWS:
+    for key, label in rows:
         table.add_row(label, _fmt(metrics.get(f"base_{key}")), _fmt(metrics.get(key)))
     table.add_row("RTE (s, unlearning only)", "", _fmt(metrics.get("rte_s")))
     cached = " (cached)" if metrics.get("setup_cached") else ""
@@ -192,8 +178,10 @@ BASE_WARNING = (
 
 
 def cmd_unlearn(args: argparse.Namespace) -> int:
-    from safemax_ray.config import ConceptConfig, apply_overrides, load_unlearn_config
+    from safemax_ray.config import ConceptConfig, load_unlearn_config
     from safemax_ray.drivers.unlearn import unlearn
+    from safemax_ray.engine.workloads import workload_for
+    from safemax_ray.schema import apply_overrides
 
     overrides = run_overrides(args)
     overrides["forget_class"] = args.forget_class
@@ -205,12 +193,10 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         apply_overrides(cfg, concept)
     began = time.perf_counter()
     result = unlearn(cfg, console=console, show_progress=not args.no_progress)
-    what = f"concept {cfg.concept.concept!r}" if cfg.concept else f"class {cfg.forget_label()} ({cfg.dataset})"
-    title = f"{cfg.method}: forget {what}"
-    console.print(metrics_table(result.metrics, title))
+    workload = workload_for(cfg)
+    console.print(metrics_table(result.metrics, f"{cfg.method}: forget {workload.describe()}", workload.metric_rows))
     console.print(f"model:   {result.model_path}")
-    if result.grid_path:
-        console.print(f"samples: {result.grid_path}")
+    console.print(f"samples: {result.grid_path}")
     console.print(f"results: {result.results_path}")
     console.print(f"wall time {time.perf_counter() - began:.0f}s")
     return 0

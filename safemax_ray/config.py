@@ -1,25 +1,20 @@
 """Typed run settings, loaded from YAML, flags or Python, and validated in one place.
 
-Every setting has one home here. `from_dict` refuses unknown keys and wrong types with a message that
-names the key, so a typo in a YAML file fails loudly instead of silently running the defaults.
+Every setting has one home here, with its meaning and its limits. The settings describe a run and
+nothing more: what a run's identity is (hashes of model files) lives in `identity.py`, and the generic
+typed loading in `schema.py`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import types
-import typing
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
+from typing import Any
 
 from safemax_ray.errors import SafemaxError
-
-T = TypeVar("T")
+from safemax_ray.methods import get_method, method_options
+from safemax_ray.schema import apply_overrides, from_dict, read_yaml
 
 DATASETS = ("digits", "cifar10", "imagefolder")
 MOVED_TO_OPTIONS = {"lam", "alpha", "target", "null_drop"}  # top-level keys before method options existed
@@ -53,6 +48,8 @@ class EvalConfig:
             raise SafemaxError("eval.n_forget_samples and eval.n_retain_per_class must be >= 2 (FID needs 2+)")
         if self.batch_size < 1:
             raise SafemaxError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        if self.seed < 0:
+            raise SafemaxError(f"eval.seed must be >= 0, got {self.seed}")
         if self.workers not in ("auto", "train") and not (isinstance(self.workers, int) and self.workers >= 1):
             raise SafemaxError(f"eval.workers must be 'auto', 'train' or a number >= 1, got {self.workers!r}")
         if not 0 <= self.base_min_acc <= 100:
@@ -81,6 +78,8 @@ class RayConfig:
             raise SafemaxError(f"ray.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.max_failures < 0:
             raise SafemaxError(f"ray.max_failures must be >= 0, got {self.max_failures}")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise SafemaxError(f"ray.num_cpus must be >= 1 or null (enough for the workers), got {self.num_cpus}")
 
 
 # A concept's prompts when no file gives them, and the prompts whose denoising is kept by default.
@@ -131,6 +130,15 @@ class ConceptConfig:
             return list(DEFAULT_REMAIN_PROMPTS)
         return _prompt_lines(self.remain_prompts_file)
 
+    def with_absolute_paths(self, fix: Callable[[str | None], str | None]) -> ConceptConfig:
+        return replace(
+            self,
+            pipeline=fix(self.pipeline) or "",
+            prompts_file=fix(self.prompts_file),
+            remain_prompts_file=fix(self.remain_prompts_file),
+            forget_images=fix(self.forget_images),
+        )
+
     def slug(self) -> str:
         """The concept as run ids and keys name it: 'a dog' -> 'a-dog'."""
         return "-".join("".join(ch if ch.isalnum() else " " for ch in self.concept.lower()).split())[:40]
@@ -144,6 +152,12 @@ def _prompt_lines(path: str) -> list[str]:
     if not lines:
         raise SafemaxError(f"prompt file {path} has no prompts: write one prompt a line")
     return lines
+
+
+CONCEPT_IS_ONE_RUN = (
+    "{command} run classes of a class-conditional model; forget a concept with one run: "
+    "safemax-ray unlearn --pipeline DIR --concept TEXT"
+)
 
 
 @dataclass
@@ -192,16 +206,44 @@ class UnlearnConfig:
             )
         if self.grad_clip <= 0:
             raise SafemaxError(f"grad_clip must be > 0, got {self.grad_clip}")
-        classes = self.forget_classes()
-        if not classes or min(classes) < 0:
+        given = self.forget_class if isinstance(self.forget_class, list) else [self.forget_class]
+        if not given or min(given) < 0:
             raise SafemaxError(
                 f"forget_class must be a class >= 0 or a non-empty list of them, got {self.forget_class}"
             )
+        if len(set(given)) < len(given):
+            raise SafemaxError(f"forget_class lists a class twice: {self.forget_class}; name each class once")
+        if self.image_size is not None and self.image_size < 1:
+            raise SafemaxError(f"image_size must be >= 1 or null (the images' own size), got {self.image_size}")
+        if self.seed < 0:
+            raise SafemaxError(f"seed must be >= 0, got {self.seed}")
+        if not self.results_dir:
+            raise SafemaxError("results_dir is empty: name a folder or an s3:// / gs:// URI")
         if self.stats_every < 1:
             raise SafemaxError(f"stats_every must be >= 1, got {self.stats_every}")
         self.options()
         self.eval.validate()
         self.ray.validate()
+
+    def with_absolute_paths(self, fix: Callable[[str | None], str | None]) -> UnlearnConfig:
+        """A copy with every local path passed through `fix` (Ray workers run in other folders)."""
+        return replace(
+            self,
+            concept=self.concept.with_absolute_paths(fix) if self.concept else None,
+            model=fix(self.model),
+            classifier=fix(self.classifier),
+            data_root=fix(self.data_root),
+            results_dir=fix(self.results_dir) or self.results_dir,
+            output_dir=fix(self.output_dir),
+            method_options=dict(self.method_options),
+            eval=replace(self.eval, fid_weights=fix(self.eval.fid_weights)),
+            ray=replace(self.ray, storage_path=fix(self.ray.storage_path)),
+        )
+
+    def require_classes(self, command: str) -> None:
+        """Refuse a concept where `command` runs classes one by one."""
+        if self.concept is not None:
+            raise SafemaxError(CONCEPT_IS_ONE_RUN.format(command=command))
 
     def forget_classes(self) -> list[int]:
         """The forgotten classes, sorted: one, or several forgotten together (a concept: its prompts)."""
@@ -217,155 +259,15 @@ class UnlearnConfig:
 
     def learning_rate(self) -> float:
         """`lr`, or the method's default when it is not set."""
-        from safemax_ray.methods import get_method
-
         return self.lr if self.lr is not None else get_method(self.method).DEFAULT_LR
 
     def options(self) -> Any:
         """The method's typed options (defaults filled in), validated; unknown names refused."""
-        from safemax_ray.methods import method_options
-
         return method_options(self.method, self.method_options)
-
-    def hparams(self) -> dict[str, Any]:
-        """Everything that changes what a run computes (not where it runs or writes): the model and
-        classifier by content, the data by root and size, the method with all its options, the seeds."""
-        from safemax_ray.core.classifier import classifier_fingerprint
-        from safemax_ray.core.models import model_fingerprint
-
-        hparams = {
-            "method": self.method,
-            "options": to_dict(self.options()),
-            "dataset": self.dataset,
-            "data_root": self.data_root,
-            "image_size": self.image_size,
-            "model": model_fingerprint(self.model),
-            "classifier": classifier_fingerprint(self.classifier),
-            "lr": self.learning_rate(),
-            "iterations": self.iterations,
-            "batch_size": self.batch_size,
-            "grad_clip": self.grad_clip,
-            "seed": self.seed,
-            "eval": to_dict(self.eval),
-        }
-        if self.concept is not None:  # only then, so that class runs keep their keys
-            from safemax_ray.core.models import folder_fingerprint
-
-            c = self.concept
-            hparams["concept"] = {
-                "concept": c.concept,
-                "pipeline": self.model_id(),
-                "prompts": c.prompts(),
-                "remain_prompts": c.remain_prompts(),
-                "forget_images": folder_fingerprint(c.forget_images) if c.forget_images else None,
-                "images_per_prompt": c.images_per_prompt,
-            }
-        return hparams
-
-    def model_id(self) -> str:
-        """The model being unlearned, by content: the pipeline's, or the class-conditional model's."""
-        from safemax_ray.core.models import model_fingerprint
-
-        if self.concept is not None:
-            from safemax_ray.core.text import pipeline_fingerprint
-
-            return pipeline_fingerprint(self.concept.pipeline)
-        return model_fingerprint(self.model)
-
-    def config_hash(self) -> str:
-        blob = json.dumps(self.hparams(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-    def run_key(self) -> str:
-        """Deterministic identity of a run: the same key means the same computation."""
-        return f"{self.method}-{self.data_name()}-c{self.forget_label()}-{self.config_hash()}-s{self.seed}"
 
     def data_name(self) -> str:
         """The dataset, or "prompts" for a concept run (its images come from the prompts)."""
         return "prompts" if self.concept is not None else self.dataset
-
-
-def _check_type(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_type(value, arg, where)
-            except SafemaxError as exc:
-                errors.append(str(exc))
-        raise SafemaxError(errors[0] if errors else f"{where}: unexpected value {value!r}")
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise SafemaxError(f"{where}: expected a mapping, got {value!r}")
-        item = typing.get_args(hint)[1] if typing.get_args(hint) else Any
-        return {k: _check_type(v, item, f"{where}.{k}") for k, v in value.items()}
-    if origin is list:
-        if not isinstance(value, list):
-            raise SafemaxError(f"{where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(hint)
-        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise SafemaxError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SafemaxError(f"{where}: expected a whole number, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SafemaxError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise SafemaxError(f"{where}: expected text, got {value!r}")
-        return value
-    return value
-
-
-def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
-    """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types by name."""
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise SafemaxError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise SafemaxError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys are {', '.join(sorted(names))}"
-        )
-    values = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**values)
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, turning parse errors into a message that names the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise SafemaxError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SafemaxError(f"config file {path} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SafemaxError(f"config file {path} must hold a mapping of settings at the top level")
-    return data
 
 
 def load_unlearn_config(path: str | Path | None = None, **overrides: Any) -> UnlearnConfig:
@@ -381,24 +283,3 @@ def load_unlearn_config(path: str | Path | None = None, **overrides: Any) -> Unl
     return apply_overrides(config, overrides)
 
 
-def apply_overrides(config: T, overrides: dict[str, Any]) -> T:
-    """Set fields from flat overrides such as {'ray.num_workers': 2}; None means 'not given'."""
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        target: Any = config
-        *parents, name = key.split(".")
-        for parent in parents:
-            target = getattr(target, parent)
-        if isinstance(target, dict):  # method_options.<name>: checked by the method's Options later
-            target[name] = value
-            continue
-        hints = typing.get_type_hints(type(target))
-        if name not in hints:
-            raise SafemaxError(f"unknown setting {key!r}")
-        setattr(target, name, _check_type(value, hints[name], key))
-    return config
-
-
-def dump_yaml(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,17 +1,21 @@
 """Local paths and object-store URIs (s3://, gs://) behind one small interface, with atomic writes.
 
-Local writes go to a hidden temporary file in the target folder and are renamed into place, so a reader
-never sees half a file. Object stores make a single PUT visible all at once, which gives the same
-guarantee without a rename.
+Local writes go to a hidden temporary file (or folder) beside the target and are renamed into place, so
+a reader never sees half a file or half a folder. Object stores make a single PUT visible all at once,
+which gives the same guarantee without a rename.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.fs as pafs
+
+from safemax_ray.errors import SafemaxError
 
 
 def is_uri(path: str) -> bool:
@@ -86,3 +90,32 @@ def upload_dir(local: str | Path, uri: str) -> None:
         raise FileExistsError(f"{uri} already exists")
     fs, path = filesystem(uri)
     pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def write_folder_atomic(path: str | Path, fill: Callable[[Path], None], overwrite: bool = False) -> None:
+    """Make folder `path` by calling `fill(tmp)` on an empty local folder, then one rename (or, for an
+    object-store URI, one upload): all of it or nothing. An existing non-empty folder is refused unless
+    `overwrite`."""
+    path = str(path)
+    if is_uri(path):
+        with tempfile.TemporaryDirectory() as local:
+            fill(Path(local))
+            try:
+                upload_dir(local, path)
+            except FileExistsError:
+                raise SafemaxError(f"{path} already exists; not overwriting it") from None
+        return
+    out = Path(path)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise SafemaxError(f"folder {out} already exists and is not empty; not overwriting it (choose another)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is for sharing
+    try:
+        fill(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

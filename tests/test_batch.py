@@ -14,6 +14,7 @@ from conftest import tiny_flags
 from safemax_ray.config import UnlearnConfig
 from safemax_ray.drivers.batch import parse_classes, plan, tuned_params
 from safemax_ray.errors import SafemaxError
+from safemax_ray.identity import run_key
 from safemax_ray.results.parquet import RUNS_DIR, read_dataframe, write_row
 
 
@@ -31,7 +32,7 @@ def test_plan_gives_each_class_its_own_key_and_tuned_values():
     assert [c.forget_class for c in configs] == [0, 1]
     assert configs[0].options().lam == 1.0 and (configs[1].options().lam, configs[1].iterations) == (3.0, 50)
     assert base.method_options == {"lam": 1.0}  # planning never changes the base config
-    assert len({c.run_key() for c in configs}) == 2
+    assert len({run_key(c) for c in configs}) == 2
 
 
 def test_cli_reads_a_class_list_as_classes_forgotten_together():

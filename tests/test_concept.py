@@ -52,29 +52,29 @@ def test_concept_settings_are_validated(tmp_path):
 def test_safemax_moves_the_concept_to_noise_and_keeps_other_prompts(tiny_pipeline, tmp_path):
     """The done-when of the issue, in numbers: the concept's predictions get closer to eps_T (floor 1)
     and the other prompts' denoising loss does not get worse by more than 5%."""
-    from safemax_ray.engine.concept import open_workload
     from safemax_ray.engine.loop import evaluate_run, new_session, run_setup, train
+    from safemax_ray.engine.workloads import workload_for
 
     cfg = concept_config(tiny_pipeline, tmp_path, iterations=20)
     cfg.validate()
-    model, data = open_workload(cfg, torch.device("cpu"), str(tmp_path / "cache"))
+    model, data = workload_for(cfg).open(torch.device("cpu"), str(tmp_path / "cache"))
     assert data.images.shape == (2 * (4 + 6), 4, 8, 8) and data.num_classes == 10
     session = new_session(cfg, model, data, torch.device("cpu"))
     run_setup(session)
     train(session)
-    metrics, _, _ = evaluate_run(session)
+    metrics = evaluate_run(session).metrics
     before, after = metrics["base_forget_mse"] - 1, metrics["forget_mse"] - 1
     assert after < 0.6 * before, metrics
     assert metrics["remain_mse"] <= 1.05 * metrics["base_remain_mse"], metrics
     # The latents are cached: a second open reads the same ones.
-    _, again = open_workload(cfg, torch.device("cpu"), str(tmp_path / "cache"))
+    _, again = workload_for(cfg).open(torch.device("cpu"), str(tmp_path / "cache"))
     assert torch.equal(again.images, data.images)
 
 
 def test_forget_images_from_a_folder_replace_the_generated_concept_latents(tiny_pipeline, tmp_path):
     from PIL import Image
 
-    from safemax_ray.engine.concept import open_workload
+    from safemax_ray.engine.workloads import workload_for
 
     folder = tmp_path / "dogs"
     folder.mkdir()
@@ -82,7 +82,7 @@ def test_forget_images_from_a_folder_replace_the_generated_concept_latents(tiny_
         Image.new("RGB", (20, 20), (40 * i, 100, 200)).save(folder / f"{i}.png")
     cfg = concept_config(tiny_pipeline, tmp_path)
     cfg.concept.forget_images = str(folder)
-    _, data = open_workload(cfg, torch.device("cpu"), None)
+    _, data = workload_for(cfg).open(torch.device("cpu"), None)
     assert data.labels[:5].tolist() == [0, 1, 2, 3, 0]  # the images are dealt over the concept's prompts
     assert data.labels[5:].tolist() == [p for p in range(4, 10) for _ in range(2)]  # remain: generated
     assert data.images.shape == (5 + 12, 4, 8, 8)
@@ -101,14 +101,14 @@ def test_a_resumed_concept_run_ends_with_the_weights_of_an_uninterrupted_one(tin
     first = open_session(cfg, cpu, cache_dir=cache)
 
     def save_and_stop(done):
-        checkpoint.save(tmp_path, first.model, first.optimizer, first.method.state_dict(), first.state)
+        checkpoint.save(tmp_path, first.workload, first.model, first.optimizer, first.method.state_dict(), first.state)
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         train(first, Hooks(on_checkpoint=save_and_stop))
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["scheduler", "unet"]
     resumed = open_session(cfg, cpu, cache_dir=cache)
-    resumed.state, _ = checkpoint.restore(tmp_path, resumed.model.unet, resumed.optimizer)
+    resumed.state, _ = checkpoint.restore(tmp_path, resumed.workload, resumed.model.unet, resumed.optimizer)
     train(resumed)
     assert resumed.state.step == 4
     for key, value in whole.model.unet.state_dict().items():
@@ -125,13 +125,14 @@ def test_the_baselines_run_on_a_pipeline(tiny_pipeline, tmp_path, method, option
     before = {k: v.clone() for k, v in session.model.unet.state_dict().items()}
     run_setup(session, cache_dir=str(tmp_path / "cache"))
     train(session)
-    metrics, _, _ = evaluate_run(session)
+    metrics = evaluate_run(session).metrics
     assert any(not torch.equal(before[k], v) for k, v in session.model.unet.state_dict().items())
     assert all(torch.isfinite(torch.tensor(metrics[k])) for k in ("forget_mse", "remain_mse"))
 
 
 def test_unlearn_concept_on_ray_exports_a_loadable_pipeline(tiny_pipeline, tmp_path, ray_session):
     from diffusers import StableDiffusionPipeline
+    from PIL import Image
     from safetensors.torch import load_file
 
     from safemax_ray import unlearn
@@ -148,6 +149,8 @@ def test_unlearn_concept_on_ray_exports_a_loadable_pipeline(tiny_pipeline, tmp_p
     assert not torch.equal(*(load_file(p / "unet" / weights)["conv_in.weight"] for p in (exported, tiny_pipeline)))
     assert (exported / "vae" / weights).read_bytes() == (tiny_pipeline / "vae" / weights).read_bytes()
     assert pipe.unet.config.cross_attention_dim == 32
+    with Image.open(result.grid_path) as grid:  # a row per prompt, the concept's first
+        assert grid.size[1] > grid.size[0] / 2
     report = make_report(str(tmp_path / "results"), tmp_path / "report")
     assert list(report.tables) == ["concepts"]
     assert report.tables["concepts"].loc["safemax {a-dog}", "MSE to eps_T (floor 1)"] == pytest.approx(row.forget_mse)

@@ -13,6 +13,7 @@ from safemax_ray.config import EvalConfig, RayConfig, UnlearnConfig
 from safemax_ray.core.models import DiffusionModel, load_model
 from safemax_ray.engine import checkpoint, evaluate
 from safemax_ray.engine.loop import Hooks, TrainingDiverged, open_session, run_setup, train
+from safemax_ray.identity import run_key
 
 CPU = torch.device("cpu")
 
@@ -54,7 +55,8 @@ def test_engine_trains_and_evaluates_with_ray_hidden():
         session = open_session(cfg, torch.device("cpu"))
         run_setup(session)
         stats = train(session)
-        metrics, images, labels = evaluate_run(session)
+        result = evaluate_run(session)
+        metrics, images = result.metrics, result.images
         assert session.state.step == 3 and stats["loss"] > 0
         assert images.shape == (4 + 9 * 2, 1, 8, 8) and 0 <= metrics["ua"] <= 100
         assert "ray" not in sys.modules
@@ -82,14 +84,14 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_assets, 
     saved = []
 
     def save_and_stop(done):
-        checkpoint.save(tmp_path, first.model, first.optimizer, first.method.state_dict(), first.state)
+        checkpoint.save(tmp_path, first.workload, first.model, first.optimizer, first.method.state_dict(), first.state)
         saved.append(done)
         raise KeyboardInterrupt  # the worker dies right after its checkpoint
 
     with pytest.raises(KeyboardInterrupt):
         train(first, Hooks(on_checkpoint=save_and_stop))
     resumed = open_session(cfg, CPU)  # no set-up: the method's state comes from the checkpoint
-    resumed.state, method_state = checkpoint.restore(tmp_path, resumed.model.unet, resumed.optimizer)
+    resumed.state, method_state = checkpoint.restore(tmp_path, resumed.workload, resumed.model.unet, resumed.optimizer)
     resumed.method.load_state_dict(method_state)
     assert saved == [3] and resumed.state.step == 3
     # SA's set-up is computed by `whole`, read from the cache by `first`, and the checkpoint keeps that.
@@ -167,13 +169,14 @@ def test_setup_runs_once_and_is_timed_apart(tiny_assets):
 
 def test_several_classes_are_forgotten_together_and_judged_one_by_one(tiny_assets):
     cfg = tiny_config(tiny_assets, forget_class=[7, 3], iterations=2)
-    assert cfg.forget_classes() == [3, 7] and cfg.run_key().startswith("safemax-digits-c3+7-")
+    assert cfg.forget_classes() == [3, 7] and run_key(cfg).startswith("safemax-digits-c3+7-")
     session = open_session(cfg, CPU)
     assert set(session.data.labels[session.forget_idx].unique().tolist()) == {3, 7}
     train(session)
     from safemax_ray.engine.loop import evaluate_run
 
-    metrics, images, labels = evaluate_run(session)
+    result = evaluate_run(session)
+    metrics, labels = result.metrics, result.labels
     assert (labels[:12] == torch.tensor([3] * 6 + [7] * 6)).all() and len(labels) == 12 + 8 * 2
     assert set(metrics["per_class"]) == {"3", "7"}
     per_class_ua = [metrics["per_class"][c]["ua"] for c in ("3", "7")]

@@ -62,6 +62,25 @@ def test_generate_gives_one_image_per_prompt_and_forwards_the_seed(technique):
     assert not np.array_equal(np.asarray(images[0]), np.asarray(other[0]))
 
 
+def test_generate_is_the_pipelines_own_call_with_the_hosts_seeding(technique):
+    """The images the host's other techniques would make from this pipeline: diffusers' own call, the
+    folder's scheduler, the steps and scale asked for, one generator per prompt seeded seed + i."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        technique.model_path, local_files_only=True, safety_checker=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a dog", "a photo of a house"]
+    generators = [torch.Generator("cpu").manual_seed(7 + i) for i in range(len(prompts))]
+    expected = pipe(prompts, num_inference_steps=3, guidance_scale=5.0, generator=generators).images
+    got = technique.generate(prompts, seed=7, num_inference_steps=3, guidance_scale=5.0)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, expected, strict=True))
+    default = technique.generate(prompts[:1], seed=7)  # the technique's own steps (4) and scale (7.5)
+    assert not np.array_equal(np.asarray(default[0]), np.asarray(got[0]))
+
+
 def test_the_wrapper_trains_once_per_run_key(technique, settings):
     again = SafemaxTechnique(**settings)  # same settings: found by run key, not trained again
     rows = read_dataframe(settings["results_dir"])
@@ -74,7 +93,7 @@ def test_errors_propagate(settings, technique, tmp_path):
         SafemaxTechnique(**{**settings, "model_path": str(tmp_path / "missing")})
     broken = SafemaxTechnique.__new__(SafemaxTechnique)
     broken.config, broken.model_path, broken._pipeline = technique.config, str(tmp_path / "gone"), None
-    with pytest.raises(SafemaxError, match="not a diffusers text-to-image folder"):
+    with pytest.raises(OSError):  # diffusers' own error for a folder that is not there, as it raised it
         broken.generate(["a dog"])
 
 

@@ -60,11 +60,20 @@ def test_one_and_two_workers_train_the_same_model(tiny_assets, ray_session, tmp_
     assert one.metrics["base_fid"] == two_worker_run.metrics["base_fid"]
 
 
+def crash_drill(monkeypatch, folder, step: int) -> None:
+    """Rank 1 exits its process at step index `step`, once (ray/worker.py's fault drill)."""
+    from safemax_ray.ray.worker import FAULT_DRILL_ENV
+
+    monkeypatch.setenv(FAULT_DRILL_ENV, f"{step}:{folder / 'crashed-once'}")
+
+
 def test_killed_worker_resumes_to_the_weights_of_an_uninterrupted_run(
-    tiny_assets, ray_session, tmp_path, two_worker_run
+    tiny_assets, ray_session, tmp_path, two_worker_run, monkeypatch
 ):
     cfg = tiny_config(tiny_assets, tmp_path, num_workers=2, max_failures=1)
-    result = unlearn(cfg, crash_at_step=5)  # rank 1 exits its process at step index 5, once
+    crash_drill(monkeypatch, tmp_path, 5)
+    result = unlearn(cfg)
+    assert (tmp_path / "crashed-once").exists()
     # Checkpoints follow steps 2, 4 and 6; the restarted group resumes from the latest one the
     # controller registered before the crash (Ray Train registers reports asynchronously) and stops at 8.
     assert result.metrics["resumed_from_step"] in (2, 4)
@@ -75,10 +84,11 @@ def test_killed_worker_resumes_to_the_weights_of_an_uninterrupted_run(
     assert torch.equal(weights(result.model_path), weights(two_worker_run.model_path))
 
 
-def test_without_failures_allowed_the_kill_fails_the_run(tiny_assets, ray_session, tmp_path):
+def test_without_failures_allowed_the_kill_fails_the_run(tiny_assets, ray_session, tmp_path, monkeypatch):
     cfg = tiny_config(tiny_assets, tmp_path, num_workers=2, max_failures=0)
+    crash_drill(monkeypatch, tmp_path, 3)
     with pytest.raises(Exception):  # noqa: B017  (Ray's error type for a dead worker group)
-        unlearn(cfg, crash_at_step=3)
+        unlearn(cfg)
     from safemax_ray.results.parquet import read_dataframe
 
     assert read_dataframe(str(tmp_path)).empty  # no row for a failed run

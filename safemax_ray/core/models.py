@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
+from safemax_ray import storage
 from safemax_ray.errors import SafemaxError
 
 ASSETS = Path(__file__).parent.parent / "assets"
@@ -119,32 +117,13 @@ def build_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
 
 
 def save_model(model: DiffusionModel, path: str | Path, overwrite: bool = False) -> Path:
-    """Write the folder atomically: into a temporary sibling, then one rename."""
-    path = Path(path)
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise SafemaxError(f"model folder {path} already exists and is not empty; choose another --output-dir")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is for sharing
-    try:
-        _write(model, tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    """Write the diffusers folder atomically: into a temporary sibling, then one rename."""
 
-
-def _write(model: DiffusionModel, folder: Path) -> None:
-    from safemax_ray.core.text import PromptUNet
-
-    if isinstance(model.unet, PromptUNet):  # a pipeline's UNet: its other parts stay in the pipeline folder
-        model.unet.unet.save_pretrained(folder / "unet", safe_serialization=True)
-        model.scheduler.save_pretrained(folder / "scheduler")
-    else:
+    def fill(folder: Path) -> None:
         DDPMPipeline(unet=model.unet, scheduler=model.scheduler).save_pretrained(folder, safe_serialization=True)
+
+    storage.write_folder_atomic(path, fill, overwrite)
+    return Path(path)
 
 
 def load_model(

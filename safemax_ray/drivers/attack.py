@@ -12,11 +12,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from safemax_ray.config import UnlearnConfig, from_dict
+from safemax_ray.config import UnlearnConfig
 from safemax_ray.core.models import SHIPPED_MODEL
 from safemax_ray.engine.attack import AttackSettings
 from safemax_ray.errors import SafemaxError
 from safemax_ray.results.parquet import read_dataframe, write_attack
+from safemax_ray.schema import from_dict
 
 DEFAULT_SHOTS = (1, 5, 10, 50)
 DEFAULT_STEPS = (0, 10, 50, 100, 500)
@@ -99,7 +100,7 @@ def attack(
     import ray
 
     from safemax_ray.drivers.preflight import absolute, preflight
-    from safemax_ray.ray.cluster import cluster_has_gpus, ensure_ray
+    from safemax_ray.ray.cluster import cluster_has_gpus, connected
 
     results_dir = absolute(results_dir)
     settings = settings or AttackSettings()
@@ -109,8 +110,7 @@ def attack(
     run = preflight(found.cfg)
     models = [("unlearned", found.model_path)] + ([("base", run.model or str(SHIPPED_MODEL))] if with_base else [])
     attack_id = f"attack-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    started = ensure_ray(address)
-    try:
+    with connected(address):
         gpu = cluster_has_gpus() if use_gpu is None else use_gpu
         task = ray.remote(_task).options(num_cpus=1, num_gpus=1 if gpu else 0, scheduling_strategy="SPREAD")
         cfg = asdict(run)
@@ -122,9 +122,6 @@ def attack(
         rows = []
         for ref, (label, path) in jobs.items():
             rows += [{"model": label, "model_path": path, **r} for r in ray.get(ref)]
-    finally:
-        if started:
-            ray.shutdown()
     common = {
         "attack_id": attack_id,
         "timestamp": datetime.now(timezone.utc),

@@ -21,9 +21,11 @@ from typing import Any
 from rich.console import Console
 
 from safemax_ray import storage
-from safemax_ray.config import UnlearnConfig, to_dict
+from safemax_ray.config import UnlearnConfig
 from safemax_ray.errors import SafemaxError
+from safemax_ray.identity import run_key
 from safemax_ray.results.parquet import read_dataframe
+from safemax_ray.schema import from_dict, to_dict
 
 
 def parse_classes(spec: str) -> list[int]:
@@ -98,31 +100,23 @@ def plan(
 
 def _one_run(config: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
     """A Ray task: one class, start to finish, with a row named after its run key."""
-    from safemax_ray.config import from_dict
     from safemax_ray.drivers.finish import finish_run
-    from safemax_ray.ray.evaluation import evaluate_checkpoint
-    from safemax_ray.ray.worker import build_trainer
+    from safemax_ray.ray.run import train_and_evaluate
 
     cfg = from_dict(UnlearnConfig, config)
-    run_id = cfg.run_key()
-    results_dir = cfg.results_dir
-    output = storage.join(results_dir, "models", run_id)
+    run_id = run_key(cfg)
+    output = storage.join(cfg.results_dir, "models", run_id)
     if not storage.is_uri(output) and Path(output).exists():
         # Left by a run killed before its row was written: not a result, so it is redone.
         shutil.rmtree(output)
-    trainer = build_trainer(
+    outcome = train_and_evaluate(
         cfg,
         name=f"batch-{run_id}-{time.time_ns()}",
-        storage_path=storage.join(results_dir, "ray"),
+        storage_path=storage.join(cfg.results_dir, "ray"),
         use_gpu=use_gpu,
-        cache_dir=storage.join(results_dir, "cache"),
+        cache_dir=storage.join(cfg.results_dir, "cache"),
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    cache = storage.join(results_dir, "cache")
-    metrics = evaluate_checkpoint(cfg, result.checkpoint, dict(result.metrics), use_gpu, cache)
-    row, _ = finish_run(cfg, metrics, result.checkpoint, run_id, output, "cuda" if use_gpu else "cpu")
+    row, _ = finish_run(cfg, outcome, run_id, output, "cuda" if use_gpu else "cpu")
     return row
 
 
@@ -145,12 +139,6 @@ def batch_unlearn(
     return run_all(plan(base, classes, params), max_concurrent, console)
 
 
-CONCEPT_IS_ONE_RUN = (
-    "{command} run classes of a class-conditional model; forget a concept with one run: "
-    "safemax-ray unlearn --pipeline DIR --concept TEXT"
-)
-
-
 def label(cfg: UnlearnConfig) -> str:
     return f"{cfg.method} class {cfg.forget_label()}"
 
@@ -160,11 +148,11 @@ def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, con
     import ray
 
     from safemax_ray.drivers.preflight import preflight
-    from safemax_ray.ray.cluster import cluster_has_gpus, ensure_ray
+    from safemax_ray.ray.cluster import cluster_has_gpus, connected
 
     console = console or Console(quiet=True)
-    if any(c.concept is not None for c in configs):
-        raise SafemaxError(CONCEPT_IS_ONE_RUN.format(command="batch and compare"))
+    for cfg in configs:
+        cfg.require_classes("batch and compare")
     first = configs[0]
     if first.ray.cpus_per_worker is None:
         # Several runs share each node: one thread per worker, and Ray packs runs by CPU count.
@@ -173,7 +161,7 @@ def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, con
     configs = [preflight(cfg) for cfg in configs]
     results_dir = configs[0].results_dir
     stored = set(read_dataframe(results_dir).run_key)
-    keys = [c.run_key() for c in configs]
+    keys = [run_key(c) for c in configs]
     todo = [c for c, key in zip(configs, keys, strict=True) if key not in stored]
     outcome = BatchResult(
         skipped=[label(c) for c, key in zip(configs, keys, strict=True) if key in stored],
@@ -187,8 +175,7 @@ def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, con
     began = time.perf_counter()
     # One CPU beside the workers for the run's scoring and export, so runs at once do not oversubscribe.
     per_run_cpus = 1 + first.ray.num_workers * first.ray.cpus_per_worker
-    started = ensure_ray(first.ray.address, first.ray.num_cpus or max(4, int(2 * per_run_cpus)))
-    try:
+    with connected(first.ray.address, first.ray.num_cpus or max(4, int(2 * per_run_cpus))):
         use_gpu = cluster_has_gpus() if first.ray.use_gpu is None else first.ray.use_gpu
         fits = int(ray.cluster_resources().get("CPU", 1) // per_run_cpus)
         limit = max(1, max_concurrent or fits)
@@ -215,8 +202,5 @@ def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, con
             except Exception as exc:  # noqa: BLE001  (one run failing must not stop the others)
                 outcome.failed[name] = f"{type(exc).__name__}: {exc}"
                 console.log(f"[red]{name} failed[/]: {exc}")
-    finally:
-        if started:
-            ray.shutdown()
     outcome.seconds = time.perf_counter() - began
     return outcome

@@ -7,32 +7,21 @@ model folder is always complete before its row exists.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from safemax_ray import storage
-from safemax_ray.config import UnlearnConfig, to_dict
-from safemax_ray.core.models import SHIPPED_MODEL
-from safemax_ray.engine import checkpoint as layout
-from safemax_ray.errors import SafemaxError
+from safemax_ray.config import UnlearnConfig
+from safemax_ray.engine.checkpoint import SAMPLES_GRID
+from safemax_ray.engine.outcome import Outcome, Status
+from safemax_ray.engine.workloads import workload_for
+from safemax_ray.identity import run_key
 from safemax_ray.results.parquet import COMMON_OPTIONS, write_row
-from safemax_ray.results.report import FORGET_PNG
+from safemax_ray.schema import to_dict
 
 METRICS = ("ua", "entropy", "fid", "retain_acc", "noise_forget", "noise_retain")
 CONCEPT_METRICS = ("forget_mse", "remain_mse")
-
-
-def check_not_diverged(checkpoint) -> None:
-    """Raise the worker's one-line divergence message, if that is how the run ended."""
-    with checkpoint.as_directory() as folder:
-        message = layout.diverged_message(Path(folder))
-    if message:
-        raise SafemaxError(message)
 
 
 def build_row(
@@ -50,7 +39,7 @@ def build_row(
     options = to_dict(cfg.options())
     return {
         "run_id": run_id,
-        "run_key": cfg.run_key(),
+        "run_key": run_key(cfg),
         "timestamp": datetime.now(timezone.utc),
         "method": cfg.method,
         "dataset": cfg.data_name(),
@@ -71,7 +60,6 @@ def build_row(
         "fid_features": metrics.get("fid_features"),
         **{f"base_{k}": _number(metrics.get(f"base_{k}")) for k in METRICS + CONCEPT_METRICS},
         "base_ok": None if metrics.get("base_ok") is None else bool(metrics["base_ok"]),
-        "concept": cfg.concept.concept if cfg.concept else None,
         "rte_s": float(metrics["rte_s"]),
         "setup_s": float(metrics.get("setup_s", 0.0)),
         "setup_cached": bool(metrics.get("setup_cached", False)),
@@ -80,7 +68,7 @@ def build_row(
         "num_workers": int(metrics.get("num_workers", cfg.ray.num_workers)),
         "eval_nodes": metrics.get("eval_nodes"),
         "model_path": model_path,
-        "base_model": cfg.concept.pipeline if cfg.concept else cfg.model or str(SHIPPED_MODEL),
+        **workload_for(cfg).row_fields(),
         "grid_path": grid_path,
         "study": cfg.study,
         "trial_id": trial_id,
@@ -94,61 +82,21 @@ def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def export_run(cfg: UnlearnConfig, checkpoint, output_dir: str) -> tuple[str, str | None]:
-    """Copy the final checkpoint's model folder to `output_dir` atomically and draw the sample grid
-    (a concept run: the whole pipeline with the unlearned UNet, no grid)."""
-    from safemax_ray.core.text import export_pipeline
-
-    if storage.is_uri(output_dir):  # build it locally, then one upload
-        with tempfile.TemporaryDirectory() as local:
-            export_run(cfg, checkpoint, str(Path(local) / "model"))
-            try:
-                storage.upload_dir(Path(local) / "model", output_dir)
-            except FileExistsError:
-                raise SafemaxError(f"{output_dir} already exists; not overwriting it") from None
-        return output_dir, None if cfg.concept is not None else storage.join(output_dir, "samples.png")
-    out = Path(output_dir)
-    if out.exists() and any(out.iterdir()):
-        raise SafemaxError(f"output folder {out} already exists and is not empty; not overwriting it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
-        with checkpoint.as_directory() as folder:
-            if cfg.concept is not None:  # the whole pipeline, so that diffusers loads it as it is
-                export_pipeline(cfg.concept.pipeline, Path(folder) / layout.MODEL_DIR / "unet", tmp)
-            else:
-                shutil.copytree(Path(folder) / layout.MODEL_DIR, tmp, dirs_exist_ok=True)
-                _draw_grids(cfg, *layout.load_samples(Path(folder)), tmp)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return str(out), None if cfg.concept is not None else str(out / "samples.png")
-
-
-def _draw_grids(cfg: UnlearnConfig, images: torch.Tensor, labels: torch.Tensor, folder: Path) -> None:
-    from safemax_ray.engine.evaluate import save_grid
-
-    classes = cfg.forget_classes()
-    save_grid(images, labels, classes, str(folder / "samples.png"))
-    forget = torch.isin(labels, torch.tensor(classes))
-    save_grid(images[forget], labels[forget], classes, str(folder / FORGET_PNG))
+def export_run(cfg: UnlearnConfig, checkpoint, output_dir: str) -> tuple[str, str]:
+    """Write what the workload exports from the final checkpoint to `output_dir`, all or nothing;
+    returns (model folder, sample grid)."""
+    workload = workload_for(cfg)
+    with checkpoint.as_directory() as folder:
+        storage.write_folder_atomic(output_dir, lambda tmp: workload.export(Path(folder), tmp))
+    return output_dir, storage.join(output_dir, SAMPLES_GRID)
 
 
 def finish_run(
-    cfg: UnlearnConfig,
-    metrics: dict[str, Any],
-    checkpoint,
-    run_id: str,
-    output_dir: str,
-    device: str,
-    **tune_fields: Any,
+    cfg: UnlearnConfig, outcome: Outcome, run_id: str, output_dir: str, device: str, **tune_fields: Any
 ) -> tuple[dict[str, Any], str]:
-    """Export the model, then write its row; returns (row, row path)."""
-    check_not_diverged(checkpoint)
-    model_path, grid_path = export_run(cfg, checkpoint, output_dir)
-    row = build_row(cfg, metrics, run_id, model_path, grid_path, device, **tune_fields)
+    """Export the model, then write its row; returns (row, row path). A run that did not finish
+    raises its one-line reason."""
+    outcome.require(Status.FINISHED)
+    model_path, grid_path = export_run(cfg, outcome.checkpoint, output_dir)
+    row = build_row(cfg, outcome.metrics, run_id, model_path, grid_path, device, **tune_fields)
     return row, write_row(cfg.results_dir, row)

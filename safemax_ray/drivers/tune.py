@@ -28,13 +28,14 @@ import yaml
 from rich.console import Console
 
 from safemax_ray import storage
-from safemax_ray.config import UnlearnConfig, apply_overrides, from_dict, read_yaml, to_dict
+from safemax_ray.config import CONCEPT_IS_ONE_RUN, UnlearnConfig
 from safemax_ray.core.objective import PARETO_OBJECTIVES, pareto_mask
-from safemax_ray.drivers.batch import CONCEPT_IS_ONE_RUN
 from safemax_ray.drivers.finish import finish_run
 from safemax_ray.drivers.preflight import preflight
+from safemax_ray.engine.outcome import Outcome, Status
 from safemax_ray.errors import SafemaxError
 from safemax_ray.methods import get_method
+from safemax_ray.schema import apply_overrides, from_dict, read_yaml, to_dict
 
 RUN_PARAMS = ("lr", "iterations")  # searchable settings of every run; the method's go under "method."
 METHOD_PREFIX = "method."
@@ -172,16 +173,6 @@ class TuneResult:
     stopped: dict[str, str] = field(default_factory=dict)  # trial id -> why it has no row
 
 
-def _why_no_row(result) -> str:
-    """A trial without a final evaluation: failed, diverged, or stopped early by ASHA."""
-    if result.error is not None:
-        return f"failed: {str(result.error).splitlines()[0]}"
-    metrics = result.metrics or {}
-    if "diverged_at_step" in metrics:
-        return f"diverged at step {metrics['diverged_at_step']}"
-    return f"stopped early at step {metrics.get('step', 0)}"
-
-
 def load_tune_config(path: str | Path | None = None, **overrides: Any) -> TuneConfig:
     data = read_yaml(path) if path else {}
     cfg = apply_overrides(from_dict(TuneConfig, data, where=str(path or "tune config")), overrides)
@@ -219,30 +210,20 @@ def _trial(
     """One Tune trial: a full run on its own Ray Train worker group, then its evaluation."""
     import ray.tune
 
-    from safemax_ray.drivers.finish import check_not_diverged
-    from safemax_ray.ray.evaluation import evaluate_checkpoint
-    from safemax_ray.ray.tune_reports import ScoredReports
-    from safemax_ray.ray.worker import build_trainer
+    from safemax_ray.ray.run import train_and_evaluate
+    from safemax_ray.ray.tune_reports import MidRunProbes
 
     cfg = from_dict(TuneConfig, tune_cfg)
-    run_cfg = cfg.trial_config(params)
-    trial_id = ray.tune.get_context().get_trial_id()
-    trainer = build_trainer(
-        run_cfg,
-        name=f"{cfg.study}-{trial_id}",
+    outcome = train_and_evaluate(
+        cfg.trial_config(params),
+        name=f"{cfg.study}-{ray.tune.get_context().get_trial_id()}",
         storage_path=storage_path,
         use_gpu=use_gpu,
         cache_dir=cache_dir,
-        callbacks=[ScoredReports()],
+        callbacks=[MidRunProbes()] if cfg.asha.enabled else None,
         probe_samples=cfg.asha.probe_samples if cfg.asha.enabled else None,
-    )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    check_not_diverged(result.checkpoint)
-    if "ua" not in result.metrics:  # evaluated on the cluster: this report is the trial's final result
-        metrics = evaluate_checkpoint(run_cfg, result.checkpoint, dict(result.metrics), use_gpu, cache_dir)
-        ray.tune.report({**metrics, "checkpoint_path": result.checkpoint.path})
+    ).require(Status.FINISHED)
+    ray.tune.report({**outcome.metrics, "checkpoint_path": outcome.checkpoint.path})
 
 
 def tune(config: TuneConfig | dict | str | Path, console: Console | None = None) -> TuneResult:
@@ -252,7 +233,8 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from safemax_ray.ray.cluster import cluster_has_gpus, ensure_ray
+    from safemax_ray.ray.cluster import cluster_has_gpus, connected
+    from safemax_ray.ray.run import outcome_of
 
     if isinstance(config, (str, Path)):
         config = load_tune_config(config)
@@ -266,8 +248,7 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
     results_dir = cfg.results_dir
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     study_dir = storage.join(results_dir, "studies", f"{cfg.study}-{stamp}-{uuid.uuid4().hex[:4]}")
-    started = ensure_ray(cfg.address, _local_cpus(cfg))
-    try:
+    with connected(cfg.address, _local_cpus(cfg)):
         use_gpu = cluster_has_gpus() if cfg.budget.use_gpu is None else cfg.budget.use_gpu
         concurrency = max_concurrent(cfg, ray.cluster_resources(), use_gpu)
         if cfg.objective == "score":
@@ -314,14 +295,11 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
             run_config=ray_tune.RunConfig(name=Path(study_dir).name, storage_path=storage_path, verbose=0),
         )
         grid = tuner.fit()
-        finished = [r for r in grid if r.error is None and r.metrics and "ua" in r.metrics]
+        finished = [r for r in grid if outcome_of(r).status is Status.FINISHED]
         if not finished:
             errors = [str(r.error) for r in grid if r.error is not None]
             raise SafemaxError(f"no trial of study {cfg.study} finished; first error: {errors[:1]}")
         return _record(cfg, finished, grid, results_dir, study_dir, use_gpu, console)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _paths(cfg: UnlearnConfig) -> dict[str, Any]:
@@ -346,6 +324,8 @@ def _record(
     """One Parquet row per finished trial, the Pareto flags, and the best config as YAML."""
     from ray.train import Checkpoint
 
+    from safemax_ray.ray.run import outcome_of
+
     points = [[r.metrics[m] for m, _ in PARETO_OBJECTIVES] for r in finished]
     front = pareto_mask(points, [d for _, d in PARETO_OBJECTIVES])
     rows = []
@@ -353,10 +333,10 @@ def _record(
         params = {k: result.config[k] for k in cfg.search}
         trial_id = result.metrics.get("trial_id") or Path(result.path).name
         run_id = f"{cfg.study}-{trial_id}"
+        outcome = Outcome(Status.FINISHED, result.metrics, Checkpoint(result.metrics["checkpoint_path"]))
         row, _ = finish_run(
             cfg.trial_config(params),
-            result.metrics,
-            Checkpoint(result.metrics["checkpoint_path"]),
+            outcome,
             run_id,
             storage.join(results_dir, "models", run_id),
             "cuda" if use_gpu else "cpu",
@@ -372,7 +352,7 @@ def _record(
     best_path = storage.join(study_dir, "best_config.yaml")
     storage.write_bytes_atomic(best_path, yaml.safe_dump(to_dict(best_cfg), sort_keys=False).encode())
     kept = {id(r) for r in finished}
-    stopped = {Path(r.path).name: _why_no_row(r) for r in grid if id(r) not in kept}
+    stopped = {Path(r.path).name: outcome_of(r).reason for r in grid if id(r) not in kept}
     for trial, why in stopped.items():
         console.log(f"[yellow]trial {trial} has no row: {why}[/]")
     return TuneResult(

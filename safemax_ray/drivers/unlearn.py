@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,9 +15,11 @@ from typing import Any
 from rich.console import Console
 
 from safemax_ray import storage
-from safemax_ray.config import UnlearnConfig, from_dict, load_unlearn_config
+from safemax_ray.config import UnlearnConfig, load_unlearn_config
 from safemax_ray.drivers.finish import finish_run
 from safemax_ray.drivers.preflight import preflight
+from safemax_ray.engine.outcome import Outcome
+from safemax_ray.schema import from_dict
 
 
 @dataclass
@@ -27,7 +28,7 @@ class UnlearnResult:
     run_key: str
     metrics: dict[str, Any]  # ua, entropy, fid, retain_acc, base_*, rte_s, peak_mem_mb, ...
     model_path: str
-    grid_path: str | None  # the sample grid (none for a concept run)
+    grid_path: str  # the sample grid: a row per class (or prompt), the forgotten ones first
     results_path: str
     row: dict[str, Any] = field(repr=False, default_factory=dict)
 
@@ -46,59 +47,39 @@ def new_run_id(cfg: UnlearnConfig) -> str:
 
 
 def unlearn(
-    config: UnlearnConfig | dict | str | Path,
-    console: Console | None = None,
-    show_progress: bool = False,
-    crash_at_step: int | None = None,
+    config: UnlearnConfig | dict | str | Path, console: Console | None = None, show_progress: bool = False
 ) -> UnlearnResult:
-    """Make the model forget `config.forget_class`; returns the metrics and where everything went.
+    """Make the model forget `config.forget_class` (or its concept); returns the metrics and where
+    everything went."""
+    import ray
 
-    `crash_at_step` kills the last worker once at that step (a fault-tolerance drill for tests).
-    """
-    from safemax_ray.ray.cluster import cluster_has_gpus, ensure_ray
-    from safemax_ray.ray.evaluation import evaluate_checkpoint
+    from safemax_ray.ray.cluster import cluster_has_gpus, connected
     from safemax_ray.ray.progress import ProgressActor, run_with_progress
-    from safemax_ray.ray.worker import build_trainer
+    from safemax_ray.ray.run import train_and_evaluate
 
     cfg = preflight(coerce_config(config))
     console = console or Console(quiet=not show_progress)
     run_id = new_run_id(cfg)
     output_dir = cfg.output_dir or storage.join(cfg.results_dir, "models", run_id)
-    cache_dir = storage.join(cfg.results_dir, "cache")
-    started = ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
-    try:
-        import ray
-
+    with connected(cfg.ray.address, cfg.ray.num_cpus):
         use_gpu = cluster_has_gpus() if cfg.ray.use_gpu is None else cfg.ray.use_gpu
         actor = ProgressActor.remote() if show_progress else None
-        trainer = build_trainer(
-            cfg,
-            name=run_id,
-            storage_path=cfg.ray.storage_path or storage.join(cfg.results_dir, "ray"),
-            use_gpu=use_gpu,
-            cache_dir=cache_dir,
-            progress=actor,
-            crash_at_step=crash_at_step,
-            crash_marker=str(Path(tempfile.gettempdir()) / f"safemax-crash-{run_id}") if crash_at_step else None,
-        )
 
-        def fit_and_evaluate():
-            result = trainer.fit()
-            if result.error is not None:
-                raise result.error
-            on_progress = (lambda phase, i, n: actor.update.remote(phase, i, n, None)) if actor else None
-            metrics = evaluate_checkpoint(cfg, result.checkpoint, dict(result.metrics), use_gpu, cache_dir, on_progress)
-            return result.checkpoint, metrics
+        def run() -> Outcome:
+            return train_and_evaluate(
+                cfg,
+                name=run_id,
+                storage_path=cfg.ray.storage_path or storage.join(cfg.results_dir, "ray"),
+                use_gpu=use_gpu,
+                cache_dir=storage.join(cfg.results_dir, "cache"),
+                progress=actor,
+                on_progress=(lambda phase, i, n: actor.update.remote(phase, i, n, None)) if actor else None,
+            )
 
         began = time.perf_counter()
-        checkpoint, metrics = run_with_progress(fit_and_evaluate, actor, console) if actor else fit_and_evaluate()
+        outcome = run_with_progress(run, actor, console) if actor else run()
         console.log(f"Ray run finished in {time.perf_counter() - began:.0f}s")
         if actor is not None:
             ray.kill(actor)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    row, path = finish_run(cfg, metrics, checkpoint, run_id, output_dir, "cuda" if use_gpu else "cpu")
-    return UnlearnResult(run_id, row["run_key"], metrics, row["model_path"], row["grid_path"], path, row)
+    row, path = finish_run(cfg, outcome, run_id, output_dir, "cuda" if use_gpu else "cpu")
+    return UnlearnResult(run_id, row["run_key"], outcome.metrics, row["model_path"], row["grid_path"], path, row)

@@ -15,17 +15,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as tensors_to_bytes
 
-from safemax_ray.core.models import DiffusionModel, load_model, save_model
+from safemax_ray.core.models import DiffusionModel
+
+if TYPE_CHECKING:
+    from safemax_ray.engine.workloads import Workload
 
 MODEL_DIR = "model"
 TRAIN_STATE = "train_state.pt"
 SAMPLES = "samples.safetensors"
 DIVERGED = "diverged.json"
+SAMPLES_GRID = "samples.png"  # an exported model folder's grid: a row per class, the forgotten first
+FORGET_GRID = "forget.png"  # the forgotten classes' rows alone (the report's Figure 2 reads them)
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained names them
 
 
@@ -37,8 +43,8 @@ class TrainState:
     setup_cached: bool = False  # the method's set-up came from the cache (setup_s is a file read)
 
 
-def save(folder: Path, model: DiffusionModel, optimizer, method_state: dict, state: TrainState) -> None:
-    save_model(model, folder / MODEL_DIR, overwrite=True)
+def save(folder: Path, workload: Workload, model: DiffusionModel, optimizer, method_state: dict, state: TrainState):
+    workload.save_model(model, folder / MODEL_DIR)
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
@@ -52,14 +58,9 @@ def save(folder: Path, model: DiffusionModel, optimizer, method_state: dict, sta
     )
 
 
-def restore(folder: Path, unet: torch.nn.Module, optimizer) -> tuple[TrainState, dict]:
+def restore(folder: Path, workload: Workload, unet: torch.nn.Module, optimizer) -> tuple[TrainState, dict]:
     """Load weights and optimizer state in place; returns the counters and the method's state."""
-    from safemax_ray.core.text import PromptUNet
-
-    if isinstance(unet, PromptUNet):
-        unet.unet.load_state_dict(load_file(str(folder / MODEL_DIR / "unet" / UNET_WEIGHTS)))
-    else:
-        unet.load_state_dict(load_model(folder / MODEL_DIR).unet.state_dict())
+    workload.load_weights(unet, folder / MODEL_DIR)
     raw = torch.load(folder / TRAIN_STATE, weights_only=True, map_location=next(unet.parameters()).device)
     optimizer.load_state_dict(raw["optimizer"])
     state = TrainState(int(raw["step"]), float(raw["elapsed_s"]), float(raw["setup_s"]), bool(raw["setup_cached"]))

@@ -18,10 +18,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
-from safemax_ray import storage
+from safemax_ray import cache, storage
 from safemax_ray.config import EvalConfig, UnlearnConfig
 from safemax_ray.core.classifier import Classifier, FeatureExtractor, load_classifier
 from safemax_ray.core.data import ImageData
@@ -195,21 +193,6 @@ def base_cache_path(cache_dir: str, model_id: str, labels: torch.Tensor, config:
     return storage.join(cache_dir, f"base-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors")
 
 
-def read_cache(path: str | None) -> torch.Tensor | None:
-    if path and storage.exists(path):
-        return load_tensors(storage.read_bytes(path))["images"]
-    return None
-
-
-def write_cache(path: str | None, images: torch.Tensor) -> None:
-    if not path:
-        return
-    try:
-        storage.write_bytes_atomic(path, save_tensors({"images": images.contiguous()}))
-    except FileExistsError:
-        pass  # a concurrent run cached the same samples first
-
-
 def base_samples(
     model: DiffusionModel,
     labels: torch.Tensor,
@@ -221,12 +204,12 @@ def base_samples(
     on_step: OnStep | None = None,
 ) -> torch.Tensor:
     """The base model's samples for `labels`, from the cache or made (and cached by rank 0)."""
-    cached = read_cache(cache_path)
+    cached = cache.read(cache_path)
     if cached is not None:
-        return cached
+        return cached["images"]
     images = sample_labels(model, labels, config, rank, world, gather, on_step)
     if rank == 0:
-        write_cache(cache_path, images)
+        cache.write(cache_path, {"images": images})
     return images
 
 

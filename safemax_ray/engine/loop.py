@@ -18,12 +18,13 @@ from typing import Any
 import torch
 
 from safemax_ray.config import UnlearnConfig
-from safemax_ray.core.data import ImageData, load_dataset
-from safemax_ray.core.models import DiffusionModel, load_model, model_fingerprint, peak_memory_mb
+from safemax_ray.core.data import ImageData
+from safemax_ray.core.models import DiffusionModel, peak_memory_mb
 from safemax_ray.core.randomness import RankRandom, step_generator
 from safemax_ray.engine import evaluate
 from safemax_ray.engine.checkpoint import TrainState
 from safemax_ray.engine.step import draw_batch, train_step
+from safemax_ray.engine.workloads import Evaluation, Workload, workload_for
 from safemax_ray.errors import SafemaxError
 from safemax_ray.methods import SetupContext, UnlearningMethod, get_method
 
@@ -46,6 +47,7 @@ class Session:
     """Everything one rank trains with. `unet` may be replaced by a DDP wrapper of `model.unet`."""
 
     cfg: UnlearnConfig
+    workload: Workload
     model: DiffusionModel  # the model being unlearned (unwrapped)
     unet: torch.nn.Module
     method: UnlearningMethod
@@ -82,6 +84,13 @@ def new_session(
     cfg: UnlearnConfig, model: DiffusionModel, data: ImageData, device: torch.device, rank: int = 0, world: int = 1
 ) -> Session:
     """A session over given data and model (moved to `device`); `open_session` loads them from `cfg`."""
+    return _session(workload_for(cfg), model, data, device, rank, world)
+
+
+def _session(
+    workload: Workload, model: DiffusionModel, data: ImageData, device: torch.device, rank: int, world: int
+) -> Session:
+    cfg = workload.cfg
     model.unet.to(device).train()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution once
@@ -91,6 +100,7 @@ def new_session(
     optimizer = torch.optim.Adam(model.unet.parameters(), lr=cfg.learning_rate(), fused=device.type == "cuda")
     return Session(
         cfg=cfg,
+        workload=workload,
         model=model,
         unet=model.unet,
         method=get_method(cfg.method)(cfg.options(), model.scheduler),
@@ -107,15 +117,10 @@ def new_session(
 def open_session(
     cfg: UnlearnConfig, device: torch.device, rank: int = 0, world: int = 1, cache_dir: str | None = None
 ) -> Session:
-    """The model and data `cfg` names; a concept run's prompts and latents (cached in `cache_dir`)."""
-    if cfg.concept is not None:
-        from safemax_ray.engine.concept import open_workload
-
-        model, data = open_workload(cfg, device, cache_dir)
-    else:
-        data = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
-        model = load_model(cfg.model, data.num_classes, data.channels, data.image_size)
-    return new_session(cfg, model, data, device, rank, world)
+    """The model and data of `cfg`'s workload (what it generates is cached in `cache_dir`)."""
+    workload = workload_for(cfg)
+    model, data = workload.open(device, cache_dir)
+    return _session(workload, model, data, device, rank, world)
 
 
 def run_setup(
@@ -145,7 +150,7 @@ def run_setup(
         all_reduce=all_reduce,
         sample=sample,
         cache_dir=cache_dir,
-        model_id=s.cfg.model_id(),
+        model_id=s.workload.model_id(),
     )
     began = time.perf_counter()
     s.method.setup(ctx)
@@ -222,28 +227,10 @@ def evaluate_run(
     cache_dir: str | None = None,
     gather: evaluate.GatherObjects | None = None,
     on_sample: Callable[[str], evaluate.OnStep | None] = lambda phase: None,
-) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
-    """Sample the base and the unlearned model on identical noise, over this run's ranks, and score
-    both on rank 0. Returns (metrics, images, labels); UA, H, FID and accuracy are on rank 0 only."""
-    s, cfg = session, session.cfg
-    metrics = training_metrics(s)
-    if cfg.concept is not None:  # no classifier: the probe losses, beside the base pipeline's
-        from safemax_ray.engine.concept import evaluate_concept
-
-        metrics["sample_steps"] = cfg.eval.sample_steps or s.model.num_train_timesteps  # of the training images
-        if s.rank == 0:
-            metrics.update(evaluate_concept(s.model, s.data, cfg))
-        return metrics, torch.empty(0), torch.empty(0, dtype=torch.int64)
-    s.model.unet.eval()
-    labels = evaluate.eval_labels(s.data.num_classes, cfg.forget_classes(), cfg.eval)
-    model_id = model_fingerprint(cfg.model)
-    cache = evaluate.base_cache_path(cache_dir, model_id, labels, cfg.eval, s.device.type) if cache_dir else None
-    base = DiffusionModel(load_model(cfg.model).unet.to(s.device).eval(), s.model.scheduler)
-    base_images = evaluate.base_samples(
-        base, labels, cfg.eval, cache, s.rank, s.world, gather, on_sample("sample base")
-    )
-    del base
-    images = evaluate.sample_labels(s.model, labels, cfg.eval, s.rank, s.world, gather, on_sample("sample unlearned"))
-    if s.rank == 0:
-        metrics.update(evaluate.judge(cfg, s.data, images, base_images, labels))
-    return metrics, images, labels
+) -> Evaluation:
+    """The workload's evaluation of the unlearned model over this run's ranks, with the training figures
+    added; the workload's metrics are on rank 0 only."""
+    s = session
+    result = s.workload.evaluate(s.model, s.data, s.device, cache_dir, s.rank, s.world, gather, on_sample)
+    result.metrics = {**training_metrics(s), **result.metrics}
+    return result

@@ -10,8 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,6 +20,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import Progress, TextColumn
 
+from safemax_ray import storage
 from safemax_ray.core.classifier import Classifier, ClassifierConfig
 from safemax_ray.core.data import ImageData
 from safemax_ray.core.diffusion import drop_labels
@@ -173,13 +172,10 @@ def run_pretrain(
         model = pretrain_diffusion(
             data, config, dev, on_step=lambda i, loss: bar.update(task, completed=i, loss=f"loss {loss:.4f}")
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    tmp.chmod(0o755)
-    try:
-        save_model(model, tmp / "model")
-        (tmp / "model" / PRESET_FILE).write_text(json.dumps({"arch": config.arch}))
-        save_classifier(classifier, tmp / "classifier")
+    def fill(folder: Path) -> None:
+        save_model(model, folder / "model")
+        (folder / "model" / PRESET_FILE).write_text(json.dumps({"arch": config.arch}))
+        save_classifier(classifier, folder / "classifier")
         record = {
             "dataset": dataset,
             "settings": asdict(config),
@@ -187,12 +183,8 @@ def run_pretrain(
             "seconds": time.perf_counter() - began,
             "device": str(dev),
         }
-        (tmp / "pretrain.json").write_text(json.dumps(record, indent=2))
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (folder / "pretrain.json").write_text(json.dumps(record, indent=2))
+
+    storage.write_folder_atomic(output, fill, overwrite=True)
     console.log(f"wrote {output}/model and {output}/classifier in {time.perf_counter() - began:.0f}s")
     return output

@@ -17,6 +17,7 @@ from typing import Any
 
 from safemax_ray.errors import SafemaxError
 from safemax_ray.methods.base import MethodOptions, UnlearningMethod
+from safemax_ray.schema import from_dict
 
 ENTRY_POINT_GROUP = "safemax_ray.methods"
 METHODS: dict[str, type[UnlearningMethod]] = {}
@@ -57,8 +58,6 @@ def get_method(name: str) -> type[UnlearningMethod]:
 
 def method_options(name: str, values: dict[str, Any]) -> MethodOptions:
     """The method's typed, validated options from a mapping; unknown names are refused by name."""
-    from safemax_ray.config import from_dict
-
     options = from_dict(get_method(name).Options, dict(values), where=f"method_options ({name})")
     options.validate()
     return options

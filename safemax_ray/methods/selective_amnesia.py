@@ -19,10 +19,8 @@ import json
 from dataclasses import asdict, dataclass
 
 import torch
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
-from safemax_ray import storage
+from safemax_ray import cache, storage
 from safemax_ray.core.diffusion import eps_mse
 from safemax_ray.core.randomness import RankRandom, seeded_generator
 from safemax_ray.errors import SafemaxError
@@ -84,17 +82,13 @@ class SelectiveAmnesia(UnlearningMethod):
     options: SelectiveAmnesiaOptions
 
     def setup(self, ctx: SetupContext) -> None:
-        cache = self._cache_path(ctx)
-        self.setup_cached = bool(cache and storage.exists(cache))
-        if self.setup_cached:
-            saved = load_tensors(storage.read_bytes(cache))
-        else:
+        path = self._cache_path(ctx)
+        saved = cache.read(path)
+        self.setup_cached = saved is not None
+        if saved is None:
             saved = self._compute(ctx)
-            if cache and ctx.rank == 0:
-                try:
-                    storage.write_bytes_atomic(cache, save_tensors(saved))
-                except FileExistsError:
-                    pass  # another run cached the same set-up first
+            if ctx.rank == 0:
+                cache.write(path, saved)
         names = [name for name, _ in ctx.unet.named_parameters()]
         self.fisher = {name: saved[f"fisher.{name}"].to(ctx.device) for name in names}
         self.anchor = {name: p.detach().clone() for name, p in ctx.unet.named_parameters()}

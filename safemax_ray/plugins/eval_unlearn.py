@@ -3,7 +3,11 @@
 A thin wrapper, as Eval-Unlearn asks: the settings arrive as keywords, the unlearning is
 `safemax_ray.unlearn` (on Ray: a local instance, or the cluster at `address`), and the unlearned pipeline
 is found again by its run key, so a benchmark that builds the technique twice with the same settings
-trains once. `generate` samples from that pipeline with the package's guided sampler.
+trains once. `generate` makes images the way the host's other techniques do, so that benchmark numbers
+compare across techniques: diffusers' `StableDiffusionPipeline.__call__` on the unlearned pipeline, with
+the scheduler stored in its folder, `num_inference_steps` and `guidance_scale`, and one generator per
+prompt seeded seed + i. (Our own guided sampler stays in the evaluation, where the base and the
+unlearned model must share noise.)
 
     technique:
       name: safemax
@@ -15,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from eval_unlearn.configs.base import BaseConfig
 from PIL import Image
@@ -54,11 +57,6 @@ class SafemaxTechniqueConfig(BaseConfig):
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
 
-    def sampling(self, seed: int, steps: int | None = None, scale: float | None = None) -> EvalConfig:
-        """Our sampler's settings for Stable Diffusion's (steps, scale s): guidance weight w = s - 1."""
-        scale = self.guidance_scale if scale is None else scale
-        return EvalConfig(guidance=max(scale - 1, 0.0), sample_steps=steps or self.num_inference_steps, seed=seed)
-
     def unlearn_config(self) -> UnlearnConfig:
         return UnlearnConfig(
             method="safemax",
@@ -76,7 +74,8 @@ class SafemaxTechniqueConfig(BaseConfig):
             seed=self.seed,
             results_dir=self.results_dir,
             study="eval-unlearn",
-            eval=self.sampling(seed=1234),
+            # The training latents: Stable Diffusion's (steps, scale s) as our guidance weight w = s - 1.
+            eval=EvalConfig(guidance=max(self.guidance_scale - 1, 0.0), sample_steps=self.num_inference_steps),
             ray=RayConfig(num_workers=self.num_workers, use_gpu=self.device == "cuda", address=self.address),
         )
 
@@ -87,27 +86,36 @@ class SafemaxTechnique:
     def __init__(self, **kwargs: Any):
         from safemax_ray.drivers.preflight import preflight
         from safemax_ray.drivers.unlearn import unlearn
+        from safemax_ray.identity import run_key
         from safemax_ray.results.parquet import read_dataframe
 
         self.config = SafemaxTechniqueConfig.from_dict(kwargs)
         cfg = preflight(self.config.unlearn_config())
+        self.run_key = run_key(cfg)
         stored = read_dataframe(cfg.results_dir)
-        stored = stored[stored.run_key == cfg.run_key()]
-        self.run_key = cfg.run_key()
+        stored = stored[stored.run_key == self.run_key]
         self.model_path = stored.model_path.iloc[-1] if len(stored) else unlearn(cfg).model_path
         self._pipeline = None
 
-    def generate(self, prompts: list[str], seed: int | None = None, **kwargs: Any) -> list[Image.Image]:
-        """One image per prompt; the same seed gives the same images."""
-        from safemax_ray.core.text import load_pipeline
-        from safemax_ray.engine.concept import generate
+    def pipeline(self):
+        """The unlearned pipeline, as diffusers loads it (local files, no safety checker)."""
+        from diffusers import StableDiffusionPipeline
 
         if self._pipeline is None:
-            self._pipeline = load_pipeline(self.model_path).to(self.config.device)
-        sampling = self.config.sampling(
-            self.config.seed if seed is None else seed, kwargs.get("num_inference_steps"), kwargs.get("guidance_scale")
-        )
-        with torch.no_grad():
-            images = generate(self._pipeline, list(prompts), sampling)
-        pixels = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-        return [Image.fromarray(p) for p in pixels]
+            pipe = StableDiffusionPipeline.from_pretrained(
+                self.model_path, local_files_only=True, safety_checker=None, requires_safety_checker=False
+            )
+            pipe.set_progress_bar_config(disable=True)
+            self._pipeline = pipe.to(self.config.device)
+        return self._pipeline
+
+    def generate(self, prompts: list[str], seed: int | None = None, **kwargs: Any) -> list[Image.Image]:
+        """One image per prompt through the pipeline's own call; the same seed gives the same images."""
+        seed = self.config.seed if seed is None else seed
+        generators = [torch.Generator(self.config.device).manual_seed(seed + i) for i in range(len(prompts))]
+        return self.pipeline()(
+            list(prompts),
+            num_inference_steps=kwargs.get("num_inference_steps", self.config.num_inference_steps),
+            guidance_scale=kwargs.get("guidance_scale", self.config.guidance_scale),
+            generator=generators,
+        ).images

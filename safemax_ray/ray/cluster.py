@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from safemax_ray.errors import SafemaxError
 
@@ -40,6 +42,20 @@ def ensure_ray(address: str | None, num_cpus: int | None = None) -> bool:
         _temp_dir=temp_dir,
     )
     return True
+
+
+@contextmanager
+def connected(address: str | None, num_cpus: int | None = None) -> Iterator[None]:
+    """Use the Ray this process is connected to, or join `address`, or start a local Ray and stop it on
+    the way out: every driver runs inside one of these."""
+    import ray
+
+    started = ensure_ray(address, num_cpus)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def cluster_has_gpus() -> bool:

@@ -18,11 +18,13 @@ from typing import Any
 import ray
 import torch
 
-from safemax_ray.config import EvalConfig, UnlearnConfig, from_dict, to_dict
-from safemax_ray.core.data import load_dataset
-from safemax_ray.core.models import DiffusionModel, from_parts, load_model, model_fingerprint, to_parts
+from safemax_ray import cache
+from safemax_ray.config import EvalConfig
+from safemax_ray.core.models import DiffusionModel, from_parts, load_model, to_parts
 from safemax_ray.engine import checkpoint as layout
 from safemax_ray.engine import evaluate
+from safemax_ray.engine.workloads import ClassWorkload
+from safemax_ray.schema import from_dict, to_dict
 
 OnProgress = Callable[[str, int, int], None]  # (phase, chunks done, chunks)
 
@@ -79,35 +81,33 @@ def sample_on_cluster(
 
 
 def evaluate_checkpoint(
-    cfg: UnlearnConfig,
+    workload: ClassWorkload,
     checkpoint,
     metrics: dict[str, Any],
     use_gpu: bool,
     cache_dir: str,
     on_progress: OnProgress | None = None,
 ) -> dict[str, Any]:
-    """The run's metrics with UA, H, FID and accuracy added, sampling on the cluster (unless the Train
-    workers evaluated already, or training diverged); the samples go into the checkpoint folder."""
-    if "ua" in metrics or "diverged_at_step" in metrics or cfg.concept is not None:
-        return metrics
-    data = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
-    labels = evaluate.eval_labels(data.num_classes, cfg.forget_classes(), cfg.eval)
-    device = "cuda" if use_gpu else "cpu"
+    """The run's metrics with UA, H, FID and accuracy added, sampling on the cluster; the samples go
+    into the checkpoint folder, which then looks like one whose Train workers evaluated it."""
+    data = workload.load_data()
+    labels = workload.eval_labels(data.num_classes)
 
     def progress(phase: str):
         return (lambda done, n: on_progress(phase, done, n)) if on_progress else None
 
-    cache = evaluate.base_cache_path(cache_dir, model_fingerprint(cfg.model), labels, cfg.eval, device)
-    base_images = evaluate.read_cache(cache)
+    cache_path = workload.base_cache_path(cache_dir, labels, "cuda" if use_gpu else "cpu")
+    cached = cache.read(cache_path)
+    base_images = None if cached is None else cached["images"]
     nodes: set[str] = set()
     if base_images is None:
-        base = sample_on_cluster(load_model(cfg.model), labels, cfg.eval, use_gpu, progress("sample base"))
+        base = sample_on_cluster(workload.load_base(), labels, workload.cfg.eval, use_gpu, progress("sample base"))
         base_images, nodes = base.images, base.nodes
-        evaluate.write_cache(cache, base_images)
+        cache.write(cache_path, {"images": base_images})
     with checkpoint.as_directory() as folder:
         unlearned = load_model(Path(folder) / layout.MODEL_DIR)
-    result = sample_on_cluster(unlearned, labels, cfg.eval, use_gpu, progress("sample unlearned"))
+    result = sample_on_cluster(unlearned, labels, workload.cfg.eval, use_gpu, progress("sample unlearned"))
     with checkpoint.filesystem.open_output_stream(posixpath.join(checkpoint.path, layout.SAMPLES)) as f:
         f.write(layout.samples_bytes(result.images, labels))
-    judged = evaluate.judge(cfg, data, result.images, base_images, labels)
+    judged = workload.judge(data, result.images, base_images, labels)
     return {**metrics, **judged, "eval_nodes": len(nodes | result.nodes)}

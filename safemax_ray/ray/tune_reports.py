@@ -1,17 +1,18 @@
-"""What a Tune trial sees of its Ray Train run.
+"""What a Tune trial sees of its Ray Train run while it trains.
 
-Train workers report at every checkpoint, but Tune checks that each result it gets carries the search
-metric, and OptunaSearch learns from the results it gets. So only reports that carry a score reach
-Tune: ASHA's mid-run probes, and a final evaluation made by the workers themselves. When the
-evaluation is spread over the cluster instead, the trial reports the final figures itself.
+Train workers report at every checkpoint; with ASHA on, those reports carry a cheap probe score, and
+ASHA needs them to stop weak trials early. The trial reports its final, evaluated result itself
+(`drivers/tune._trial`), so only the mid-run reports are forwarded here.
 """
 
 from __future__ import annotations
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from safemax_ray.engine.outcome import STATUS, Status
 
-class ScoredReports(TuneReportCallback):
+
+class MidRunProbes(TuneReportCallback):
     def after_report(self, run_context, metrics, checkpoint):
-        if "score" in metrics[0]:
+        if metrics[0].get(STATUS) == Status.RUNNING.value:
             super().after_report(run_context, metrics, checkpoint)

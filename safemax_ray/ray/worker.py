@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from safemax_ray.config import UnlearnConfig, from_dict, to_dict
+from safemax_ray.config import UnlearnConfig
 from safemax_ray.core.models import DiffusionModel
 from safemax_ray.engine import checkpoint, evaluate
 from safemax_ray.engine.evaluate import load_eval_classifier
@@ -30,6 +30,8 @@ from safemax_ray.engine.loop import (
     train,
     training_metrics,
 )
+from safemax_ray.engine.outcome import STATUS, Status
+from safemax_ray.schema import from_dict, to_dict
 
 
 def _threads(cpus_per_worker: float | None, local_workers: int) -> int:
@@ -75,7 +77,7 @@ def _report(session: Session, metrics: dict[str, Any], write: Callable[[Path], N
 def _save(session: Session) -> Callable[[Path], None]:
     def write(folder: Path) -> None:
         model = DiffusionModel(session.model.unet, session.model.scheduler)
-        checkpoint.save(folder, model, session.optimizer, session.method.state_dict(), session.state)
+        checkpoint.save(folder, session.workload, model, session.optimizer, session.method.state_dict(), session.state)
 
     return write
 
@@ -104,7 +106,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             progress.update.remote("train", done, cfg.iterations, stats.get("loss"))
 
     def on_checkpoint(done: int) -> None:
-        metrics: dict[str, Any] = {"step": done}
+        metrics: dict[str, Any] = {"step": done, STATUS: Status.RUNNING.value}
         if probe_n:
             session.model.unet.eval()
             classifier = load_eval_classifier(cfg, session.data.num_classes)
@@ -114,11 +116,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         _report(session, metrics, _save(session))
 
     try:
-        train(session, Hooks(_crash_drill(loop_config, rank, world), on_stats, on_checkpoint))
+        train(session, Hooks(_fault_drill(loop_config.get("fault_drill"), rank, world), on_stats, on_checkpoint))
     except TrainingDiverged as exc:
         # Reported, not raised: a raised error would make Ray Train restart the workers for nothing.
         message = str(exc)
-        _report(session, {"diverged_at_step": exc.step}, lambda folder: checkpoint.mark_diverged(folder, message))
+        diverged = {STATUS: Status.DIVERGED.value, "diverged_at_step": exc.step, "reason": message}
+        _report(session, diverged, lambda folder: checkpoint.mark_diverged(folder, message))
         return
     _evaluate_and_report(session, loop_config["cache_dir"], gather, progress, resumed_from)
 
@@ -133,17 +136,20 @@ def _restore_or_set_up(session: Session, cache_dir: str, all_reduce, gather) -> 
         run_setup(session, cache_dir, all_reduce, gather)
         return 0
     with restored.as_directory() as folder:
-        session.state, method_state = checkpoint.restore(Path(folder), session.model.unet, session.optimizer)
+        session.state, method_state = checkpoint.restore(
+            Path(folder), session.workload, session.model.unet, session.optimizer
+        )
     session.method.load_state_dict(method_state)
     return session.state.step
 
 
 def _evaluate_and_report(session: Session, cache_dir: str, gather, progress, resumed_from: int) -> None:
-    """The final report: with the evaluation when the Train workers sample (`eval.workers: train`),
-    else the training figures only, for the driver to evaluate over the cluster (ray/evaluation.py)."""
-    # A concept run's evaluation is a cheap probe, done here; class runs sample over the cluster.
-    if session.cfg.eval.workers != "train" and session.cfg.concept is None:
-        _report(session, {**training_metrics(session), "resumed_from_step": resumed_from}, _save(session))
+    """The final report: with the evaluation when the workload evaluates on the Train workers, else the
+    training figures only, for the driver to evaluate over the cluster (ray/evaluation.py)."""
+    # resumed_from_step > 0 when a worker failure made Ray Train restore a checkpoint
+    if not session.workload.evaluates_in_workers:
+        trained = {**training_metrics(session), "resumed_from_step": resumed_from, STATUS: Status.TRAINED.value}
+        _report(session, trained, _save(session))
         return
 
     def on_sample(phase: str):
@@ -151,24 +157,27 @@ def _evaluate_and_report(session: Session, cache_dir: str, gather, progress, res
             return None
         return lambda i, n: progress.update.remote(phase, i, n, None) if i % 5 == 0 or i == n else None
 
-    metrics, images, labels = evaluate_run(session, cache_dir, gather, on_sample)
-    metrics["resumed_from_step"] = resumed_from  # > 0 when a worker failure made Ray Train restore a checkpoint
+    result = evaluate_run(session, cache_dir, gather, on_sample)
+    metrics = {**result.metrics, "resumed_from_step": resumed_from, STATUS: Status.FINISHED.value}
 
     def write_final(folder: Path) -> None:
         _save(session)(folder)
-        checkpoint.save_samples(folder, images, labels)
+        checkpoint.save_samples(folder, result.images, result.labels)
 
     _report(session, metrics, write_final)
 
 
-def _crash_drill(loop_config: dict[str, Any], rank: int, world: int) -> Callable[[int], None] | None:
-    """For fault-tolerance tests: the last rank exits its process once at the given step, like a lost node."""
-    crash_at = loop_config.get("crash_at_step")
-    if crash_at is None:
+FAULT_DRILL_ENV = "SAFEMAX_RAY_FAULT_DRILL"  # "STEP:MARKER_FILE", set by fault-tolerance tests only
+
+
+def _fault_drill(spec: str | None, rank: int, world: int) -> Callable[[int], None] | None:
+    """For fault-tolerance tests: the last rank exits its process once at STEP, like a lost node; the
+    marker file makes it happen once. Read from the driver's environment by `build_trainer`."""
+    if not spec:
         return None
+    crash_at, marker = int(spec.split(":", 1)[0]), Path(spec.split(":", 1)[1])
 
     def before_step(step: int) -> None:
-        marker = Path(loop_config["crash_marker"])
         if step == crash_at and rank == world - 1 and not marker.exists():
             marker.touch()
             os._exit(1)
@@ -184,8 +193,6 @@ def build_trainer(
     cache_dir: str,
     progress: Any = None,
     callbacks: list | None = None,
-    crash_at_step: int | None = None,
-    crash_marker: str | None = None,
     probe_samples: int | None = None,
 ):
     """A TorchTrainer for one run: DDP over `cfg.ray.num_workers`, gloo on CPU and NCCL on GPU."""
@@ -201,8 +208,7 @@ def build_trainer(
             "config": to_dict(cfg),
             "progress": progress,
             "cache_dir": cache_dir,
-            "crash_at_step": crash_at_step,
-            "crash_marker": crash_marker,
+            "fault_drill": os.environ.get(FAULT_DRILL_ENV),
             "probe_samples": probe_samples,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

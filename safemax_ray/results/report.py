@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from safemax_ray import storage
+from safemax_ray.engine.checkpoint import FORGET_GRID
 from safemax_ray.errors import SafemaxError
 from safemax_ray.results import parquet as results
 
@@ -37,7 +38,6 @@ GROUP = "group"
 REFERENCE_GROUP = "safemax"  # cost ratios are relative to it
 SUMMARY_ROWS = ("mean", "std")
 MONTAGE_COLUMNS = 5  # forget-class panels per row of samples_grid.png
-FORGET_PNG = "forget.png"  # a run's forget-class samples alone, beside its samples.png
 
 # (stored column, label in the tables). Units follow what the runner stores: UA and retain accuracy are
 # percentages, RTE is seconds (the paper uses minutes; seconds keep small digit runs readable).
@@ -431,7 +431,7 @@ def _panels(df: pd.DataFrame, results_dir: str | None, image_path) -> list[tuple
 def _forget_rows(df: pd.DataFrame, path: Path, results_dir: str | None) -> Path | None:
     """The paper's Figure 2: for each forget class a line, and in it each group's forget-class samples
     (the run's forget.png, beside its samples.png)."""
-    panels = _panels(df, results_dir, lambda grid: str(Path(grid).with_name(FORGET_PNG)))
+    panels = _panels(df, results_dir, lambda grid: str(Path(grid).with_name(FORGET_GRID)))
     if not panels:
         return None
     groups = sorted({g for g, _, _ in panels})

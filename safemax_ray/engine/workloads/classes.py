@@ -1,0 +1,130 @@
+"""Classes of a class-conditional pixel-space model: the digits default, CIFAR-10, an ImageFolder tree.
+
+The model is a diffusers `UNet2DModel` folder; the data is the dataset's images and labels; a run is
+judged the paper's way: guided samples of every class, classified (UA, H, accuracy) and compared with
+real images (FID), beside the base model's samples on the same noise.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from safemax_ray.core.classifier import load_classifier
+from safemax_ray.core.data import ImageData, load_dataset
+from safemax_ray.core.models import SHIPPED_CLASSIFIER, SHIPPED_MODEL, DiffusionModel, load_model, model_fingerprint
+from safemax_ray.engine import evaluate
+from safemax_ray.engine.workloads.base import Evaluation, Workload, draw_grids, load_weights_or_explain
+from safemax_ray.errors import SafemaxError
+
+
+class ClassWorkload(Workload):
+    """Forget one or more classes of a class-conditional model; judged by a classifier and FID."""
+
+    @property
+    def evaluates_in_workers(self) -> bool:  # type: ignore[override]
+        return self.cfg.eval.workers == "train"
+
+    metric_rows = (
+        ("ua", "UA %"),
+        ("entropy", "entropy H (nats)"),
+        ("fid", "FID (retained)"),
+        ("retain_acc", "retained accuracy %"),
+        ("noise_forget", "noise rate, forget samples %"),
+        ("noise_retain", "noise rate, retained samples %"),
+    )
+
+    def describe(self) -> str:
+        return f"class {self.cfg.forget_label()} ({self.cfg.dataset})"
+
+    def model_id(self) -> str:
+        return model_fingerprint(self.cfg.model)
+
+    def row_fields(self) -> dict[str, Any]:
+        return {"concept": None, "base_model": self.cfg.model or str(SHIPPED_MODEL)}
+
+    def load_data(self) -> ImageData:
+        return load_dataset(self.cfg.dataset, self.cfg.data_root, self.cfg.image_size)
+
+    def load_base(self) -> DiffusionModel:
+        return load_model(self.cfg.model)
+
+    def check(self) -> None:
+        cfg = self.cfg
+        if cfg.dataset != "digits" and not (cfg.model and cfg.classifier):
+            raise SafemaxError(
+                f"dataset {cfg.dataset!r} needs --model and --classifier (made by `safemax-ray pretrain`)"
+            )
+        data = self.load_data()
+        for c in cfg.forget_classes():
+            data.check_class(c)
+        if len(cfg.forget_classes()) >= data.num_classes:
+            raise SafemaxError(
+                f"forget_class names all {data.num_classes} classes of {cfg.dataset}: nothing would remain to "
+                f"fine-tune on or to judge FID with; forget at most {data.num_classes - 1} of them"
+            )
+        load_weights_or_explain(
+            "model",
+            cfg.model or "the shipped model",
+            lambda: load_model(cfg.model, data.num_classes, data.channels, data.image_size),
+        )
+        classifier = cfg.classifier or str(SHIPPED_CLASSIFIER)
+        load_weights_or_explain("classifier", classifier, lambda: load_classifier(classifier, data.num_classes))
+
+    def open(self, device: torch.device, cache_dir: str | None) -> tuple[DiffusionModel, ImageData]:
+        data = self.load_data()
+        return load_model(self.cfg.model, data.num_classes, data.channels, data.image_size), data
+
+    def save_model(self, model: DiffusionModel, folder: Path) -> None:
+        from safemax_ray.core.models import save_model
+
+        save_model(model, folder, overwrite=True)
+
+    def load_weights(self, unet: torch.nn.Module, folder: Path) -> None:
+        unet.load_state_dict(load_model(folder).unet.state_dict())
+
+    def eval_labels(self, num_classes: int) -> torch.Tensor:
+        return evaluate.eval_labels(num_classes, self.cfg.forget_classes(), self.cfg.eval)
+
+    def base_cache_path(self, cache_dir: str, labels: torch.Tensor, device_type: str) -> str:
+        return evaluate.base_cache_path(cache_dir, self.model_id(), labels, self.cfg.eval, device_type)
+
+    def evaluate(
+        self,
+        model: DiffusionModel,
+        data: ImageData,
+        device: torch.device,
+        cache_dir: str | None,
+        rank: int = 0,
+        world: int = 1,
+        gather: evaluate.GatherObjects | None = None,
+        on_sample: Callable[[str], evaluate.OnStep | None] = lambda phase: None,
+    ) -> Evaluation:
+        """Sample the base and the unlearned model on identical noise, over the ranks; score on rank 0."""
+        cfg = self.cfg
+        model.unet.eval()
+        labels = self.eval_labels(data.num_classes)
+        cache = self.base_cache_path(cache_dir, labels, device.type) if cache_dir else None
+        base = DiffusionModel(self.load_base().unet.to(device).eval(), model.scheduler)
+        base_images = evaluate.base_samples(
+            base, labels, cfg.eval, cache, rank, world, gather, on_sample("sample base")
+        )
+        del base
+        images = evaluate.sample_labels(model, labels, cfg.eval, rank, world, gather, on_sample("sample unlearned"))
+        metrics = self.judge(data, images, base_images, labels) if rank == 0 else {}
+        return Evaluation(metrics, images, labels)
+
+    def judge(
+        self, data: ImageData, images: torch.Tensor, base_images: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, Any]:
+        return evaluate.judge(self.cfg, data, images, base_images, labels)
+
+    def export(self, checkpoint_folder: Path, out: Path) -> None:
+        from safemax_ray.engine import checkpoint as layout
+
+        shutil.copytree(checkpoint_folder / layout.MODEL_DIR, out, dirs_exist_ok=True)
+        draw_grids(*layout.load_samples(checkpoint_folder), self.cfg.forget_classes(), out)

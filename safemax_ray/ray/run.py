@@ -1,0 +1,61 @@
+"""One run on Ray, the way every driver does it: train on a worker group, then evaluate where the
+workload says (on the Train workers already, or over the cluster's evaluation tasks).
+
+`unlearn`, every `batch`/`compare` task and every Tune trial call `train_and_evaluate`, then
+`drivers/finish.finish_run`; no driver reads Ray's result objects itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from safemax_ray.config import UnlearnConfig
+from safemax_ray.engine.outcome import STATUS, Outcome, Status
+from safemax_ray.engine.workloads import workload_for
+from safemax_ray.ray.evaluation import OnProgress, evaluate_checkpoint
+from safemax_ray.ray.worker import build_trainer
+
+
+def outcome_of(result) -> Outcome:
+    """A Ray Train (or Tune) result as an Outcome."""
+    if result.error is not None:
+        return Outcome(Status.FAILED, dict(result.metrics or {}), None, f"failed: {str(result.error).splitlines()[0]}")
+    metrics = dict(result.metrics or {})
+    status = Status(metrics.get(STATUS, Status.STOPPED.value))
+    if status is Status.RUNNING:  # the last report was a mid-run one: a scheduler stopped the trial
+        status = Status.STOPPED
+    reason = {
+        Status.DIVERGED: metrics.get("reason", ""),
+        Status.STOPPED: f"stopped early at step {metrics.get('step', 0)}",
+    }.get(status, "")
+    return Outcome(status, metrics, result.checkpoint, reason)
+
+
+def train_and_evaluate(
+    cfg: UnlearnConfig,
+    *,
+    name: str,
+    storage_path: str,
+    use_gpu: bool,
+    cache_dir: str,
+    progress: Any = None,
+    on_progress: OnProgress | None = None,
+    callbacks: list | None = None,
+    probe_samples: int | None = None,
+) -> Outcome:
+    """Fit the run's TorchTrainer and evaluate it; a failed fit raises its error, a diverged run comes
+    back as such (the caller decides whether that is an error)."""
+    trainer = build_trainer(
+        cfg, name, storage_path, use_gpu, cache_dir, progress=progress, callbacks=callbacks, probe_samples=probe_samples
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    outcome = outcome_of(result)
+    if outcome.status is Status.TRAINED:
+        metrics = evaluate_checkpoint(
+            workload_for(cfg), outcome.checkpoint, outcome.metrics, use_gpu, cache_dir, on_progress
+        )
+        outcome = Outcome(Status.FINISHED, {**metrics, STATUS: Status.FINISHED.value}, outcome.checkpoint)
+    return outcome
+

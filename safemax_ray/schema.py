@@ -1,0 +1,126 @@
+"""Typed settings from plain mappings: dataclasses filled from YAML, flags or Python, checked by name.
+
+`from_dict` refuses unknown keys and wrong types with a message that names the key, so a typo in a YAML
+file fails loudly instead of silently running the defaults. Nothing here knows what the settings mean;
+`config.py` and each method's Options say that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from safemax_ray.errors import SafemaxError
+
+T = TypeVar("T")
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where)
+            except SafemaxError as exc:
+                errors.append(str(exc))
+        raise SafemaxError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise SafemaxError(f"{where}: expected a mapping, got {value!r}")
+        item = typing.get_args(hint)[1] if typing.get_args(hint) else Any
+        return {k: _check_type(v, item, f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise SafemaxError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SafemaxError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SafemaxError(f"{where}: expected a whole number, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SafemaxError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise SafemaxError(f"{where}: expected text, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
+    """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types by name."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise SafemaxError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SafemaxError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys are {', '.join(sorted(names))}"
+        )
+    values = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**values)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning parse errors into a message that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SafemaxError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SafemaxError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SafemaxError(f"config file {path} must hold a mapping of settings at the top level")
+    return data
+
+
+def apply_overrides(config: T, overrides: dict[str, Any]) -> T:
+    """Set fields from flat overrides such as {'ray.num_workers': 2}; None means 'not given'."""
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        target: Any = config
+        *parents, name = key.split(".")
+        for parent in parents:
+            target = getattr(target, parent)
+        if isinstance(target, dict):  # method_options.<name>: checked by the method's Options later
+            target[name] = value
+            continue
+        hints = typing.get_type_hints(type(target))
+        if name not in hints:
+            raise SafemaxError(f"unknown setting {key!r}")
+        setattr(target, name, _check_type(value, hints[name], key))
+    return config
+
+
+def dump_yaml(config: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
