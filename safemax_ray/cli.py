@@ -10,129 +10,55 @@ import argparse
 import dataclasses
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from safemax_ray import flags
 from safemax_ray.errors import SafemaxError
 
 console = Console(stderr=False)
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    """Flags shared by `unlearn` and `batch`; None means 'keep the YAML or default value'."""
+    """Flags shared by `unlearn`, `batch` and `compare`: every run setting, then every method option;
+    a flag not given keeps the YAML or default value."""
+    from safemax_ray.config import EvalConfig, RayConfig, UnlearnConfig
+
     p.add_argument("--config", help="YAML file of settings (flags override it)")
-    p.add_argument("--method", help="unlearning method (default safemax)")
-    p.add_argument("--dataset", choices=["digits", "cifar10", "imagefolder"])
-    p.add_argument("--data-root", help="CIFAR-10 root or ImageFolder tree")
-    p.add_argument("--image-size", type=int, help="ImageFolder: resize to this size")
-    p.add_argument("--model", help="diffusers model folder (default: the shipped digits model)")
-    p.add_argument("--classifier", help="evaluation classifier folder (default: the shipped digits one)")
-    p.add_argument("--lr", type=float, help="Adam learning rate")
-    p.add_argument("--iterations", type=int, help="optimiser steps")
-    p.add_argument("--batch-size", type=int, help="global images per stream per step (forget and remain each)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--study", help="label stored with the results")
-    p.add_argument("--results-dir", help="Parquet results folder or s3:// URI (default safemax_results/)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance weight w")
-    p.add_argument("--sample-steps", type=int, help="DDPM sampling steps (default: the full schedule)")
-    p.add_argument("--n-forget-samples", type=int)
-    p.add_argument("--n-retain-per-class", type=int)
-    p.add_argument(
-        "--eval-workers",
-        type=lambda v: int(v) if v.isdigit() else v,
-        help="Ray tasks that sample the evaluation: N, auto (every GPU or CPU of the cluster) or train",
-    )
-    p.add_argument("--num-workers", type=int, help="Ray Train workers (DDP)")
-    p.add_argument("--cpus-per-worker", type=float)
-    p.add_argument("--gpu", dest="use_gpu", action="store_true", default=None, help="train on GPUs")
-    p.add_argument("--cpu", dest="use_gpu", action="store_false", help="train on CPUs even if GPUs exist")
-    p.add_argument("--address", help="join a Ray cluster: 'auto' or ray://host:10001 (default: local Ray)")
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--max-failures", type=int)
-    _add_method_flags(p)
-
-
-OPTION_DEST = "method_option__"
-
-
-CONCEPT_FLAGS = ("pipeline", "concept", "prompts_file", "remain_prompts_file", "forget_images", "images_per_prompt")
+    taken = {"--config"}
+    flags.add_setting_flags(p.add_argument_group("run"), UnlearnConfig, "", taken)
+    flags.add_setting_flags(p.add_argument_group("evaluation (eval: in YAML)"), EvalConfig, "eval.", taken)
+    flags.add_setting_flags(p.add_argument_group("Ray (ray: in YAML)"), RayConfig, "ray.", taken)
+    group = p.add_argument_group("method options (under method_options in YAML)")
+    flags.add_option_flags(group, _method_options(), taken)
 
 
 def _add_concept_flags(p: argparse.ArgumentParser) -> None:
+    from safemax_ray.config import ConceptConfig
+
     group = p.add_argument_group("text-to-image: forget a concept (under concept: in YAML; needs the text extra)")
-    group.add_argument("--pipeline", help="diffusers text-to-image folder (StableDiffusionPipeline layout)")
-    group.add_argument("--concept", help="what to forget, e.g. 'a dog'")
-    group.add_argument("--prompts-file", help="the concept's prompts, one a line (default: a few templates)")
-    group.add_argument("--remain-prompts-file", help="prompts to keep, one a line (default: a small list)")
-    group.add_argument("--forget-images", help="folder of the concept's images (default: generated)")
-    group.add_argument("--images-per-prompt", type=int, help="generated training images per prompt (default 8)")
+    flags.add_setting_flags(group, ConceptConfig, "concept.")
 
 
-def _add_method_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per option that some method declares (its Options dataclass); --lam sets
-    method_options.lam, and the chosen method refuses options it does not have."""
+def _method_options() -> dict[str, tuple[dataclasses.Field, Any, list[str]]]:
+    """Every option that some method declares (its Options dataclass): --lam sets method_options.lam,
+    and the chosen method refuses options it does not have."""
     from safemax_ray.methods import available_methods, get_method
 
-    owners: dict[str, list[str]] = {}
-    fields: dict[str, dataclasses.Field] = {}
+    found: dict[str, tuple[dataclasses.Field, Any, list[str]]] = {}
     for name in available_methods():
         try:
             options = get_method(name).Options
         except Exception:  # noqa: BLE001  (a broken plugin must not break the command; using it says why)
             continue
+        hints = typing.get_type_hints(options)
         for f in dataclasses.fields(options):
-            owners.setdefault(f.name, []).append(name)
-            fields.setdefault(f.name, f)
-    group = p.add_argument_group("method options (under method_options in YAML)")
-    for opt, f in fields.items():
-        if "--" + opt.replace("_", "-") in p._option_string_actions:
-            continue  # a plugin's option named like a run flag: settable under method_options in YAML
-        kind = {"float": float, "int": int, "str": str}.get(str(f.type), str)
-        group.add_argument(
-            "--" + opt.replace("_", "-"),
-            dest=OPTION_DEST + opt,
-            metavar=opt.upper(),
-            type=kind,
-            help=f"{f.metadata.get('help', '')} [{', '.join(owners[opt])}]",
-        )
-
-
-RUN_FLAG_KEYS = {
-    "method": "method",
-    "dataset": "dataset",
-    "data_root": "data_root",
-    "image_size": "image_size",
-    "model": "model",
-    "classifier": "classifier",
-    "lr": "lr",
-    "iterations": "iterations",
-    "batch_size": "batch_size",
-    "seed": "seed",
-    "study": "study",
-    "results_dir": "results_dir",
-    "guidance": "eval.guidance",
-    "sample_steps": "eval.sample_steps",
-    "n_forget_samples": "eval.n_forget_samples",
-    "n_retain_per_class": "eval.n_retain_per_class",
-    "eval_workers": "eval.workers",
-    "num_workers": "ray.num_workers",
-    "cpus_per_worker": "ray.cpus_per_worker",
-    "use_gpu": "ray.use_gpu",
-    "address": "ray.address",
-    "checkpoint_every": "ray.checkpoint_every",
-    "max_failures": "ray.max_failures",
-}
-
-
-def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides = {key: getattr(args, flag) for flag, key in RUN_FLAG_KEYS.items() if hasattr(args, flag)}
-    for dest, value in vars(args).items():
-        if dest.startswith(OPTION_DEST):
-            overrides["method_options." + dest.removeprefix(OPTION_DEST)] = value
-    return overrides
+            found.setdefault(f.name, (f, hints[f.name], []))[2].append(name)
+    return found
 
 
 def _fmt(value: Any) -> str:
@@ -147,7 +73,10 @@ def _classes(text: str) -> int | list[int]:
     """'3' -> 3; '3,7' or '2-4' -> a list of classes forgotten together."""
     from safemax_ray.drivers.batch import parse_classes
 
-    classes = parse_classes(text)
+    try:
+        classes = parse_classes(text)
+    except SafemaxError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None  # argparse's own one-line usage error
     return classes[0] if len(classes) == 1 and text.strip().isdigit() else classes
 
 
@@ -183,11 +112,10 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     from safemax_ray.engine.workloads import workload_for
     from safemax_ray.schema import apply_overrides
 
-    overrides = run_overrides(args)
-    overrides["forget_class"] = args.forget_class
-    overrides["output_dir"] = args.output_dir
-    cfg = load_unlearn_config(args.config, **overrides)
-    concept = {f"concept.{key}": getattr(args, key) for key in CONCEPT_FLAGS}
+    given = flags.overrides(args)
+    concept = {k: v for k, v in given.items() if k.startswith("concept.")}
+    run = {k: v for k, v in given.items() if k not in concept}
+    cfg = load_unlearn_config(args.config, forget_class=args.forget_class, output_dir=args.output_dir, **run)
     if any(v is not None for v in concept.values()):
         cfg.concept = cfg.concept or ConceptConfig()
         apply_overrides(cfg, concept)
@@ -265,7 +193,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from safemax_ray.config import load_unlearn_config
     from safemax_ray.drivers.batch import batch_unlearn, parse_classes, tuned_params
 
-    cfg = load_unlearn_config(args.config, **run_overrides(args))
+    cfg = load_unlearn_config(args.config, **flags.overrides(args))
     classes = parse_classes(args.classes)
     params = tuned_params(args.tuned_from, cfg.dataset, args.tuned_study) if args.tuned_from else None
     result = batch_unlearn(
@@ -290,7 +218,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from safemax_ray.drivers.batch import parse_classes
     from safemax_ray.drivers.compare import compare
 
-    overrides = {k: v for k, v in run_overrides(args).items() if not k.startswith("method_options.")}
+    overrides = {k: v for k, v in flags.overrides(args).items() if not k.startswith("method_options.")}
     cfg = load_unlearn_config(args.config, **overrides)
     result = compare(
         cfg, parse_classes(args.classes), args.methods, parse_options(args.options or []), args.max_concurrent, console
@@ -460,7 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its one line (or --help); the status says which
+        return int(exc.code or 0)
     try:
         return args.func(args)
     except SafemaxError as exc:

@@ -14,7 +14,7 @@ from typing import Any
 
 from safemax_ray.errors import SafemaxError
 from safemax_ray.methods import get_method, method_options
-from safemax_ray.schema import apply_overrides, from_dict, read_yaml
+from safemax_ray.schema import apply_overrides, from_dict, read_yaml, setting
 
 DATASETS = ("digits", "cifar10", "imagefolder")
 MOVED_TO_OPTIONS = {"lam", "alpha", "target", "null_drop"}  # top-level keys before method options existed
@@ -28,16 +28,21 @@ class EvalConfig:
     `sample_steps: null` (full schedule), 500 forget samples and 5000 per retained class.
     """
 
-    guidance: float = 2.0
-    sample_steps: int | None = None  # None: the model's full training schedule
-    n_forget_samples: int = 200
-    n_retain_per_class: int = 30
-    batch_size: int = 128  # images per chunk; chunk c is sampled from a generator seeded by (seed, c)
-    workers: int | str = "auto"  # Ray tasks that sample chunks: a number, "auto" (every GPU, or every CPU,
-    # of the cluster) or "train" (the run's own Train workers)
-    seed: int = 1234  # the same noise for the base and the unlearned model
-    fid_weights: str | None = None  # Inception weights file (FID for image datasets other than digits)
-    base_min_acc: float = 80.0  # % the base model must reach on its own samples, else UA and H mean nothing
+    guidance: float = setting(2.0, "classifier-free guidance weight w")
+    sample_steps: int | None = setting(None, "DDPM sampling steps (default: the model's full schedule)")
+    n_forget_samples: int = setting(200, "samples of each forgotten class (UA, H)")
+    n_retain_per_class: int = setting(30, "samples of every retained class (FID, accuracy)")
+    batch_size: int = setting(
+        128, "images per sampling chunk; chunk c is drawn from a generator seeded by (seed, c)", "--eval-batch-size"
+    )
+    workers: int | str = setting(
+        "auto",
+        "Ray tasks that sample the evaluation: N, auto (every GPU or CPU of the cluster) or train",
+        "--eval-workers",
+    )
+    seed: int = setting(1234, "the evaluation noise, the same for the base and the unlearned model", "--eval-seed")
+    fid_weights: str | None = setting(None, "Inception weights file (FID for image datasets other than digits)")
+    base_min_acc: float = setting(80.0, "%% the base model must reach on its own samples, else UA and H mean nothing")
 
     def validate(self) -> None:
         if self.guidance < 0:
@@ -60,14 +65,16 @@ class EvalConfig:
 class RayConfig:
     """Where and how wide the Ray Train job runs."""
 
-    num_workers: int = 1
-    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
-    cpus_per_worker: float | None = None  # None: 1 CPU reserved, torch threads = node cores / workers
-    address: str | None = None  # None: start a local Ray; "auto" or "ray://host:10001" joins a cluster
-    num_cpus: int | None = None  # logical CPUs for a local Ray; None: enough for the workers
-    checkpoint_every: int = 100
-    max_failures: int = 1
-    storage_path: str | None = None  # None: <results_dir>/ray
+    num_workers: int = setting(1, "Ray Train workers (DDP)")
+    use_gpu: bool | None = setting(
+        None, "train on GPUs (--cpu: on CPUs even if GPUs exist; default: GPUs if any)", "--gpu", "--cpu"
+    )
+    cpus_per_worker: float | None = setting(None, "CPUs per worker (default: 1 reserved, threads = cores / workers)")
+    address: str | None = setting(None, "join a Ray cluster: 'auto' or ray://host:10001 (default: a local Ray)")
+    num_cpus: int | None = setting(None, "logical CPUs of a local Ray (default: enough for the workers)")
+    checkpoint_every: int = setting(100, "steps between checkpoints")
+    max_failures: int = setting(1, "times Ray Train restarts a failed worker group from its last checkpoint")
+    storage_path: str | None = setting(None, "Ray Train's storage (default <results-dir>/ray)")
 
     def validate(self) -> None:
         if self.num_workers < 1:
@@ -103,12 +110,12 @@ class ConceptConfig:
     (`images_per_prompt` per prompt), or, for the concept, read from `forget_images`.
     """
 
-    pipeline: str = ""  # diffusers text-to-image folder
-    concept: str = ""  # what to forget, e.g. "a dog"
-    prompts_file: str | None = None  # the concept's prompts, one a line; None: CONCEPT_TEMPLATES
-    remain_prompts_file: str | None = None  # prompts to keep, one a line; None: DEFAULT_REMAIN_PROMPTS
-    forget_images: str | None = None  # a folder of the concept's images; None: generated
-    images_per_prompt: int = 8
+    pipeline: str = setting("", "diffusers text-to-image folder (StableDiffusionPipeline layout)")
+    concept: str = setting("", "what to forget, e.g. 'a dog'")
+    prompts_file: str | None = setting(None, "the concept's prompts, one a line (default: a few templates)")
+    remain_prompts_file: str | None = setting(None, "prompts to keep, one a line (default: a small list)")
+    forget_images: str | None = setting(None, "folder of the concept's images (default: generated)")
+    images_per_prompt: int = setting(8, "generated training images per prompt")
 
     def validate(self) -> None:
         if not self.concept.strip():
@@ -165,23 +172,23 @@ class UnlearnConfig:
     """One unlearning run: which class, which method, its hyperparameters, and where results go."""
 
     forget_class: int | list[int] = 0  # a class, or a list of classes to forget together in one model
-    method: str = "safemax"
-    dataset: str = "digits"
-    data_root: str | None = None  # CIFAR-10 root or ImageFolder tree
-    image_size: int | None = None  # ImageFolder only: resize to this square size
-    model: str | None = None  # diffusers folder; None: the shipped digits model
-    classifier: str | None = None  # classifier folder; None: the shipped digits classifier
+    method: str = setting("safemax", "unlearning method")
+    dataset: str = setting("digits", "the images the model was trained on", choices=DATASETS)
+    data_root: str | None = setting(None, "CIFAR-10 root or ImageFolder tree")
+    image_size: int | None = setting(None, "ImageFolder: resize to this square size")
+    model: str | None = setting(None, "diffusers model folder (default: the shipped digits model)")
+    classifier: str | None = setting(None, "evaluation classifier folder (default: the shipped digits one)")
     method_options: dict[str, Any] = field(default_factory=dict)  # the method's own (safemax: lam, alpha, ...)
-    lr: float | None = None  # Adam learning rate; None: the method's default (DEFAULT_LR)
-    iterations: int = 200
-    batch_size: int = 128  # global, per stream: this many forget and this many remain images a step
-    seed: int = 0
-    grad_clip: float = 1.0
-    stats_every: int = 10  # steps between host syncs for loss statistics and the divergence check on a GPU
-    compile: bool | None = None  # torch.compile the UNet; None: on CUDA when the run is long enough to pay
-    results_dir: str = "safemax_results"
+    lr: float | None = setting(None, "Adam learning rate (default: the method's)")
+    iterations: int = setting(200, "optimiser steps")
+    batch_size: int = setting(128, "global images per stream per step (forget and remain each)")
+    seed: int = setting(0, "training randomness (batches, noise, timesteps)")
+    grad_clip: float = setting(1.0, "gradient-norm clip")
+    stats_every: int = setting(10, "steps between host syncs for loss statistics on a GPU")
+    compile: bool | None = setting(None, "torch.compile the UNet (default: on CUDA for runs long enough to pay)")
+    results_dir: str = setting("safemax_results", "Parquet results folder or s3:// URI")
     output_dir: str | None = None  # None: <results_dir>/models/<run_id>
-    study: str = ""
+    study: str = setting("", "label stored with the results")
     concept: ConceptConfig | None = None  # set: forget a concept of a text-to-image pipeline instead
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -189,6 +196,8 @@ class UnlearnConfig:
     def validate(self) -> None:
         if self.concept is not None:
             self.concept.validate()
+        self.eval.validate()
+        self.ray.validate()
         if self.dataset not in DATASETS:
             raise SafemaxError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         if self.dataset != "digits" and not self.data_root:
@@ -222,8 +231,6 @@ class UnlearnConfig:
         if self.stats_every < 1:
             raise SafemaxError(f"stats_every must be >= 1, got {self.stats_every}")
         self.options()
-        self.eval.validate()
-        self.ray.validate()
 
     def with_absolute_paths(self, fix: Callable[[str | None], str | None]) -> UnlearnConfig:
         """A copy with every local path passed through `fix` (Ray workers run in other folders)."""

@@ -20,6 +20,16 @@ from safemax_ray.errors import SafemaxError
 T = TypeVar("T")
 
 
+def setting(
+    default: Any, help: str, flag: str | None = None, off_flag: str | None = None, choices: tuple | None = None
+) -> Any:
+    """A field of a settings dataclass with what its command-line flag needs: the help text, and where
+    the flag is not `--<name>` its name (and, for a switch, the flag that turns it off)."""
+    return dataclasses.field(
+        default=default, metadata={"help": help, "flag": flag, "off_flag": off_flag, "choices": choices}
+    )
+
+
 def _check_type(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -120,7 +130,3 @@ def apply_overrides(config: T, overrides: dict[str, Any]) -> T:
             raise SafemaxError(f"unknown setting {key!r}")
         setattr(target, name, _check_type(value, hints[name], key))
     return config
-
-
-def dump_yaml(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

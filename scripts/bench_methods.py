@@ -21,7 +21,7 @@ from safemax_ray.config import EvalConfig, UnlearnConfig
 from safemax_ray.core.data import ImageData, load_digits
 from safemax_ray.core.models import build_preset, load_model, peak_memory_mb
 from safemax_ray.engine.loop import new_session, run_setup, train
-from safemax_ray.methods.selective_amnesia import ITERATIONS_FACTOR
+from safemax_ray.methods import get_method
 
 METHODS = ("safemax", "salun", "sa")
 
@@ -89,7 +89,7 @@ def main() -> None:
         f"{'paper budget x':>15}"
     )
     for name, (setup_s, ms, peak) in results.items():
-        budget = (ITERATIONS_FACTOR if name == "sa" else 1) * ms / ref_ms
+        budget = get_method(name).ITERATION_BUDGET * ms / ref_ms
         print(
             f"{name:<8} {setup_s:9.1f} {ms:9.1f} {ms / ref_ms:10.2f} {peak:9.0f} {peak / ref_peak:10.2f} {budget:15.1f}"
         )

@@ -29,7 +29,7 @@ from safemax_ray.schema import from_dict, to_dict
 
 
 def parse_classes(spec: str) -> list[int]:
-    """'0-9', '1,3,5' or '0-2,7' -> sorted unique class indices."""
+    """'0-9', '1,3,5' or '0-2,7' -> sorted class indices; a class named twice is refused."""
     classes: set[int] = set()
     for part in spec.split(","):
         part = part.strip()
@@ -39,6 +39,9 @@ def parse_classes(spec: str) -> list[int]:
         low, high = int(match.group(1)), int(match.group(2) or match.group(1))
         if high < low:
             raise SafemaxError(f"bad class range {part!r}: the end is before the start")
+        twice = classes & set(range(low, high + 1))
+        if twice:
+            raise SafemaxError(f"bad class list {spec!r}: class {min(twice)} is named twice; name each class once")
         classes.update(range(low, high + 1))
     return sorted(classes)
 

@@ -17,7 +17,6 @@ from safemax_ray.config import UnlearnConfig
 from safemax_ray.drivers.batch import BatchResult, run_all
 from safemax_ray.errors import SafemaxError
 from safemax_ray.methods import get_method
-from safemax_ray.methods.selective_amnesia import ITERATIONS_FACTOR
 
 PAPER_METHODS = ("safemax", "salun", "sa")
 
@@ -43,8 +42,7 @@ def plan_comparison(
         raise SafemaxError("compare needs at least one class and one method")
     configs = []
     for method in methods:
-        get_method(method)
-        iterations = base.iterations * (ITERATIONS_FACTOR if method == "sa" else 1)
+        iterations = base.iterations * get_method(method).ITERATION_BUDGET
         for c in classes:
             configs.append(
                 replace(

@@ -81,6 +81,10 @@ class UnlearningMethod(ABC):
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     SEARCHABLE: ClassVar[tuple[str, ...]] = ()
     DEFAULT_LR: ClassVar[float] = 1e-4  # the run's lr when none is given
+    # Iterations relative to SAFEMax's in the paper's protocol (`compare` multiplies the common budget).
+    ITERATION_BUDGET: ClassVar[int] = 1
+    # Whether `setup` depends on the forget class; one that does not can be computed once and shared.
+    SETUP_DEPENDS_ON_CLASS: ClassVar[bool] = True
 
     def __init__(self, options: MethodOptions, scheduler: DDPMScheduler):
         self.options = options

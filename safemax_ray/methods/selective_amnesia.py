@@ -27,8 +27,6 @@ from safemax_ray.errors import SafemaxError
 from safemax_ray.methods.base import LossOutput, MethodOptions, SetupContext, UnlearnBatch, UnlearningMethod, option
 from safemax_ray.methods.registry import register_method
 
-ITERATIONS_FACTOR = 20  # SA's iterations relative to SAFEMax's in the paper (20000 vs 1000)
-
 
 @dataclass
 class SelectiveAmnesiaOptions(MethodOptions):
@@ -79,6 +77,8 @@ class SelectiveAmnesia(UnlearningMethod):
     Options = SelectiveAmnesiaOptions
     SEARCHABLE = ("ewc_lambda", "gamma")
     DEFAULT_LR = 1e-4  # the reference's
+    ITERATION_BUDGET = 20  # the paper: 20000 iterations against SAFEMax's 1000
+    SETUP_DEPENDS_ON_CLASS = False  # the Fisher and the replay samples cover every class
     options: SelectiveAmnesiaOptions
 
     def setup(self, ctx: SetupContext) -> None:
