@@ -1,5 +1,10 @@
-"""Shared fixtures: a tiny model and classifier trained here in seconds, and one local Ray for the
-tests that need it (starting Ray costs several seconds and about 1 GB)."""
+"""Shared fixtures: a tiny model and classifier trained here in seconds, one local Ray for the tests that
+need it (starting Ray costs several seconds and about 1 GB), and one finished two-worker run that tests
+read instead of training again.
+
+The test pyramid: `pytest -q` runs everything (what CI runs); `pytest -q -m "not slow"` is the inner
+loop. A test is slow when it needs Ray (any test that uses the `ray_session` fixture is marked here) or
+a fresh interpreter or cluster (marked in its file)."""
 
 import os
 import tempfile
@@ -38,6 +43,12 @@ def tiny_pipeline(tmp_path_factory):
     return make_tiny_pipeline(tmp_path_factory.mktemp("t2i"))
 
 
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray
@@ -47,6 +58,31 @@ def ray_session():
     ensure_ray(None, num_cpus=4)
     yield
     ray.shutdown()
+
+
+def tiny_run_config(tiny_assets, results_dir, **ray_settings):
+    """A seconds-long run of forget class 1 on the tiny model, checkpointing every 2 of its 8 steps."""
+    from safemax_ray.config import EvalConfig, RayConfig, UnlearnConfig
+
+    model, classifier = tiny_assets
+    return UnlearnConfig(
+        forget_class=1,
+        model=model,
+        classifier=classifier,
+        iterations=8,
+        batch_size=8,
+        results_dir=str(results_dir),
+        eval=EvalConfig(n_forget_samples=8, n_retain_per_class=2, sample_steps=5),
+        ray=RayConfig(checkpoint_every=2, cpus_per_worker=1.0, **ray_settings),
+    )
+
+
+@pytest.fixture(scope="session")
+def finished_run(tiny_assets, ray_session, tmp_path_factory):
+    """One finished tiny run on two Ray Train workers (its results folder: finished_run.row's)."""
+    from safemax_ray.drivers.unlearn import unlearn
+
+    return unlearn(tiny_run_config(tiny_assets, tmp_path_factory.mktemp("finished"), num_workers=2))
 
 
 def tiny_flags(tiny_assets, results_dir, **extra):

@@ -1,9 +1,11 @@
 """Relearning attacks and the trajectory probe: the engine on its own, and `safemax-ray attack` on a run."""
 
+import json
+
 import pytest
 import torch
 
-from safemax_ray.config import EvalConfig, UnlearnConfig
+from safemax_ray.config import UnlearnConfig
 from safemax_ray.core.data import load_digits
 from safemax_ray.core.models import load_model
 from safemax_ray.core.noise import calibrate
@@ -39,37 +41,26 @@ def test_relearning_fine_tunes_and_reports_each_step_count(tiny_assets):
     assert [r["t0"] for r in probe] == [6, 19]  # of T = 25
 
 
-def test_attack_command_stores_curves_for_the_run_and_its_base(tiny_assets, ray_session, tmp_path, capsys):
+def test_attack_command_stores_curves_for_the_run_and_its_base(finished_run, capsys):
     from safemax_ray.cli import main
-    from safemax_ray.drivers.unlearn import unlearn
     from safemax_ray.results.parquet import read_attacks
     from safemax_ray.results.report import make_report
 
-    model, classifier = tiny_assets
-    run = unlearn(
-        UnlearnConfig(
-            forget_class=1,
-            model=model,
-            classifier=classifier,
-            iterations=2,
-            batch_size=8,
-            results_dir=str(tmp_path),
-            eval=EvalConfig(n_forget_samples=4, n_retain_per_class=2, sample_steps=3),
-        )
-    )
+    run = finished_run
+    results = json.loads(run.row["config_json"])["results_dir"]  # the shared run's own results folder
     flags = ["--shots", "1", "--steps", "0", "2", "--n-samples", "4", "--sample-steps", "3"]
-    assert main(["attack", run.run_id, "--results-dir", str(tmp_path), *flags]) == 0
+    assert main(["attack", run.run_id, "--results-dir", results, *flags]) == 0
     out = capsys.readouterr().out
     assert "steps to > 50%" in out and "trajectory probe" in out
-    rows = read_attacks(str(tmp_path))
+    rows = read_attacks(results)
     relearn = rows[rows.kind == "relearn"]
     settings = set(zip(relearn.model, relearn.shots, strict=True))
     assert settings == {("unlearned", 1), ("unlearned", 0), ("base", 1), ("base", 0)}
     assert sorted(relearn.step.unique()) == [0, 2] and (relearn.run_id == run.run_id).all()
     assert len(rows[rows.kind == "trajectory"]) == 6  # three t0 for each model
-    report = make_report(str(tmp_path))
+    report = make_report(results)
     assert "recovery.png" in {p.name for p in report.files}
     with pytest.raises(SafemaxError, match="neither a model folder nor a run id"):
         from safemax_ray.drivers.attack import attack
 
-        attack("no-such-run", results_dir=str(tmp_path))
+        attack("no-such-run", results_dir=results)

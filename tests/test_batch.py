@@ -20,8 +20,8 @@ from safemax_ray.results.parquet import RUNS_DIR, read_dataframe, write_row
 
 def test_parse_classes():
     assert parse_classes("0-9") == list(range(10))
-    assert parse_classes("1,3, 5-6,3") == [1, 3, 5, 6]
-    for bad in ("a", "3-1", "1,,2"):
+    assert parse_classes("1,3, 5-6") == [1, 3, 5, 6]
+    for bad in ("a", "3-1", "1,,2", "1,3,1", "0-4,3"):
         with pytest.raises(SafemaxError):
             parse_classes(bad)
 
@@ -62,17 +62,19 @@ def test_tuned_params_pick_the_best_trial_per_class(tmp_path):
         tuned_params(str(tmp_path), "digits", study="other")
 
 
-def _batch_cmd(tiny_assets, results):
+def _batch_args(tiny_assets, results):
     flags = tiny_flags(tiny_assets, results, **{"--num-workers": "1", "--max-concurrent": "1"})
-    return [sys.executable, "-m", "safemax_ray.cli", "batch", "--classes", "0-3", *flags]
+    return ["batch", "--classes", "0-1", *flags]
 
 
-def test_interrupted_batch_resumes_and_stores_every_class_once(tiny_assets, tmp_path):
+@pytest.mark.slow  # a batch in its own interpreter, killed part-way
+def test_interrupted_batch_resumes_and_stores_every_class_once(tiny_assets, tmp_path, ray_session, capsys):
+    from safemax_ray.cli import main
+
     results = tmp_path / "results"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        _batch_cmd(tiny_assets, results), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    command = [sys.executable, "-m", "safemax_ray.cli", *_batch_args(tiny_assets, results)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     runs = results / RUNS_DIR
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
@@ -83,18 +85,18 @@ def test_interrupted_batch_resumes_and_stores_every_class_once(tiny_assets, tmp_
     proc.send_signal(signal.SIGINT)  # Ctrl-C part-way through
     proc.wait(timeout=120)
     first = read_dataframe(str(results))
-    assert 1 <= len(first) < 4
+    assert len(first) == 1
     assert not [p for p in runs.iterdir() if p.name.startswith(".")]  # no partial file left
 
-    done = subprocess.run(_batch_cmd(tiny_assets, results), env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "already stored" in done.stdout
+    assert main(_batch_args(tiny_assets, results)) == 0  # resumed, here on the tests' running Ray
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1 run(s) done, 1 already stored" in out
     df = read_dataframe(str(results))
-    assert sorted(df.forget_class) == [0, 1, 2, 3]  # every class exactly once
+    assert sorted(df.forget_class) == [0, 1]  # every class exactly once
     assert df.run_key.is_unique
-    assert set(first.run_id) <= set(df.run_id)  # the rows from before the interruption were kept
+    assert set(first.run_id) <= set(df.run_id)  # the row from before the interruption was kept
 
-    again = subprocess.run(_batch_cmd(tiny_assets, results), env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "0 run(s) done, 4 already stored" in again.stdout
-    assert len(read_dataframe(str(results))) == 4
+    assert main(_batch_args(tiny_assets, results)) == 0
+    assert "0 run(s) done, 2 already stored" in " ".join(capsys.readouterr().out.split())
+    assert len(read_dataframe(str(results))) == 2
     assert Path(df.model_path.iloc[0]).is_dir()

@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parent.parent / "scripts" / "bench_gpu.py"
 
 
+@pytest.mark.slow  # the benchmark script in its own interpreter
 def test_tiny_benchmark_prints_step_sampling_and_projection():
     done = subprocess.run([sys.executable, str(SCRIPT), "--tiny"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -491,7 +491,7 @@ def test_entrypoints_match_between_rayjob_and_raycronjob():
 
 def test_entrypoints_parse_with_the_real_cli():
     """The CLI's `batch` flags must accept what the manifests pass."""
-    from safemax_ray import cli
+    from safemax_ray import cli, flags
 
     parser = cli.build_parser()
     for rel, entry in [
@@ -505,9 +505,10 @@ def test_entrypoints_parse_with_the_real_cli():
             pytest.fail(f"{rel}: `safemax-ray {' '.join(argv)}` is rejected by the CLI (exit {exc.code})")
         assert args.command == "batch"
         assert args.classes == "0-9"
-        assert args.results_dir == RESULTS_MOUNT
-        assert args.address == "auto"
-        assert args.use_gpu is True
+        given = flags.overrides(args)
+        assert given["results_dir"] == RESULTS_MOUNT
+        assert given["ray.address"] == "auto"
+        assert given["ray.use_gpu"] is True
         assert args.max_concurrent == 4
 
 

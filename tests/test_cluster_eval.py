@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     """
     import os, sys
@@ -36,6 +38,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a two-raylet cluster in its own interpreter
 def test_chunks_spread_over_two_nodes_and_give_identical_images(tiny_assets):
     done = subprocess.run([sys.executable, "-c", SCRIPT, tiny_assets[0]], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -93,7 +93,7 @@ def test_errors_propagate(settings, technique, tmp_path):
         SafemaxTechnique(**{**settings, "model_path": str(tmp_path / "missing")})
     broken = SafemaxTechnique.__new__(SafemaxTechnique)
     broken.config, broken.model_path, broken._pipeline = technique.config, str(tmp_path / "gone"), None
-    with pytest.raises(OSError):  # diffusers' own error for a folder that is not there, as it raised it
+    with pytest.raises(SafemaxError, match="not a diffusers text-to-image folder"):
         broken.generate(["a dog"])
 
 

@@ -3,33 +3,14 @@ from its checkpoint to the weights of an uninterrupted run."""
 
 import pytest
 import torch
+from conftest import tiny_run_config as tiny_config
 
-from safemax_ray.config import EvalConfig, RayConfig, UnlearnConfig
 from safemax_ray.core.models import load_model
 from safemax_ray.drivers.unlearn import unlearn
 
 
-def tiny_config(tiny_assets, tmp_path, **ray_settings):
-    model, classifier = tiny_assets
-    return UnlearnConfig(
-        forget_class=1,
-        model=model,
-        classifier=classifier,
-        iterations=8,
-        batch_size=8,
-        results_dir=str(tmp_path),
-        eval=EvalConfig(n_forget_samples=8, n_retain_per_class=2, sample_steps=5),
-        ray=RayConfig(checkpoint_every=2, cpus_per_worker=1.0, **ray_settings),
-    )
-
-
 def weights(path):
     return torch.cat([p.detach().flatten() for p in load_model(path).unet.parameters()])
-
-
-@pytest.fixture(scope="module")
-def two_worker_run(tiny_assets, ray_session, tmp_path_factory):
-    return unlearn(tiny_config(tiny_assets, tmp_path_factory.mktemp("two"), num_workers=2))
 
 
 def predictions(path):
@@ -39,7 +20,7 @@ def predictions(path):
         return load_model(path).unet(x, t, class_labels=torch.arange(16) % 11).sample
 
 
-def test_one_and_two_workers_train_the_same_model(tiny_assets, ray_session, tmp_path, two_worker_run):
+def test_one_and_two_workers_train_the_same_model(tiny_assets, ray_session, tmp_path, finished_run):
     """Same global batch and draws; only the order of floating-point sums differs (gloo all-reduce).
 
     Measured: the noise predictions agree to 1e-6 while training moved them by 1.8. Weights agree to
@@ -50,14 +31,14 @@ def test_one_and_two_workers_train_the_same_model(tiny_assets, ray_session, tmp_
     one_cfg = tiny_config(tiny_assets, tmp_path, num_workers=1)
     one_cfg.eval.workers = "train"  # evaluated on the Train worker; the 2-worker run used Ray tasks
     one = unlearn(one_cfg)
-    assert (one.metrics["num_workers"], two_worker_run.row["num_workers"]) == (1, 2)
-    base, p1, p2 = predictions(tiny_assets[0]), predictions(one.model_path), predictions(two_worker_run.model_path)
+    assert (one.metrics["num_workers"], finished_run.row["num_workers"]) == (1, 2)
+    base, p1, p2 = predictions(tiny_assets[0]), predictions(one.model_path), predictions(finished_run.model_path)
     assert (p1 - base).abs().max() > 0.1  # the runs did train
     assert (p1 - p2).abs().max() < 1e-4
     # The evaluation images are identical for any worker count or evaluation path (each sampler here is
     # single-threaded), so the figures agree exactly.
-    assert one.metrics["ua"] == two_worker_run.metrics["ua"]
-    assert one.metrics["base_fid"] == two_worker_run.metrics["base_fid"]
+    assert one.metrics["ua"] == finished_run.metrics["ua"]
+    assert one.metrics["base_fid"] == finished_run.metrics["base_fid"]
 
 
 def crash_drill(monkeypatch, folder, step: int) -> None:
@@ -68,7 +49,7 @@ def crash_drill(monkeypatch, folder, step: int) -> None:
 
 
 def test_killed_worker_resumes_to_the_weights_of_an_uninterrupted_run(
-    tiny_assets, ray_session, tmp_path, two_worker_run, monkeypatch
+    tiny_assets, ray_session, tmp_path, finished_run, monkeypatch
 ):
     cfg = tiny_config(tiny_assets, tmp_path, num_workers=2, max_failures=1)
     crash_drill(monkeypatch, tmp_path, 5)
@@ -81,7 +62,7 @@ def test_killed_worker_resumes_to_the_weights_of_an_uninterrupted_run(
     states = sorted((tmp_path / "ray").glob(f"{result.run_id}/checkpoint_*/train_state.pt"))
     final = torch.load(states[-1], weights_only=True)
     assert {int(s["step"]) for s in final["optimizer"]["state"].values()} == {8}  # Adam counted 8 updates
-    assert torch.equal(weights(result.model_path), weights(two_worker_run.model_path))
+    assert torch.equal(weights(result.model_path), weights(finished_run.model_path))
 
 
 def test_without_failures_allowed_the_kill_fails_the_run(tiny_assets, ray_session, tmp_path, monkeypatch):

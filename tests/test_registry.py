@@ -133,6 +133,7 @@ class FrozenInputAscent(UnlearningMethod):
 '''
 
 
+@pytest.mark.slow  # the CLI in its own interpreter, on its own Ray
 def test_out_of_tree_method_with_setup_and_gradient_hook_runs_end_to_end(tiny_assets, tmp_path):
     """Installed as another package would be (an entry point), run by the CLI on a local Ray."""
     import subprocess

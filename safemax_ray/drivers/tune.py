@@ -28,7 +28,7 @@ import yaml
 from rich.console import Console
 
 from safemax_ray import storage
-from safemax_ray.config import CONCEPT_IS_ONE_RUN, UnlearnConfig
+from safemax_ray.config import UnlearnConfig
 from safemax_ray.core.objective import PARETO_OBJECTIVES, pareto_mask
 from safemax_ray.drivers.finish import finish_run
 from safemax_ray.drivers.preflight import preflight
@@ -123,8 +123,6 @@ class TuneConfig:
             raise SafemaxError("budget.max_concurrent must be >= 1 or null")
         if not self.search:
             raise SafemaxError("search is empty: name at least one of lr, iterations, method.<option>")
-        if self.run.get("concept") is not None:
-            raise SafemaxError(CONCEPT_IS_ONE_RUN.format(command="tune trials"))
         method = get_method(self.run.get("method", "safemax"))
         allowed = [*RUN_PARAMS, *(METHOD_PREFIX + o for o in method.SEARCHABLE)]
         for name, spec in self.search.items():
@@ -137,7 +135,9 @@ class TuneConfig:
         for key in ("forget_class", "results_dir", "study", *(k for k in self.search if k in RUN_PARAMS)):
             if key in self.run:
                 raise SafemaxError(f"run.{key} is set by the search itself; set it at the top level or in search")
-        self.trial_config(self.first_point()).validate()
+        trial = self.trial_config(self.first_point())
+        trial.require_classes("tune trials")
+        trial.validate()
 
     def first_point(self) -> dict[str, Any]:
         """The first point to evaluate, or the low end (first choice) of every range."""

@@ -15,16 +15,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as tensors_to_bytes
 
 from safemax_ray.core.models import DiffusionModel
-
-if TYPE_CHECKING:
-    from safemax_ray.engine.workloads import Workload
 
 MODEL_DIR = "model"
 TRAIN_STATE = "train_state.pt"
@@ -35,6 +32,14 @@ FORGET_GRID = "forget.png"  # the forgotten classes' rows alone (the report's Fi
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained names them
 
 
+class ModelFolder(Protocol):
+    """How a model is written into, and read back from, a checkpoint's model folder (a workload)."""
+
+    def save_model(self, model: DiffusionModel, folder: Path) -> None: ...
+
+    def load_weights(self, unet: torch.nn.Module, folder: Path) -> None: ...
+
+
 @dataclass
 class TrainState:
     step: int = 0
@@ -43,7 +48,7 @@ class TrainState:
     setup_cached: bool = False  # the method's set-up came from the cache (setup_s is a file read)
 
 
-def save(folder: Path, workload: Workload, model: DiffusionModel, optimizer, method_state: dict, state: TrainState):
+def save(folder: Path, workload: ModelFolder, model: DiffusionModel, optimizer, method_state: dict, state: TrainState):
     workload.save_model(model, folder / MODEL_DIR)
     torch.save(
         {
@@ -58,7 +63,7 @@ def save(folder: Path, workload: Workload, model: DiffusionModel, optimizer, met
     )
 
 
-def restore(folder: Path, workload: Workload, unet: torch.nn.Module, optimizer) -> tuple[TrainState, dict]:
+def restore(folder: Path, workload: ModelFolder, unet: torch.nn.Module, optimizer) -> tuple[TrainState, dict]:
     """Load weights and optimizer state in place; returns the counters and the method's state."""
     workload.load_weights(unet, folder / MODEL_DIR)
     raw = torch.load(folder / TRAIN_STATE, weights_only=True, map_location=next(unet.parameters()).device)

@@ -101,7 +101,10 @@ class SafemaxTechnique:
         """The unlearned pipeline, as diffusers loads it (local files, no safety checker)."""
         from diffusers import StableDiffusionPipeline
 
+        from safemax_ray.core.text import check_pipeline_folder
+
         if self._pipeline is None:
+            check_pipeline_folder(self.model_path)
             pipe = StableDiffusionPipeline.from_pretrained(
                 self.model_path, local_files_only=True, safety_checker=None, requires_safety_checker=False
             )

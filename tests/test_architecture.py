@@ -1,0 +1,107 @@
+"""The shape of the package, checked: no import circles, and the kind of run (class or concept) decided
+in the workload modules and the config alone."""
+
+import ast
+from pathlib import Path
+
+import safemax_ray
+
+PACKAGE = Path(safemax_ray.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return name.removesuffix(".__init__")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every safemax_ray module -> the safemax_ray modules it imports, at load time or inside functions."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+    def resolve(name: str) -> str:
+        while name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("safemax_ray"):
+                for alias in node.names:
+                    deps.add(resolve(f"{node.module}.{alias.name}"))
+            elif isinstance(node, ast.Import):
+                deps |= {resolve(a.name) for a in node.names if a.name.startswith("safemax_ray")}
+        graph[name] = deps - {name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circles():
+    graph = import_graph()
+    assert "safemax_ray.methods" in graph["safemax_ray.config"]  # the graph sees imports
+    assert cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_circle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# Where the kind of run may be decided: the workloads, the settings, the flags that fill the settings,
+# the text-to-image helpers, and the report (which reads it back from stored rows).
+ALLOWED = {"engine/workloads", "config.py", "cli.py", "core/text.py", "results/report.py"}
+
+
+def _names_concept(test: ast.AST) -> bool:
+    """`cfg.concept`, a variable `concept`, or a "concept" key anywhere in a condition."""
+    return any(
+        (isinstance(n, ast.Attribute) and n.attr == "concept")
+        or (isinstance(n, ast.Name) and n.id == "concept")
+        or (isinstance(n, ast.Constant) and n.value == "concept")
+        for n in ast.walk(test)
+    )
+
+
+def test_only_the_workloads_and_the_config_ask_whether_a_run_is_a_concept():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        where = path.relative_to(PACKAGE).as_posix()
+        if any(where.startswith(a) for a in ALLOWED):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            tests = [node.test] if isinstance(node, (ast.If, ast.IfExp, ast.While)) else []
+            tests += [c for c in node.ifs] if isinstance(node, ast.comprehension) else []
+            if any(_names_concept(t) for t in tests):
+                offenders.append(f"{where}:{node.lineno}")
+    assert offenders == []
