@@ -16,6 +16,9 @@ import torch
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ["HOME"] = tempfile.mkdtemp(prefix="safemax-home-")
+# Ray Train's controller polls its workers every 2 s by default; a tiny test run is over in less, so
+# most of its wall time would be spent waiting for polls. (Users' runs keep Ray's default.)
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 @pytest.fixture(scope="session")

@@ -150,9 +150,10 @@ def test_base_cache_is_keyed_by_what_fixes_the_noise(tiny_assets, tmp_path):
     ]
     assert path() not in others and len(set(others)) == len(others)
     # The cache written by one worker is exactly what two workers would sample.
-    cached = evaluate.base_samples(model, labels, config, path())
+    sample = evaluate.RankSampler(config, "cpu")
+    cached = evaluate.base_samples(model, labels, sample, path())
     assert Path(path()).is_file()
-    assert torch.equal(evaluate.base_samples(model, labels, config, path()), cached)
+    assert torch.equal(evaluate.base_samples(model, labels, sample, path()), cached)
     assert torch.equal(evaluate.sample_labels(model, labels, config), cached)
 
 

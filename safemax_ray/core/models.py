@@ -16,6 +16,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from safemax_ray import storage
+from safemax_ray.core.concat_unet import ConcatClassUNet, build_concat_unet
 from safemax_ray.errors import SafemaxError
 
 ASSETS = Path(__file__).parent.parent / "assets"
@@ -52,16 +53,24 @@ class Preset:
     dropout: float
     num_train_timesteps: int
     about: str
+    concat_class: bool = False  # the reference's concatenated class conditioning (core/concat_unet.py)
 
 
 PRESETS = {
     "digits-tiny": Preset((32, 64), 1, (False, False), 0.0, 100, "0.64M parameters: the shipped 8x8 digits model"),
-    # The DDPM / SalUn / Selective Amnesia CIFAR-10 backbone: 35.7M parameters, attention at 16x16.
+    # Selective Amnesia's / SalUn's CIFAR-10 model, exactly (ch 128, ch_mult 1,2,2,2, attention at 16x16).
     "ddpm-cifar10": Preset(
-        (128, 256, 256, 256), 2, (False, True, False, False), 0.1, 1000, "35.7M parameters: the paper's CIFAR-10 UNet"
+        (128, 256, 256, 256),
+        2,
+        (False, True, False, False),
+        0.1,
+        1000,
+        "38.6M parameters: the reference CIFAR-10 model of SA and SalUn (exports to their ckpt.pth)",
+        concat_class=True,
     ),
 }
 PRESET_FILE = "safemax_preset.json"
+UNET_CLASSES = {"UNet2DModel": UNet2DModel, "ConcatClassUNet": ConcatClassUNet}  # by config.json's _class_name
 
 
 def build_unet(
@@ -98,7 +107,8 @@ def build_preset(name: str, num_classes: int, channels: int, image_size: int, wi
     widths = tuple(widths or p.block_out_channels)
     if len(widths) != len(p.attention):
         raise SafemaxError(f"--arch {name} has {len(p.attention)} levels; give {len(p.attention)} block widths")
-    unet = build_unet(num_classes, channels, image_size, widths, p.layers_per_block, p.attention, p.dropout)
+    build = build_concat_unet if p.concat_class else build_unet
+    unet = build(num_classes, channels, image_size, widths, p.layers_per_block, p.attention, p.dropout)
     return DiffusionModel(unet, build_scheduler(p.num_train_timesteps))
 
 
@@ -143,8 +153,10 @@ def load_model(
             "scheduler/scheduler_config.json (as written by DDPMPipeline.save_pretrained)"
         )
     config = json.loads(unet_config.read_text())
-    if config.get("_class_name") != "UNet2DModel":
-        raise SafemaxError(f"{path}/unet holds a {config.get('_class_name')}, expected a UNet2DModel")
+    if config.get("_class_name") not in UNET_CLASSES:
+        raise SafemaxError(
+            f"{path}/unet holds a {config.get('_class_name')}, expected one of {', '.join(UNET_CLASSES)}"
+        )
     if not config.get("num_class_embeds"):
         raise SafemaxError(
             f"{path} is not class-conditional (unet num_class_embeds is unset); SAFEMax needs a model "
@@ -159,7 +171,7 @@ def load_model(
         raise SafemaxError(f"{path} takes {config.get('in_channels')}-channel images but the data has {channels}")
     if image_size is not None and config.get("sample_size") != image_size:
         raise SafemaxError(f"{path} makes {config.get('sample_size')}px images but the data is {image_size}px")
-    unet = UNet2DModel.from_pretrained(
+    unet = UNET_CLASSES[config["_class_name"]].from_pretrained(
         path, subfolder="unet", local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False
     )
     return DiffusionModel(unet, load_scheduler(path))
@@ -173,11 +185,12 @@ def load_scheduler(path: str | Path | None) -> DDPMScheduler:
 def to_parts(model: DiffusionModel) -> dict:
     """The model as plain configs and CPU tensors: what travels to another process (a Ray task)."""
     state = {k: v.detach().cpu() for k, v in model.unet.state_dict().items()}
-    return {"unet": dict(model.unet.config), "scheduler": dict(model.scheduler.config), "state": state}
+    unet = {**model.unet.config, "_class_name": type(model.unet).__name__}
+    return {"unet": unet, "scheduler": dict(model.scheduler.config), "state": state}
 
 
 def from_parts(parts: dict) -> DiffusionModel:
-    unet = UNet2DModel.from_config(parts["unet"])
+    unet = UNET_CLASSES[parts["unet"]["_class_name"]].from_config(parts["unet"])
     unet.load_state_dict(parts["state"])
     return DiffusionModel(unet.eval(), DDPMScheduler.from_config(parts["scheduler"]))
 

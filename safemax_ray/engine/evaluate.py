@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -33,6 +33,31 @@ from safemax_ray.core.sampling import sample
 
 GatherObjects = Callable[[Any], list[Any]]  # every rank's object, in rank order
 OnStep = Callable[[int, int], None]  # (guided steps done, total) on this rank
+
+
+class Sampler(Protocol):
+    """All images for `labels`, wherever they are drawn: over a run's ranks (`RankSampler`) or over
+    the cluster's evaluation tasks (`ray/evaluation.ClusterSampler`). The images are the same either way,
+    up to the device type the noise is drawn on, which the base-sample cache key therefore names."""
+
+    device_type: str
+
+    def __call__(self, model: DiffusionModel, labels: torch.Tensor, phase: str) -> torch.Tensor: ...
+
+
+@dataclass
+class RankSampler:
+    """Sampling over this run's ranks: rank r draws chunks r, r + N, ... and `gather` joins them."""
+
+    config: EvalConfig
+    device_type: str
+    rank: int = 0
+    world: int = 1
+    gather: GatherObjects | None = None
+    on_sample: Callable[[str], OnStep | None] = lambda phase: None  # a progress callback per phase
+
+    def __call__(self, model: DiffusionModel, labels: torch.Tensor, phase: str) -> torch.Tensor:
+        return sample_labels(model, labels, self.config, self.rank, self.world, self.gather, self.on_sample(phase))
 
 
 @dataclass
@@ -194,20 +219,13 @@ def base_cache_path(cache_dir: str, model_id: str, labels: torch.Tensor, config:
 
 
 def base_samples(
-    model: DiffusionModel,
-    labels: torch.Tensor,
-    config: EvalConfig,
-    cache_path: str | None,
-    rank: int = 0,
-    world: int = 1,
-    gather: GatherObjects | None = None,
-    on_step: OnStep | None = None,
+    model: DiffusionModel, labels: torch.Tensor, sample: Sampler, cache_path: str | None, rank: int = 0
 ) -> torch.Tensor:
-    """The base model's samples for `labels`, from the cache or made (and cached by rank 0)."""
+    """The base model's samples for `labels`, from the cache or drawn by `sample` (and cached by rank 0)."""
     cached = cache.read(cache_path)
     if cached is not None:
         return cached["images"]
-    images = sample_labels(model, labels, config, rank, world, gather, on_step)
+    images = sample(model, labels, "sample base")
     if rank == 0:
         cache.write(cache_path, {"images": images})
     return images

@@ -134,7 +134,7 @@ def run_setup(
     base = DiffusionModel(s.model.unet, s.model.scheduler)  # before step 0 this *is* the base model
 
     def sample(labels: torch.Tensor) -> torch.Tensor:
-        return evaluate.sample_labels(base, labels, s.cfg.eval, s.rank, s.world, gather)
+        return evaluate.RankSampler(s.cfg.eval, s.device.type, s.rank, s.world, gather)(base, labels, "set-up")
 
     ctx = SetupContext(
         unet=s.model.unet,
@@ -231,6 +231,7 @@ def evaluate_run(
     """The workload's evaluation of the unlearned model over this run's ranks, with the training figures
     added; the workload's metrics are on rank 0 only."""
     s = session
-    result = s.workload.evaluate(s.model, s.data, s.device, cache_dir, s.rank, s.world, gather, on_sample)
+    sample = evaluate.RankSampler(s.cfg.eval, s.device.type, s.rank, s.world, gather, on_sample)
+    result = s.workload.evaluate(s.model, s.data, sample, cache_dir, s.rank)
     result.metrics = {**training_metrics(s), **result.metrics}
     return result

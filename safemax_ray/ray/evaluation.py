@@ -18,12 +18,11 @@ from typing import Any
 import ray
 import torch
 
-from safemax_ray import cache
 from safemax_ray.config import EvalConfig
-from safemax_ray.core.models import DiffusionModel, from_parts, load_model, to_parts
+from safemax_ray.core.models import DiffusionModel, from_parts, to_parts
 from safemax_ray.engine import checkpoint as layout
 from safemax_ray.engine import evaluate
-from safemax_ray.engine.workloads import ClassWorkload
+from safemax_ray.engine.workloads import Workload
 from safemax_ray.schema import from_dict, to_dict
 
 OnProgress = Callable[[str, int, int], None]  # (phase, chunks done, chunks)
@@ -80,34 +79,42 @@ def sample_on_cluster(
     return out
 
 
+@dataclass
+class ClusterSampler:
+    """Sampling over the cluster's evaluation tasks (an `engine.evaluate.Sampler`); remembers the nodes."""
+
+    config: EvalConfig
+    use_gpu: bool
+    on_progress: OnProgress | None = None
+    nodes: set[str] = field(default_factory=set)
+
+    @property
+    def device_type(self) -> str:
+        return "cuda" if self.use_gpu else "cpu"
+
+    def __call__(self, model: DiffusionModel, labels: torch.Tensor, phase: str) -> torch.Tensor:
+        on_chunks = (lambda done, n: self.on_progress(phase, done, n)) if self.on_progress else None
+        out = sample_on_cluster(model, labels, self.config, self.use_gpu, on_chunks)
+        self.nodes |= out.nodes
+        return out.images
+
+
 def evaluate_checkpoint(
-    workload: ClassWorkload,
+    workload: Workload,
     checkpoint,
     metrics: dict[str, Any],
     use_gpu: bool,
     cache_dir: str,
     on_progress: OnProgress | None = None,
 ) -> dict[str, Any]:
-    """The run's metrics with UA, H, FID and accuracy added, sampling on the cluster; the samples go
-    into the checkpoint folder, which then looks like one whose Train workers evaluated it."""
-    data = workload.load_data()
-    labels = workload.eval_labels(data.num_classes)
-
-    def progress(phase: str):
-        return (lambda done, n: on_progress(phase, done, n)) if on_progress else None
-
-    cache_path = workload.base_cache_path(cache_dir, labels, "cuda" if use_gpu else "cpu")
-    cached = cache.read(cache_path)
-    base_images = None if cached is None else cached["images"]
-    nodes: set[str] = set()
-    if base_images is None:
-        base = sample_on_cluster(workload.load_base(), labels, workload.cfg.eval, use_gpu, progress("sample base"))
-        base_images, nodes = base.images, base.nodes
-        cache.write(cache_path, {"images": base_images})
+    """The run's metrics with the workload's evaluation of its final checkpoint added, sampled on the
+    cluster; the samples go into the checkpoint folder, which then looks like one whose Train workers
+    evaluated it."""
+    model, data = workload.open(torch.device("cpu"), cache_dir)
     with checkpoint.as_directory() as folder:
-        unlearned = load_model(Path(folder) / layout.MODEL_DIR)
-    result = sample_on_cluster(unlearned, labels, workload.cfg.eval, use_gpu, progress("sample unlearned"))
+        workload.load_weights(model.unet, Path(folder) / layout.MODEL_DIR)
+    sample = ClusterSampler(workload.cfg.eval, use_gpu, on_progress)
+    result = workload.evaluate(model, data, sample, cache_dir)
     with checkpoint.filesystem.open_output_stream(posixpath.join(checkpoint.path, layout.SAMPLES)) as f:
-        f.write(layout.samples_bytes(result.images, labels))
-    judged = workload.judge(data, result.images, base_images, labels)
-    return {**metrics, **judged, "eval_nodes": len(nodes | result.nodes)}
+        f.write(layout.samples_bytes(result.images, result.labels))
+    return {**metrics, **result.metrics, "eval_nodes": len(sample.nodes)}

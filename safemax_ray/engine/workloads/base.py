@@ -26,7 +26,7 @@ from safemax_ray.core.models import DiffusionModel
 from safemax_ray.errors import SafemaxError
 
 if TYPE_CHECKING:
-    from safemax_ray.engine.evaluate import GatherObjects, OnStep
+    from safemax_ray.engine.evaluate import Sampler
 
 
 @dataclass
@@ -41,8 +41,8 @@ class Evaluation:
 class Workload(ABC):
     """One run's model, data, evaluation and export, built from its validated config."""
 
-    #: True when the Train workers evaluate the run themselves (cheap); False when the evaluation may
-    #: be spread over the cluster's evaluation tasks (`eval.workers`), which only class runs do.
+    #: True when the Train workers evaluate the run themselves; False when the driver evaluates the
+    #: final checkpoint with the cluster's evaluation tasks (`eval.workers`, ray/evaluation.py).
     evaluates_in_workers: bool = True
 
     def __init__(self, cfg: UnlearnConfig):
@@ -88,17 +88,10 @@ class Workload(ABC):
 
     @abstractmethod
     def evaluate(
-        self,
-        model: DiffusionModel,
-        data: ImageData,
-        device: torch.device,
-        cache_dir: str | None,
-        rank: int = 0,
-        world: int = 1,
-        gather: GatherObjects | None = None,
-        on_sample: Callable[[str], OnStep | None] = lambda phase: None,
+        self, model: DiffusionModel, data: ImageData, sample: Sampler, cache_dir: str | None, rank: int = 0
     ) -> Evaluation:
-        """Judge the unlearned `model` beside the base model, over this run's ranks; metrics on rank 0."""
+        """Judge the unlearned `model` beside the base model, drawing samples with `sample` (over the
+        run's ranks, or over the cluster); the metrics are on rank 0 only. The one evaluation path."""
 
     # -- after the run -----------------------------------------------------------------------------------
     @abstractmethod

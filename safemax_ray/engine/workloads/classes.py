@@ -8,7 +8,6 @@ real images (FID), beside the base model's samples on the same noise.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,41 +86,24 @@ class ClassWorkload(Workload):
     def load_weights(self, unet: torch.nn.Module, folder: Path) -> None:
         unet.load_state_dict(load_model(folder).unet.state_dict())
 
-    def eval_labels(self, num_classes: int) -> torch.Tensor:
-        return evaluate.eval_labels(num_classes, self.cfg.forget_classes(), self.cfg.eval)
-
     def base_cache_path(self, cache_dir: str, labels: torch.Tensor, device_type: str) -> str:
         return evaluate.base_cache_path(cache_dir, self.model_id(), labels, self.cfg.eval, device_type)
 
     def evaluate(
-        self,
-        model: DiffusionModel,
-        data: ImageData,
-        device: torch.device,
-        cache_dir: str | None,
-        rank: int = 0,
-        world: int = 1,
-        gather: evaluate.GatherObjects | None = None,
-        on_sample: Callable[[str], evaluate.OnStep | None] = lambda phase: None,
+        self, model: DiffusionModel, data: ImageData, sample: evaluate.Sampler, cache_dir: str | None, rank: int = 0
     ) -> Evaluation:
-        """Sample the base and the unlearned model on identical noise, over the ranks; score on rank 0."""
-        cfg = self.cfg
+        """Sample the base and the unlearned model on identical noise (the base's from the cache when it
+        has them); score both on rank 0: UA, H, FID, accuracy, noise rates."""
         model.unet.eval()
-        labels = self.eval_labels(data.num_classes)
-        cache = self.base_cache_path(cache_dir, labels, device.type) if cache_dir else None
+        labels = evaluate.eval_labels(data.num_classes, self.cfg.forget_classes(), self.cfg.eval)
+        cache = self.base_cache_path(cache_dir, labels, sample.device_type) if cache_dir else None
+        device = next(model.unet.parameters()).device
         base = DiffusionModel(self.load_base().unet.to(device).eval(), model.scheduler)
-        base_images = evaluate.base_samples(
-            base, labels, cfg.eval, cache, rank, world, gather, on_sample("sample base")
-        )
+        base_images = evaluate.base_samples(base, labels, sample, cache, rank)
         del base
-        images = evaluate.sample_labels(model, labels, cfg.eval, rank, world, gather, on_sample("sample unlearned"))
-        metrics = self.judge(data, images, base_images, labels) if rank == 0 else {}
+        images = sample(model, labels, "sample unlearned")
+        metrics = evaluate.judge(self.cfg, data, images, base_images, labels) if rank == 0 else {}
         return Evaluation(metrics, images, labels)
-
-    def judge(
-        self, data: ImageData, images: torch.Tensor, base_images: torch.Tensor, labels: torch.Tensor
-    ) -> dict[str, Any]:
-        return evaluate.judge(self.cfg, data, images, base_images, labels)
 
     def export(self, checkpoint_folder: Path, out: Path) -> None:
         from safemax_ray.engine import checkpoint as layout

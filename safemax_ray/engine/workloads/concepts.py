@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,21 +139,14 @@ class ConceptWorkload(Workload):
         unet.unet.load_state_dict(load_file(str(folder / "unet" / UNET_WEIGHTS)))
 
     def evaluate(
-        self,
-        model: DiffusionModel,
-        data: ImageData,
-        device: torch.device,
-        cache_dir: str | None,
-        rank: int = 0,
-        world: int = 1,
-        gather: evaluate.GatherObjects | None = None,
-        on_sample: Callable[[str], evaluate.OnStep | None] = lambda phase: None,
+        self, model: DiffusionModel, data: ImageData, sample: evaluate.Sampler, cache_dir: str | None, rank: int = 0
     ) -> Evaluation:
         """The probe losses beside the base pipeline's, and a few decoded samples per prompt."""
         was_training = model.unet.training
         model.unet.eval()
+        device = next(model.unet.parameters()).device
         labels = torch.arange(len(self.prompts())).repeat_interleave(GRID_PER_PROMPT)
-        latents = evaluate.sample_labels(model, labels, self.cfg.eval, rank, world, gather, on_sample("sample grid"))
+        latents = sample(model, labels, "sample grid")
         metrics: dict[str, Any] = {"sample_steps": self.cfg.eval.sample_steps or model.num_train_timesteps}
         if rank == 0:
             metrics.update(self.probe(model, data, device))
