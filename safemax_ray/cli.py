@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 import time
 import typing
@@ -418,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _show_package_log()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -440,6 +442,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         console.print(f"[bold red]error:[/] {type(cause).__name__}: {cause} (rerun with --debug for the traceback)")
         return 1
+
+
+def _show_package_log() -> None:
+    """The package's own log lines (a cache miss, how many evaluation tasks and why) on the console."""
+    from rich.logging import RichHandler
+
+    log = logging.getLogger("safemax_ray")
+    if not log.handlers:
+        log.addHandler(RichHandler(console=console, show_path=False, show_level=False))
+        log.setLevel(logging.INFO)
 
 
 def _root_cause(exc: BaseException) -> BaseException:

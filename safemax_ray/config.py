@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from safemax_ray.core.sampling import SAMPLERS
 from safemax_ray.errors import SafemaxError
 from safemax_ray.methods import get_method, method_options
 from safemax_ray.schema import apply_overrides, from_dict, read_yaml, setting
@@ -29,7 +30,9 @@ class EvalConfig:
     """
 
     guidance: float = setting(2.0, "classifier-free guidance weight w")
-    sample_steps: int | None = setting(None, "DDPM sampling steps (default: the model's full schedule)")
+    sample_steps: int | None = setting(None, "sampling steps (default: the model's full schedule)")
+    sampler: str = setting("ddpm", "ddpm: ancestral steps; ddim: generalized DDIM steps, as the reference samples")
+    eta: float = setting(1.0, "DDIM's eta (the reference: 1.0); ddim only")
     n_forget_samples: int = setting(200, "samples of each forgotten class (UA, H)")
     n_retain_per_class: int = setting(30, "samples of every retained class (FID, accuracy)")
     batch_size: int = setting(
@@ -47,6 +50,10 @@ class EvalConfig:
     def validate(self) -> None:
         if self.guidance < 0:
             raise SafemaxError(f"eval.guidance must be >= 0, got {self.guidance}")
+        if self.sampler not in SAMPLERS:
+            raise SafemaxError(f"eval.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if not 0 <= self.eta <= 1:
+            raise SafemaxError(f"eval.eta must be in [0, 1], got {self.eta}")
         if self.sample_steps is not None and self.sample_steps < 1:
             raise SafemaxError(f"eval.sample_steps must be >= 1 or null (full schedule), got {self.sample_steps}")
         if self.n_forget_samples < 2 or self.n_retain_per_class < 2:

@@ -30,6 +30,7 @@ IMPOSSIBLE = {
     "eval.workers": [0, -2, "some"],
     "eval.seed": [-1],
     "eval.base_min_acc": [-1.0, 101.0],
+    "eval.eta": [-0.1, 1.5],
     "ray.num_workers": [0, -1],
     "ray.cpus_per_worker": [0.0, -1.0],
     "ray.num_cpus": [0, -1],

@@ -73,3 +73,14 @@ def test_without_failures_allowed_the_kill_fails_the_run(tiny_assets, ray_sessio
     from safemax_ray.results.parquet import read_dataframe
 
     assert read_dataframe(str(tmp_path)).empty  # no row for a failed run
+
+
+def test_auto_evaluation_tasks_count_the_cores_not_the_logical_cpus(ray_session):
+    """The tests' local Ray declares 4 logical CPUs; the tasks can use only the machine's cores."""
+    import os
+
+    from safemax_ray.ray.evaluation import eval_workers
+
+    tasks, why = eval_workers("auto", 100, use_gpu=False)
+    assert tasks == min(4, os.cpu_count()) and why == "one per core of this machine"
+    assert eval_workers(3, 2, use_gpu=False) == (2, "eval.workers, at most one per chunk (2)")

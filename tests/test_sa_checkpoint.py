@@ -168,3 +168,86 @@ def test_mismatches_are_refused_by_name(tmp_path, tiny_assets):
     with pytest.raises(SafemaxError, match="is not of the reference layout"):
         export_model(tiny_assets[0], str(tmp_path / "x.pth"))
     assert not (tmp_path / "x.pth").exists()
+
+
+@pytest.mark.slow  # a Ray run from the command line
+def test_import_unlearn_export_from_the_command_line_with_the_resnet_judge(tmp_path, ray_session, capsys):
+    """The researcher's path, as the README shows it, on the narrow config: their checkpoint in, a SAFEMax
+    run judged by a ResNet-34 state dict, their format out; the exported file is the unlearned model."""
+    from PIL import Image
+    from resnet34_reference import random_state as resnet_state
+
+    from safemax_ray.cli import main
+    from safemax_ray.results.parquet import read_dataframe
+
+    save_checkpoint(tmp_path / "ckpt.pth", random_state(0, **_layout(32)), random_state(1, **_layout(32)))
+    torch.save(resnet_state(10), tmp_path / "cifar10_resnet34.pth")
+    g = torch.Generator().manual_seed(0)
+    for c in range(10):
+        (tmp_path / "images" / f"class{c}").mkdir(parents=True)
+        for i in range(4):
+            pixels = (torch.rand(32, 32, 3, generator=g) * 255).byte().numpy()
+            Image.fromarray(pixels).save(tmp_path / "images" / f"class{c}" / f"{i}.png")
+    assert (
+        main(
+            [
+                "import",
+                str(tmp_path / "ckpt.pth"),
+                "--output",
+                str(tmp_path / "model"),
+                "--config",
+                narrow_config(tmp_path),
+            ]
+        )
+        == 0
+    )
+    flags = [
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        str(tmp_path / "images"),
+        "--model",
+        str(tmp_path / "model"),
+        "--classifier",
+        str(tmp_path / "cifar10_resnet34.pth"),
+        "--forget-class",
+        "3",
+        "--iterations",
+        "2",
+        "--batch-size",
+        "4",
+        "--n-forget-samples",
+        "4",
+        "--n-retain-per-class",
+        "2",
+        "--sample-steps",
+        "3",
+        "--sampler",
+        "ddim",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--no-progress",
+    ]
+    assert main(["unlearn", *flags]) == 0, capsys.readouterr().out
+    row = read_dataframe(str(tmp_path / "results")).iloc[0]
+    assert 0 <= row.ua <= 100 and row.fid_features == "classifier" and row.retain_acc >= 0
+    assert (
+        main(
+            [
+                "export",
+                row.run_id,
+                "--format",
+                "sa",
+                "--output",
+                str(tmp_path / "unlearned.pth"),
+                "--results-dir",
+                str(tmp_path / "results"),
+            ]
+        )
+        == 0
+    )
+    saved = torch.load(tmp_path / "unlearned.pth", weights_only=True)
+    unlearned = load_model(row.model_path)
+    assert agreement(unlearned, saved[3], _layout(32)) <= 1e-4
+    before = load_model(tmp_path / "model").unet.state_dict()
+    assert any(not torch.equal(before[k], v) for k, v in unlearned.unet.state_dict().items())

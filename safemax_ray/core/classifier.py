@@ -33,6 +33,8 @@ class ClassifierConfig:
 
 
 class Classifier(nn.Module):
+    batch_size = 1024  # images per forward when scoring
+
     def __init__(self, config: ClassifierConfig):
         super().__init__()
         self.config = config
@@ -54,6 +56,10 @@ class Classifier(nn.Module):
         )
         self.head = nn.Linear(config.feature_dim, config.num_classes)
 
+    @property
+    def feature_dim(self) -> int:
+        return self.config.feature_dim
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate activations, (N, feature_dim): the FID feature space for digits."""
         return self.body(x)
@@ -63,12 +69,12 @@ class Classifier(nn.Module):
 
 
 class FeatureExtractor(nn.Module):
-    """Adapts the classifier to torchmetrics' FID, which wants a module with `num_features`."""
+    """Adapts a classifier (ours or the ResNet judge) to torchmetrics' FID, which wants `num_features`."""
 
-    def __init__(self, classifier: Classifier):
+    def __init__(self, classifier: nn.Module):
         super().__init__()
         self.classifier = classifier
-        self.num_features = classifier.config.feature_dim
+        self.num_features = classifier.feature_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier.features(x.float())
@@ -81,8 +87,14 @@ def save_classifier(model: Classifier, path: str | Path) -> None:
     (path / "config.json").write_text(json.dumps(asdict(model.config), indent=2))
 
 
-def load_classifier(path: str | Path, num_classes: int | None = None) -> Classifier:
+def load_classifier(path: str | Path, num_classes: int | None = None) -> nn.Module:
+    """A classifier folder made by `pretrain`, or a file: a torchvision ResNet-34 state dict (the paper's
+    judge, core/resnet_judge.py)."""
     path = Path(path)
+    if path.is_file():
+        from safemax_ray.core.resnet_judge import load_resnet_judge
+
+        return load_resnet_judge(path, num_classes)
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise SafemaxError(f"{path} is not a classifier folder: expected config.json and model.safetensors")
     config = ClassifierConfig(**json.loads((path / "config.json").read_text()))
@@ -98,4 +110,4 @@ def classifier_fingerprint(path: str | Path | None) -> str:
     from safemax_ray.core.models import SHIPPED_CLASSIFIER, content_hash
 
     path = Path(path) if path else SHIPPED_CLASSIFIER
-    return content_hash([path / "model.safetensors", path / "config.json"])
+    return content_hash([path] if path.is_file() else [path / "model.safetensors", path / "config.json"])

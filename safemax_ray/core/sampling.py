@@ -1,8 +1,9 @@
-"""Classifier-free-guided DDPM ancestral sampling.
+"""Classifier-free-guided sampling: DDPM ancestral steps (the default), or generalized DDIM steps.
 
 eps = (1 + w) * eps(x_t, c) - w * eps(x_t, null), one forward pass over the conditional and the null
 copies of the batch. `steps=None` walks the model's full training schedule (the reference protocol);
-fewer steps stride through it with the same ancestral update.
+fewer steps stride through it with the same update. `sampler="ddim"` is the reference codebases' own
+sampler (diffusers' DDIMScheduler: uniform skip, `eta` 1.0 by default, no clipping of x0 in the steps).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+SAMPLERS = ("ddpm", "ddim")
 
 
 @torch.no_grad()
@@ -24,6 +27,8 @@ def sample(
     steps: int | None = None,
     on_step: Callable[[], None] | None = None,
     bf16: bool = True,
+    sampler: str = "ddpm",
+    eta: float = 1.0,
 ) -> torch.Tensor:
     """Images in [-1, 1] for each entry of `labels` (one batch), returned on the CPU.
 
@@ -31,11 +36,20 @@ def sample(
     same images whichever worker runs the call; base and unlearned models are compared on identical noise.
     On CUDA the UNet runs under bf16 autocast (`bf16=False` for fp32); the update itself stays fp32.
     """
-    scheduler = DDPMScheduler.from_config(scheduler.config)  # set_timesteps mutates its scheduler
+    pixels = scheduler.config.clip_sample  # pixel models end in [-1, 1]; latents are unbounded
+    if sampler == "ddim":
+        scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=False)
+        step_kwargs = {"eta": eta}
+    else:
+        scheduler = DDPMScheduler.from_config(scheduler.config)  # set_timesteps mutates its scheduler
+        step_kwargs = {}
     scheduler.set_timesteps(steps or scheduler.config.num_train_timesteps)
     shape = (len(labels), unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     x = torch.randn(shape, generator=generator, device=generator.device)
-    return _denoise(unet, scheduler, x, scheduler.timesteps, labels, null_label, generator, guidance, on_step, bf16)
+    x = _denoise(
+        unet, scheduler, x, scheduler.timesteps, labels, null_label, generator, guidance, on_step, bf16, step_kwargs
+    )
+    return x.clamp(-1, 1) if pixels else x
 
 
 @torch.no_grad()
@@ -53,10 +67,13 @@ def denoise_from(
     scheduler = DDPMScheduler.from_config(scheduler.config)
     scheduler.set_timesteps(scheduler.config.num_train_timesteps)
     timesteps = scheduler.timesteps[scheduler.timesteps <= t0]
-    return _denoise(unet, scheduler, x_t, timesteps, labels, null_label, generator, guidance)
+    x = _denoise(unet, scheduler, x_t, timesteps, labels, null_label, generator, guidance)
+    return x.clamp(-1, 1) if scheduler.config.clip_sample else x
 
 
-def _denoise(unet, scheduler, x, timesteps, labels, null_label, generator, guidance, on_step=None, bf16=True):
+def _denoise(
+    unet, scheduler, x, timesteps, labels, null_label, generator, guidance, on_step=None, bf16=True, step_kwargs=None
+):
     device = next(unet.parameters()).device
     x = x.to(device)
     cond = labels.to(device)
@@ -69,8 +86,7 @@ def _denoise(unet, scheduler, x, timesteps, labels, null_label, generator, guida
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             eps_c, eps_u = unet(torch.cat([x, x]), on_device[i], class_labels=both).sample.float().chunk(2)
         eps = (1 + guidance) * eps_c - guidance * eps_u
-        x = scheduler.step(eps, t, x, generator=generator).prev_sample
+        x = scheduler.step(eps, t, x, generator=generator, **(step_kwargs or {})).prev_sample
         if on_step is not None:
             on_step()
-    # Pixel models (clip_sample) end in [-1, 1]; latents (Stable Diffusion's clip_sample: false) are unbounded.
-    return (x.clamp(-1, 1) if scheduler.config.clip_sample else x).cpu()
+    return x.cpu()

@@ -9,6 +9,7 @@ that noise: the model's content, the labels, the evaluation settings and the dev
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -109,7 +110,18 @@ def sample_chunks(
     for c in chunks:
         part = labels[c * config.batch_size : (c + 1) * config.batch_size]
         generator = chunk_generator(config.seed, c, device)
-        out[c] = sample(model.unet, model.scheduler, part, model.null_label, generator, config.guidance, steps, tick)
+        out[c] = sample(
+            model.unet,
+            model.scheduler,
+            part,
+            model.null_label,
+            generator,
+            config.guidance,
+            steps,
+            tick,
+            sampler=config.sampler,
+            eta=config.eta,
+        )
     return out
 
 
@@ -136,8 +148,9 @@ def sample_labels(
 
 @torch.no_grad()
 def classify(classifier: Classifier, images: torch.Tensor) -> torch.Tensor:
+    """Logits, in the classifier's own batch size, on its device."""
     device = next(classifier.parameters()).device
-    return torch.cat([classifier(chunk.to(device)).float().cpu() for chunk in images.split(1024)])
+    return torch.cat([classifier(chunk.to(device)).float().cpu() for chunk in images.split(classifier.batch_size)])
 
 
 def score(
@@ -157,7 +170,7 @@ def score(
         fid = frechet_distance(real_retained, images[~is_forget], 2048, config.fid_weights)
         features = "inception"
     else:
-        extractor = FeatureExtractor(classifier.cpu())
+        extractor = FeatureExtractor(copy.deepcopy(classifier).cpu())  # torchmetrics keeps its sums on the CPU
         fid = frechet_distance(real_retained, images[~is_forget], extractor)
         features = "classifier"
     return EvalResult(
@@ -184,11 +197,17 @@ def load_eval_classifier(cfg: UnlearnConfig, num_classes: int) -> Classifier:
 
 
 def judge(
-    cfg: UnlearnConfig, data: ImageData, images: torch.Tensor, base_images: torch.Tensor, labels: torch.Tensor
+    cfg: UnlearnConfig,
+    data: ImageData,
+    images: torch.Tensor,
+    base_images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Score the unlearned and the base model's samples (same labels, same noise): UA, H, FID,
-    accuracy for both, the base model's own check, and the search objective."""
-    classifier = load_eval_classifier(cfg, data.num_classes)
+    accuracy for both, the base model's own check, and the search objective. The classifier runs on
+    `device` (where the scoring happens; default the CPU)."""
+    classifier = load_eval_classifier(cfg, data.num_classes).to(device or torch.device("cpu"))
     threshold = calibrate_noise(data.images)
     result = score(images, labels, cfg.forget_classes(), classifier, data, cfg.eval, threshold)
     base = score(base_images, labels, cfg.forget_classes(), classifier, data, cfg.eval, threshold)
@@ -213,7 +232,10 @@ def base_check(base: EvalResult, config: EvalConfig) -> bool:
 
 
 def base_cache_path(cache_dir: str, model_id: str, labels: torch.Tensor, config: EvalConfig, device_type: str) -> str:
-    noise = {k: v for k, v in asdict(config).items() if k in ("guidance", "sample_steps", "batch_size", "seed")}
+    fixed = ("guidance", "sample_steps", "batch_size", "seed", "sampler", "eta")
+    noise = {k: v for k, v in asdict(config).items() if k in fixed}
+    if noise["sampler"] == "ddpm":  # keys of caches written before the DDIM option stay valid
+        del noise["sampler"], noise["eta"]
     key = json.dumps([model_id, labels.tolist(), noise, device_type], sort_keys=True)
     return storage.join(cache_dir, f"base-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors")
 

@@ -9,6 +9,8 @@ run's final checkpoint, which then looks exactly like one whose Train workers ev
 
 from __future__ import annotations
 
+import logging
+import os
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from safemax_ray.engine.workloads import Workload
 from safemax_ray.schema import from_dict, to_dict
 
 OnProgress = Callable[[str, int, int], None]  # (phase, chunks done, chunks)
+log = logging.getLogger("safemax_ray")
 
 
 @dataclass
@@ -34,12 +37,25 @@ class ClusterSamples:
     nodes: set[str] = field(default_factory=set)  # Ray node ids that sampled chunks
 
 
-def eval_workers(setting: int | str, chunks: int, use_gpu: bool) -> int:
-    """Tasks to start: the number asked for, or for "auto" one per GPU (or CPU) of the cluster."""
-    if setting == "auto":
-        resources = ray.cluster_resources()
-        setting = int(resources.get("GPU", 0)) if use_gpu else int(resources.get("CPU", 1))
-    return max(1, min(int(setting), chunks))
+def eval_workers(setting: int | str, chunks: int, use_gpu: bool) -> tuple[int, str]:
+    """Tasks to start, and why: the number asked for, or for "auto" one per GPU of the cluster, or one
+    per CPU core the tasks can really use. A local Ray declares more logical CPUs than the machine has
+    cores (ray/cluster.py), so on a cluster of this machine alone the cores count, not the logical CPUs."""
+    if setting != "auto":
+        n, why = int(setting), "eval.workers"
+    elif use_gpu:
+        n, why = int(ray.cluster_resources().get("GPU", 0)), "one per GPU of the cluster"
+    else:
+        logical = int(ray.cluster_resources().get("CPU", 1))
+        here = ray.util.get_node_ip_address()
+        alone = all(node["NodeManagerAddress"] == here for node in ray.nodes() if node["Alive"])
+        n, why = (
+            (min(logical, os.cpu_count() or 1), "one per core of this machine")
+            if alone
+            else (logical, "one per CPU of the cluster")
+        )
+    k = max(1, min(n, chunks))
+    return k, f"{why}, at most one per chunk ({chunks})" if k < n else why
 
 
 @ray.remote(max_retries=2)
@@ -59,7 +75,8 @@ def sample_on_cluster(
 ) -> ClusterSamples:
     """All images for `labels`, the chunks dealt round-robin to `config.workers` tasks."""
     n = evaluate.num_chunks(labels, config)
-    k = eval_workers(config.workers, n, use_gpu)
+    k, why = eval_workers(config.workers, n, use_gpu)
+    log.info("evaluation: %d sampling task(s) for %d chunk(s) (%s)", k, n, why)
     parts = ray.put(to_parts(model))
     # SPREAD: chunks go to every node of the cluster, not first to fill the one the caller runs on.
     task = _sample_chunks.options(num_cpus=1, num_gpus=1 if use_gpu else 0, scheduling_strategy="SPREAD")

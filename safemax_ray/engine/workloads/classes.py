@@ -102,7 +102,7 @@ class ClassWorkload(Workload):
         base_images = evaluate.base_samples(base, labels, sample, cache, rank)
         del base
         images = sample(model, labels, "sample unlearned")
-        metrics = evaluate.judge(self.cfg, data, images, base_images, labels) if rank == 0 else {}
+        metrics = evaluate.judge(self.cfg, data, images, base_images, labels, device) if rank == 0 else {}
         return Evaluation(metrics, images, labels)
 
     def export(self, checkpoint_folder: Path, out: Path) -> None:
