@@ -166,6 +166,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             "address": args.address,
         },
     )
+    if args.plan:
+        return _print_plan(cfg.planned_trials(), args.gpus)
     began = time.perf_counter()
     result = tune(cfg, console=console)
     table = Table(title=f"study {result.study}: {len(result.trials)} trials")
@@ -192,15 +194,36 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     from safemax_ray.config import load_unlearn_config
-    from safemax_ray.drivers.batch import batch_unlearn, parse_classes, tuned_params
+    from safemax_ray.drivers.batch import batch_configs, batch_unlearn, parse_classes, tuned_params
 
     cfg = load_unlearn_config(args.config, **flags.overrides(args))
     classes = parse_classes(args.classes)
     params = tuned_params(args.tuned_from, cfg.dataset, args.tuned_study) if args.tuned_from else None
+    if args.plan:
+        return _print_plan(batch_configs(cfg, classes, params, args.together), args.gpus)
     result = batch_unlearn(
         cfg, classes, params, max_concurrent=args.max_concurrent, console=console, together=args.together
     )
     return _print_outcome("batch", result)
+
+
+def _print_plan(configs: list, gpus: int) -> int:
+    """--plan: what the runs will cost, then stop before anything starts."""
+    from safemax_ray.drivers.plan import describe, plan_runs
+
+    if gpus < 1:
+        raise SafemaxError(f"--gpus must be >= 1, got {gpus}")
+    for cfg in configs:
+        cfg.require_classes("--plan")
+        cfg.validate()
+    for line in describe(plan_runs(configs, gpus)):
+        console.print(line, highlight=False)
+    return 0
+
+
+def _add_plan_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan", action="store_true", help="print the runs and their projected GPU time, then stop")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs for --plan's projected wall time")
 
 
 def _print_outcome(command: str, result: Any, where: str = "") -> int:
@@ -217,13 +240,14 @@ def _print_outcome(command: str, result: Any, where: str = "") -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from safemax_ray.config import load_unlearn_config
     from safemax_ray.drivers.batch import parse_classes
-    from safemax_ray.drivers.compare import compare
+    from safemax_ray.drivers.compare import compare, plan_comparison
 
     overrides = {k: v for k, v in flags.overrides(args).items() if not k.startswith("method_options.")}
     cfg = load_unlearn_config(args.config, **overrides)
-    result = compare(
-        cfg, parse_classes(args.classes), args.methods, parse_options(args.options or []), args.max_concurrent, console
-    )
+    classes, options = parse_classes(args.classes), parse_options(args.options or [])
+    if args.plan:
+        return _print_plan(plan_comparison(cfg, classes, args.methods, options), args.gpus)
+    result = compare(cfg, classes, args.methods, options, args.max_concurrent, console)
     return _print_outcome("compare", result.batch, f"; report in {result.report.out_dir}")
 
 
@@ -357,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=["score", "pareto"])
     p.add_argument("--results-dir")
     p.add_argument("--address", help="join a Ray cluster: 'auto' or ray://host:10001")
+    _add_plan_flags(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("batch", help="unlearn many classes, one run each, resumable")
@@ -367,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tuned-study", help="only trials of this study")
     p.add_argument("--together", action="store_true", help="one model forgets all the classes at once")
+    _add_plan_flags(p)
     _add_run_flags(p)
     p.set_defaults(func=cmd_batch)
 
@@ -375,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=["safemax", "salun", "sa"], help="methods to compare")
     p.add_argument("--options", nargs="*", help="method options as METHOD.OPTION=VALUE, e.g. sa.gamma=0.5")
     p.add_argument("--max-concurrent", type=int, help="runs at once (default: what the cluster fits)")
+    _add_plan_flags(p)
     _add_run_flags(p)
     p.set_defaults(func=cmd_compare)
 

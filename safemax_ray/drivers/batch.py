@@ -133,13 +133,20 @@ def batch_unlearn(
 ) -> BatchResult:
     """Unlearn each class in `classes` with `base`'s settings (or tuned `params` per class), one model
     per class; `together`: one model that forgets all of them."""
+    return run_all(batch_configs(base, classes, params, together), max_concurrent, console)
+
+
+def batch_configs(
+    base: UnlearnConfig, classes: list[int], params: dict[int, dict[str, Any]] | None = None, together: bool = False
+) -> list[UnlearnConfig]:
+    """The runs of a batch: one per class, or one that forgets them all (`together`)."""
     if not classes:
         raise SafemaxError("no classes to unlearn")
     if together:
         if params:
             raise SafemaxError("--tuned-from sets settings per class; it does not combine with --together")
-        return run_all([replace(plan(base, classes[:1])[0], forget_class=list(classes))], max_concurrent, console)
-    return run_all(plan(base, classes, params), max_concurrent, console)
+        return [replace(plan(base, classes[:1])[0], forget_class=list(classes))]
+    return plan(base, classes, params)
 
 
 def label(cfg: UnlearnConfig) -> str:

@@ -145,6 +145,12 @@ class TuneConfig:
             return dict(self.points_to_evaluate[0])
         return {k: (v.choices[0] if v.choices is not None else v.low) for k, v in self.search.items()}
 
+    def planned_trials(self) -> list[UnlearnConfig]:
+        """For `--plan`: every trial at the first point, with the largest iteration count searched."""
+        return [
+            self.trial_config({**self.first_point(), "iterations": _max_iterations(self)})
+        ] * self.budget.num_samples
+
     def trial_config(self, params: dict[str, Any]) -> UnlearnConfig:
         cfg = from_dict(UnlearnConfig, dict(self.run), where="run")
         cfg.forget_class, cfg.study, cfg.results_dir = self.forget_class, self.study, self.results_dir

@@ -93,6 +93,19 @@ class UnlearningMethod(ABC):
         # `setup_s` is a file read, not the method's set-up cost.
         self.setup_cached = False
 
+    @classmethod
+    def step_rows(cls, options: MethodOptions, batch_size: int) -> tuple[int, int]:
+        """UNet rows one training step pushes through the model: (with a backward, forward only).
+        `plan` turns them into GPU time. Default: the forget and the remain batch, both trained."""
+        return 2 * batch_size, 0
+
+    @classmethod
+    def setup_rows(
+        cls, options: MethodOptions, forget_images: int, num_classes: int, sample_steps: int, timesteps: int
+    ) -> tuple[int, int]:
+        """UNet rows of `setup`: (with a backward, forward only). Default: no set-up."""
+        return 0, 0
+
     def setup(self, ctx: SetupContext) -> None:  # noqa: B027  (optional hook)
         """Once before step 0 on every rank."""
 

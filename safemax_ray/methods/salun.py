@@ -59,6 +59,14 @@ class SalUn(UnlearningMethod):
     DEFAULT_LR = 1e-4  # the reference's
     options: SalUnOptions
 
+    @classmethod
+    def step_rows(cls, options, batch_size: int) -> tuple[int, int]:
+        return 2 * batch_size, batch_size  # and the pseudo label's output, without a gradient
+
+    @classmethod
+    def setup_rows(cls, options, forget_images: int, num_classes: int, sample_steps: int, timesteps: int):
+        return 2 * forget_images, 0  # the guided output's gradient over the whole forget set
+
     def setup(self, ctx: SetupContext) -> None:
         unet, opts = ctx.unet, self.options
         num_t = int(self.scheduler.config.num_train_timesteps)

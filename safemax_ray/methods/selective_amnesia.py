@@ -81,6 +81,12 @@ class SelectiveAmnesia(UnlearningMethod):
     SETUP_DEPENDS_ON_CLASS = False  # the Fisher and the replay samples cover every class
     options: SelectiveAmnesiaOptions
 
+    @classmethod
+    def setup_rows(cls, options, forget_images: int, num_classes: int, sample_steps: int, timesteps: int):
+        """Sampling the replay set (guided: 2 rows a step), then per-sample gradients over the timesteps."""
+        samples = options.fisher_samples_per_class * num_classes
+        return samples * (options.fisher_timesteps or timesteps), samples * sample_steps * 2
+
     def setup(self, ctx: SetupContext) -> None:
         path = self._cache_path(ctx)
         saved = cache.read(path)

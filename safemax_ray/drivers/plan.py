@@ -1,0 +1,154 @@
+"""What a comparison, batch or search will cost, before anything runs (`--plan`).
+
+For each run: the UNet rows of training, of the method's set-up and of the evaluation (a row is one image
+through the UNet; guided sampling pushes two per image and step), and projected GPU time from per-row
+figures measured on one H200 (NOTES section 6, `scripts/bench_gpu.py`: the 35.7M CIFAR-10 UNet, bf16,
+compiled). A set-up that does not depend on the forget class (Selective Amnesia's Fisher) and the base
+model's evaluation samples (one set per class) are charged once, as the cache shares them.
+
+The wall time on N GPUs is a list schedule: the shared set-ups first, then the runs, longest first, each
+on the GPU that frees up first (a run trains and is evaluated on one GPU; spreading a run's evaluation
+over idle GPUs, which `eval.workers: auto` does, can only shorten it).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safemax_ray.config import UnlearnConfig
+from safemax_ray.methods import get_method
+
+TRAIN_ROW_MS = 63.9 / 256  # one row forward and backward: a compiled SAFEMax step of 128 + 128 rows
+FORWARD_ROW_MS = 106.0 / 2048  # one row forward only: a compiled guided sampling step at batch 1024
+FIGURES = "H200, bf16, compiled: 63.9 ms per 128+128 training step, 106 ms per guided step at batch 1024"
+GOAL_HOURS, GOAL_GPUS = 4.0, 8  # the whole paper comparison on one 8-GPU node
+CLASS_IMAGES = {"cifar10": 5000}  # training images per class, where the data is not on this machine
+
+
+@dataclass
+class RunPlan:
+    label: str
+    method: str
+    train_rows: tuple[int, int]  # (with a backward, forward only)
+    eval_rows: int
+    setup_rows: tuple[int, int]
+    setup_key: str | None  # shared set-ups have a key; the run that starts first computes it
+    base_key: str  # the base model's samples for this run's labels: computed once per key
+    base_rows: int
+
+    @property
+    def run_ms(self) -> float:
+        return _ms(self.train_rows) + self.eval_rows * FORWARD_ROW_MS
+
+
+@dataclass
+class Plan:
+    runs: list[RunPlan]
+    gpus: int
+    assumptions: list[str] = field(default_factory=list)
+
+    def shared(self) -> dict[str, float]:
+        """ms of each distinct shared set-up, and of each distinct base-sample set."""
+        out = {r.setup_key: _ms(r.setup_rows) for r in self.runs if r.setup_key}
+        out.update({r.base_key: r.base_rows * FORWARD_ROW_MS for r in self.runs})
+        return out
+
+    def gpu_hours(self) -> float:
+        own_setups = sum(_ms(r.setup_rows) for r in self.runs if not r.setup_key)
+        return (sum(r.run_ms for r in self.runs) + own_setups + sum(self.shared().values())) / 3.6e6
+
+    def wall_hours(self) -> float:
+        free = [0.0] * self.gpus
+        jobs = sorted(self.shared().values(), reverse=True)
+        jobs += sorted((r.run_ms + (0 if r.setup_key else _ms(r.setup_rows)) for r in self.runs), reverse=True)
+        for ms in jobs:
+            heapq.heappush(free, heapq.heappop(free) + ms)
+        return max(free) / 3.6e6
+
+
+def _ms(rows: tuple[int, int]) -> float:
+    return rows[0] * TRAIN_ROW_MS + rows[1] * FORWARD_ROW_MS
+
+
+def plan_runs(configs: list[UnlearnConfig], gpus: int = 1) -> Plan:
+    """The cost of `configs` (class runs), from their settings alone: no file has to exist."""
+    notes: set[str] = set()
+    runs = []
+    for cfg in configs:
+        method = get_method(cfg.method)
+        options = cfg.options()
+        timesteps, num_classes, per_class = _model_and_data(cfg, notes)
+        steps = cfg.eval.sample_steps or timesteps
+        forget = cfg.forget_classes()
+        labels = cfg.eval.n_forget_samples * len(forget) + cfg.eval.n_retain_per_class * (num_classes - len(forget))
+        grad, fwd = method.step_rows(options, cfg.batch_size)
+        eval_rows = labels * steps * 2
+        runs.append(
+            RunPlan(
+                label=f"{cfg.method} class {cfg.forget_label()}",
+                method=cfg.method,
+                train_rows=(grad * cfg.iterations, fwd * cfg.iterations),
+                eval_rows=eval_rows,
+                setup_rows=method.setup_rows(options, per_class * len(forget), num_classes, steps, timesteps),
+                setup_key=None
+                if method.SETUP_DEPENDS_ON_CLASS
+                else json.dumps([cfg.method, cfg.model, vars(options)], sort_keys=True, default=str),
+                base_key=json.dumps([cfg.model, forget, vars(cfg.eval)], sort_keys=True, default=str),
+                base_rows=eval_rows,
+            )
+        )
+    return Plan(runs, gpus, sorted(notes))
+
+
+def _model_and_data(cfg: UnlearnConfig, notes: set[str]) -> tuple[int, int, int]:
+    """(diffusion steps T, classes, training images per class), read where the files are, else assumed."""
+    timesteps = 1000
+    config = Path(cfg.model or "", "scheduler", "scheduler_config.json")
+    if cfg.model and config.is_file():
+        timesteps = int(json.loads(config.read_text())["num_train_timesteps"])
+    elif cfg.model:
+        notes.add(f"model {cfg.model} is not on this machine: T = 1000")
+    if cfg.data_root and not Path(cfg.data_root).exists():
+        per_class = CLASS_IMAGES.get(cfg.dataset, 5000)
+        notes.add(f"data {cfg.data_root} is not on this machine: 10 classes of {per_class} images each")
+        return timesteps, 10, per_class
+    from safemax_ray.engine.workloads import ClassWorkload
+
+    data = ClassWorkload(cfg).load_data()
+    if not cfg.model:
+        from safemax_ray.core.models import load_scheduler
+
+        timesteps = int(load_scheduler(None).config.num_train_timesteps)
+    return timesteps, data.num_classes, len(data.labels) // data.num_classes
+
+
+def describe(plan: Plan) -> list[str]:
+    """The plan as printed lines: per method, then the totals and the goal."""
+    lines = [f"{'method':<10}{'runs':>6}{'train rows':>14}{'set-up rows':>14}{'eval rows':>14}{'GPU-h':>9}"]
+    for method in dict.fromkeys(r.method for r in plan.runs):
+        mine = [r for r in plan.runs if r.method == method]
+        shared = {r.setup_key: r for r in mine if r.setup_key}  # computed once each
+        setups = [r for r in mine if not r.setup_key] + list(shared.values())
+        train = sum(sum(r.train_rows) for r in mine)
+        setup = sum(sum(r.setup_rows) for r in setups)
+        evals = sum(r.eval_rows for r in mine)
+        hours = (sum(r.run_ms for r in mine) + sum(_ms(r.setup_rows) for r in setups)) / 3.6e6
+        lines.append(f"{method:<10}{len(mine):>6}{train:>14.3g}{setup:>14.3g}{evals:>14.3g}{hours:>9.1f}")
+    bases = {r.base_key: r.base_rows for r in plan.runs}
+    lines.append(
+        f"{'base':<10}{len(bases):>6}{'':>14}{'':>14}{sum(bases.values()):>14.3g}"
+        f"{sum(bases.values()) * FORWARD_ROW_MS / 3.6e6:>9.1f}"
+    )
+    total, wall = plan.gpu_hours(), plan.wall_hours()
+    lines.append(f"total {total:.1f} GPU-hours; wall {wall:.1f} h on {plan.gpus} GPU(s)")
+    goal = Plan(plan.runs, GOAL_GPUS).wall_hours()
+    lines.append(
+        f"goal: <= {GOAL_HOURS:g} h on {GOAL_GPUS} GPUs; projected {goal:.1f} h there "
+        f"({goal / GOAL_HOURS:.1f}x the goal)"
+    )
+    lines.append(f"figures: {FIGURES} (NOTES section 6)")
+    lines += [f"assumed: {note}" for note in plan.assumptions]
+    return lines

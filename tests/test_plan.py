@@ -1,0 +1,47 @@
+"""--plan: the runs of a comparison, batch or search and their projected GPU time, before anything runs."""
+
+import pytest
+
+from safemax_ray.cli import main
+from safemax_ray.config import load_unlearn_config
+from safemax_ray.drivers.compare import plan_comparison
+from safemax_ray.drivers.plan import FORWARD_ROW_MS, TRAIN_ROW_MS, plan_runs
+
+PAPER = "tune_configs/paper-cifar10.yaml"
+
+
+def test_the_paper_protocol_plan_counts_every_row(monkeypatch):
+    monkeypatch.chdir(__import__("pathlib").Path(__file__).parent.parent)
+    configs = plan_comparison(load_unlearn_config(PAPER), list(range(10)), ["safemax", "salun", "sa"])
+    plan = plan_runs(configs, gpus=8)
+    assert len(plan.runs) == 30
+    safemax, salun, sa = plan.runs[0], plan.runs[10], plan.runs[20]
+    assert safemax.train_rows == (2 * 128 * 1000, 0) and salun.train_rows == (2 * 128 * 1000, 128 * 1000)
+    assert sa.train_rows == (2 * 128 * 20000, 0)
+    assert safemax.eval_rows == (500 + 9 * 5000) * 1000 * 2  # guided: two rows per image and step
+    assert salun.setup_rows == (2 * 5000, 0)  # the saliency over the class's 5000 images
+    assert sa.setup_rows == (5000 * 1000, 5000 * 1000 * 2) and sa.setup_key  # Fisher: 500 a class, all t
+    # SA's set-up is charged once for the ten classes, the base samples once per class.
+    shared = plan.shared()
+    assert len(shared) == 1 + 10
+    expected_ms = sum(r.run_ms for r in plan.runs) + sum(shared.values()) + 10 * 2 * 5000 * TRAIN_ROW_MS
+    assert plan.gpu_hours() == pytest.approx(expected_ms / 3.6e6)
+    assert plan.gpu_hours() / 8 <= plan.wall_hours() <= plan.gpu_hours()
+    assert safemax.run_ms == pytest.approx(256_000 * TRAIN_ROW_MS + safemax.eval_rows * FORWARD_ROW_MS)
+
+
+def test_compare_batch_and_tune_print_the_plan_and_stop(monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise AssertionError("--plan started Ray")
+
+    monkeypatch.setattr("safemax_ray.ray.cluster.ensure_ray", refuse)
+    monkeypatch.chdir(__import__("pathlib").Path(__file__).parent.parent)
+    assert main(["compare", "--config", PAPER, "--classes", "0-9", "--plan", "--gpus", "8"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "GPU-hours" in out and "on 8 GPU(s)" in out and "goal: <= 4 h on 8 GPUs" in out
+    assert "data /data/cifar10 is not on this machine" in out
+    assert main(["batch", "--classes", "0-2", "--plan"]) == 0
+    assert "safemax 3" in " ".join(capsys.readouterr().out.split())
+    assert main(["tune", "--config", "tune_configs/digits.yaml", "--plan", "--gpus", "2"]) == 0
+    assert "on 2 GPU(s)" in " ".join(capsys.readouterr().out.split())
+    assert main(["compare", "--classes", "0", "--plan", "--gpus", "0"]) == 2
