@@ -66,35 +66,3 @@ class ConcatClassUNet(UNet2DModel):
         total = self.config.time_embedding_dim
         self.time_embedding = TimeMLP(ch, total // 2, total)
         self.class_embedding = ClassMLP(self.config.num_class_embeds, ch, total // 2, total)
-
-
-def build_concat_unet(
-    num_classes: int,
-    channels: int,
-    image_size: int,
-    block_out_channels: tuple[int, ...],
-    layers_per_block: int,
-    attention: tuple[bool, ...],
-    dropout: float,
-) -> ConcatClassUNet:
-    """The reference layout with these widths: GroupNorm(32, eps 1e-6), sin-then-cos timestep features
-    with frequencies log(10000)/(half - 1), (0, 1, 0, 1)-padded stride-2 downsampling convs, one-head
-    attention over all channels at the levels marked in `attention`."""
-    return ConcatClassUNet(
-        sample_size=image_size,
-        in_channels=channels,
-        out_channels=channels,
-        block_out_channels=block_out_channels,
-        layers_per_block=layers_per_block,
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
-        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
-        time_embedding_dim=8 * block_out_channels[0],
-        flip_sin_to_cos=False,
-        freq_shift=1,
-        downsample_padding=0,
-        norm_eps=1e-6,
-        norm_num_groups=32,
-        attention_head_dim=None,
-        dropout=dropout,
-        num_class_embeds=num_classes + 1,
-    )

@@ -16,7 +16,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from safemax_ray import storage
-from safemax_ray.core.concat_unet import ConcatClassUNet, build_concat_unet
+from safemax_ray.core.concat_unet import ConcatClassUNet
 from safemax_ray.errors import SafemaxError
 
 ASSETS = Path(__file__).parent.parent / "assets"
@@ -85,18 +85,51 @@ def build_unet(
     """A class-conditional UNet; the null label is index `num_classes`."""
     attention = attention or (False,) * len(block_out_channels)
     return UNet2DModel(
-        sample_size=image_size,
-        in_channels=channels,
-        out_channels=channels,
-        block_out_channels=block_out_channels,
-        layers_per_block=layers_per_block,
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
-        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+        **_layout(channels, image_size, block_out_channels, layers_per_block, attention),
         norm_num_groups=min(32, block_out_channels[0]),
         add_attention=any(attention),
         dropout=dropout,
         num_class_embeds=num_classes + 1,
     )
+
+
+def build_concat_unet(
+    num_classes: int,
+    channels: int,
+    image_size: int,
+    block_out_channels: tuple[int, ...],
+    layers_per_block: int,
+    attention: tuple[bool, ...],
+    dropout: float,
+) -> ConcatClassUNet:
+    """The reference layout with these widths (core/concat_unet.py): GroupNorm(32, eps 1e-6), sin-then-cos
+    timestep features with frequencies log(10000)/(half - 1), (0, 1, 0, 1)-padded stride-2 downsampling
+    convs, one-head attention over all channels at the levels marked in `attention`."""
+    return ConcatClassUNet(
+        **_layout(channels, image_size, block_out_channels, layers_per_block, attention),
+        time_embedding_dim=8 * block_out_channels[0],
+        flip_sin_to_cos=False,
+        freq_shift=1,
+        downsample_padding=0,
+        norm_eps=1e-6,
+        norm_num_groups=32,
+        attention_head_dim=None,
+        dropout=dropout,
+        num_class_embeds=num_classes + 1,
+    )
+
+
+def _layout(channels: int, image_size: int, widths: tuple[int, ...], layers: int, attention: tuple[bool, ...]):
+    """What both UNet builders share: the image, the widths per level, where attention is."""
+    return {
+        "sample_size": image_size,
+        "in_channels": channels,
+        "out_channels": channels,
+        "block_out_channels": widths,
+        "layers_per_block": layers,
+        "down_block_types": tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        "up_block_types": tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+    }
 
 
 def build_preset(name: str, num_classes: int, channels: int, image_size: int, widths=None) -> DiffusionModel:

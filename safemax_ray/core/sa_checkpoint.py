@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler
 
-from safemax_ray.core.concat_unet import ConcatClassUNet, build_concat_unet
-from safemax_ray.core.models import DiffusionModel
+from safemax_ray.core.concat_unet import ConcatClassUNet
+from safemax_ray.core.models import DiffusionModel, build_concat_unet
 from safemax_ray.errors import SafemaxError
 from safemax_ray.schema import read_yaml
 
