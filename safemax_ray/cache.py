@@ -3,12 +3,19 @@
 Runs read an entry instead of recomputing it (the base model's evaluation samples, a concept's training
 latents, Selective Amnesia's Fisher diagonal). An entry that cannot be read (truncated by a killed
 writer, a disk error) is a miss: one log line says so, the caller recomputes, and the write replaces it.
-Writes are atomic, so a reader sees a whole entry or none.
+Writes are atomic, so a reader sees a whole entry or none. An entry that several runs need at once
+(a set-up that does not depend on the class) is computed by one of them (`compute_once`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from safetensors.torch import load as load_tensors
@@ -34,3 +41,87 @@ def write(path: str | None, tensors: dict[str, torch.Tensor]) -> None:
     """Write (or replace) an entry atomically; concurrent writers of one key write the same content."""
     if path:
         storage.write_bytes_atomic(path, save_tensors({k: v.contiguous() for k, v in tensors.items()}), overwrite=True)
+
+
+HEARTBEAT_S = 30.0  # a computing claim is touched this often; one untouched for 4 beats is a dead holder's
+
+
+def compute_once(
+    path: str | None,
+    compute: Callable[[], dict[str, torch.Tensor]],
+    rank: int = 0,
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """The entry at `path`, computed at most once however many runs and drivers ask for it at the same
+    time: rank 0 of the first to claim it computes (its ranks together), the others wait for the entry
+    and read it. Returns (tensors, computed here). Claims are files beside the entry (`.claim`, taken
+    with O_EXCL), so they hold across processes and drivers on one filesystem; on an object store there
+    are no claims and concurrent runs compute it each, as before."""
+    saved = _claim_or_wait(path) if rank == 0 else None
+    mine = rank == 0 and saved is None
+    computes = bool(all_reduce(torch.tensor(int(mine))).item())  # rank 0 decides for every rank
+    if not computes:
+        return saved if saved is not None else read(path), False
+    with _heartbeat(path if rank == 0 else None):
+        tensors = compute()
+        if rank == 0:
+            write(path, tensors)
+    return tensors, True
+
+
+def _claim_or_wait(path: str | None) -> dict[str, torch.Tensor] | None:
+    """The entry when another computed it (after waiting for it); None when this caller must compute it
+    (it then holds the claim)."""
+    while path:
+        saved = read(path)
+        if saved is not None or storage.is_uri(path) or _claim(path):
+            return saved
+        log.info("cache entry %s is being computed by another run; waiting for it", path)
+        while _claim_alive(path):
+            time.sleep(min(HEARTBEAT_S / 4, 5.0))
+    return None
+
+
+def _claim(path: str) -> bool:
+    claim = Path(f"{path}.claim")
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _claim_alive(path: str) -> bool:
+    claim = Path(f"{path}.claim")
+    try:
+        age = time.time() - claim.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age > 4 * HEARTBEAT_S:  # its holder died without releasing it
+        claim.unlink(missing_ok=True)
+        return False
+    return True
+
+
+@contextmanager
+def _heartbeat(path: str | None) -> Iterator[None]:
+    """Hold the claim on `path` (touched every HEARTBEAT_S) until the block ends, then release it."""
+    if path is None or storage.is_uri(path):
+        yield
+        return
+    claim = Path(f"{path}.claim")
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT_S):
+            claim.touch(exist_ok=True)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        claim.unlink(missing_ok=True)

@@ -116,3 +116,47 @@ def test_selective_amnesia_ewc_is_zero_at_the_base_weights_and_grows_after(tiny_
 def test_bad_baseline_options_are_refused_by_name(method, options, message):
     with pytest.raises(SafemaxError, match=message):
         method_options(method, options)
+
+
+def test_a_shared_set_up_is_computed_once_by_concurrent_runs_and_read_alike(tiny_assets, tmp_path):
+    """Two sessions (two drivers, or two runs of a batch) set up SA on one cache folder at the same time:
+    one computes the Fisher, the other waits for it and reads it; and a run that reads it ends with the
+    weights of a run that computed it itself."""
+    import threading
+
+    from safemax_ray.config import UnlearnConfig
+    from safemax_ray.engine.loop import open_session, run_setup, train
+
+    model, classifier = tiny_assets
+    options = {"fisher_samples_per_class": 2, "fisher_timesteps": 3}
+
+    def session(forget_class):
+        cfg = UnlearnConfig(
+            forget_class=forget_class,
+            model=model,
+            classifier=classifier,
+            method="sa",
+            iterations=2,
+            batch_size=8,
+            method_options=options,
+        )
+        return open_session(cfg, torch.device("cpu"))
+
+    shared = str(tmp_path / "shared")
+    first, second = session(1), session(2)
+    threads = [threading.Thread(target=run_setup, args=(s, shared)) for s in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted([first.state.setup_cached, second.state.setup_cached]) == [False, True]
+    alone = session(2)
+    run_setup(alone, str(tmp_path / "own"))  # computes its own
+    assert not alone.state.setup_cached
+    train(second)
+    train(alone)
+    for (name, a), b in zip(
+        second.model.unet.state_dict().items(), alone.model.unet.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert not list((tmp_path / "shared").glob("*.claim"))  # claims are released

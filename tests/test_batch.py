@@ -100,3 +100,26 @@ def test_interrupted_batch_resumes_and_stores_every_class_once(tiny_assets, tmp_
     assert "0 run(s) done, 2 already stored" in " ".join(capsys.readouterr().out.split())
     assert len(read_dataframe(str(results))) == 2
     assert Path(df.model_path.iloc[0]).is_dir()
+
+
+def test_a_batch_computes_a_shared_set_up_once(tiny_assets, tmp_path, ray_session):
+    """SA on three classes, three runs at once: its Fisher (the same for every class) is computed by one
+    run, before the others start; they read it. Its cost stays with the run that computed it."""
+    from safemax_ray.drivers.batch import batch_unlearn
+
+    model, classifier = tiny_assets
+    base = UnlearnConfig(
+        method="sa",
+        model=model,
+        classifier=classifier,
+        iterations=2,
+        batch_size=8,
+        results_dir=str(tmp_path),
+        method_options={"fisher_samples_per_class": 2, "fisher_timesteps": 3},
+    )
+    base.eval.n_forget_samples, base.eval.n_retain_per_class, base.eval.sample_steps = 4, 2, 3
+    result = batch_unlearn(base, [1, 2, 3], max_concurrent=3)
+    assert len(result.done) == 3 and not result.failed
+    computed = [row for row in result.done if not row["setup_cached"]]
+    assert len(computed) == 1 and computed[0]["setup_s"] > 0
+    assert not list((tmp_path / "cache").glob("*.claim"))

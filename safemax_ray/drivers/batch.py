@@ -149,6 +149,43 @@ def batch_configs(
     return plan(base, classes, params)
 
 
+SETUP_POLL_S = 2.0
+
+
+class SharedSetups:
+    """Which runs may start now: a run whose method's set-up does not depend on the class waits until
+    its set-up is in the cache, and one run of each such set-up (the first) computes it meanwhile, while
+    the other runs of the batch go ahead. The set-up is then charged to that run alone, as before."""
+
+    def __init__(self, configs: list[UnlearnConfig], use_gpu: bool):
+        from safemax_ray.engine.workloads import workload_for
+        from safemax_ray.methods import get_method
+
+        device = "cuda" if use_gpu else "cpu"
+        self.paths: dict[int, str | None] = {}
+        for cfg in configs:
+            name = get_method(cfg.method).setup_cache_name(
+                workload_for(cfg).model_id(), cfg.options(), cfg.seed, device
+            )
+            self.paths[id(cfg)] = storage.join(cfg.results_dir, "cache", name) if name else None
+        self.computing: dict[Any, str] = {}  # in-flight run -> the set-up it computes
+
+    def next_runnable(self, queue: list[UnlearnConfig]) -> UnlearnConfig | None:
+        for cfg in queue:
+            path = self.paths[id(cfg)]
+            if path is None or path not in self.computing.values() or storage.exists(path):
+                return cfg
+        return None
+
+    def started(self, cfg: UnlearnConfig, ref: Any) -> None:
+        path = self.paths[id(cfg)]
+        if path is not None and not storage.exists(path) and path not in self.computing.values():
+            self.computing[ref] = path
+
+    def ended(self, ref: Any) -> None:
+        self.computing.pop(ref, None)  # done or failed: a waiting run may compute it next
+
+
 def label(cfg: UnlearnConfig) -> str:
     return f"{cfg.method} class {cfg.forget_label()}"
 
@@ -193,14 +230,21 @@ def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, con
         # The run's own task only waits on its Train workers and evaluation tasks: it holds no CPU, or
         # after a node dies the surviving runs' tasks could hold every CPU their restarted workers need.
         task = ray.remote(_one_run).options(num_cpus=0, max_retries=0)
-        pending: dict[Any, str] = {}
+        shared = SharedSetups(todo, use_gpu)
+        pending: dict[Any, UnlearnConfig] = {}
         queue = list(todo)
         while queue or pending:
-            while queue and len(pending) < limit:
-                cfg = queue.pop(0)
-                pending[task.remote(to_dict(cfg), use_gpu)] = label(cfg)
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            name = pending.pop(ready[0])
+            while len(pending) < limit and (cfg := shared.next_runnable(queue)) is not None:
+                queue = [c for c in queue if c is not cfg]
+                ref = task.remote(to_dict(cfg), use_gpu)
+                pending[ref] = cfg
+                shared.started(cfg, ref)
+            # Wake up now and then: a set-up another run computes may have become readable meanwhile.
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=SETUP_POLL_S if queue else None)
+            if not ready:
+                continue
+            shared.ended(ready[0])
+            name = label(pending.pop(ready[0]))
             try:
                 row = ray.get(ready[0])
                 outcome.done.append(row)

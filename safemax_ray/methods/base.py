@@ -106,6 +106,12 @@ class UnlearningMethod(ABC):
         """UNet rows of `setup`: (with a backward, forward only). Default: no set-up."""
         return 0, 0
 
+    @classmethod
+    def setup_cache_name(cls, model_id: str, options: MethodOptions, seed: int, device_type: str) -> str | None:
+        """The cache entry (a file name under the cache folder) a set-up that does not depend on the
+        class is shared through; `batch` and `compare` start the runs that read it after it exists."""
+        return None
+
     def setup(self, ctx: SetupContext) -> None:  # noqa: B027  (optional hook)
         """Once before step 0 on every rank."""
 

@@ -88,13 +88,10 @@ class SelectiveAmnesia(UnlearningMethod):
         return samples * (options.fisher_timesteps or timesteps), samples * sample_steps * 2
 
     def setup(self, ctx: SetupContext) -> None:
-        path = self._cache_path(ctx)
-        saved = cache.read(path)
-        self.setup_cached = saved is not None
-        if saved is None:
-            saved = self._compute(ctx)
-            if ctx.rank == 0:
-                cache.write(path, saved)
+        # The Fisher does not depend on the class: one run of a batch computes it, the others read it.
+        agree = lambda flag: ctx.all_reduce(flag.to(ctx.device))  # noqa: E731  (NCCL wants device tensors)
+        saved, computed = cache.compute_once(self._cache_path(ctx), lambda: self._compute(ctx), ctx.rank, agree)
+        self.setup_cached = not computed
         names = [name for name, _ in ctx.unet.named_parameters()]
         self.fisher = {name: saved[f"fisher.{name}"].to(ctx.device) for name in names}
         self.anchor = {name: p.detach().clone() for name, p in ctx.unet.named_parameters()}
@@ -102,11 +99,15 @@ class SelectiveAmnesia(UnlearningMethod):
         self.replay_images = saved["replay_images"][keep].to(ctx.device)
         self.replay_labels = saved["replay_labels"][keep].to(ctx.device)
 
+    @classmethod
+    def setup_cache_name(cls, model_id: str, options, seed: int, device_type: str) -> str:
+        key = json.dumps([model_id, asdict(options), seed, device_type], sort_keys=True)
+        return f"sa-fisher-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+
     def _cache_path(self, ctx: SetupContext) -> str | None:
         if not ctx.cache_dir:
             return None
-        key = json.dumps([ctx.model_id, asdict(self.options), ctx.seed, str(ctx.device.type)], sort_keys=True)
-        return storage.join(ctx.cache_dir, f"sa-fisher-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors")
+        return storage.join(ctx.cache_dir, self.setup_cache_name(ctx.model_id, self.options, ctx.seed, ctx.device.type))
 
     def _compute(self, ctx: SetupContext) -> dict[str, torch.Tensor]:
         opts, unet = self.options, ctx.unet
