@@ -195,3 +195,30 @@ def test_core_install_does_not_need_transformers():
         names += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
         heavy = {n.split(".")[0] for n in names} & {"transformers", "eval_unlearn"}
         assert not heavy or module == package / "plugins" / "eval_unlearn.py", (module, heavy)
+
+
+def test_two_workers_generate_the_training_latents_once(tiny_pipeline, tmp_path, monkeypatch):
+    """A concept run's workers all open the workload at once: the first to claim the latents generates
+    them, the others wait for the cache entry and read the same tensors."""
+    import threading
+
+    from safemax_ray import cache
+    from safemax_ray.engine.workloads.concepts import ConceptWorkload
+
+    monkeypatch.setattr(cache, "HEARTBEAT_S", 0.4)
+    calls = []
+    generate = ConceptWorkload._generate
+    monkeypatch.setattr(ConceptWorkload, "_generate", lambda self, *a: calls.append(1) or generate(self, *a))
+    cfg = concept_config(tiny_pipeline, tmp_path)
+    opened = {}
+
+    def worker(rank):
+        opened[rank] = ConceptWorkload(cfg).open(torch.device("cpu"), str(tmp_path / "cache"))[1]
+
+    threads = [threading.Thread(target=worker, args=(rank,)) for rank in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert torch.equal(opened[0].images, opened[1].images)

@@ -100,24 +100,20 @@ class ConceptWorkload(Workload):
         return self._pipe.to(device)
 
     def open(self, device: torch.device, cache_dir: str | None) -> tuple[DiffusionModel, ImageData]:
-        """The pipeline's UNet over the run's prompts, on `device`, and its training latents (cached)."""
+        """The pipeline's UNet over the run's prompts, on `device`, and its training latents: generated
+        once (by the first of the run's workers to claim them; the others wait and read the cache)."""
         pipe = self.pipeline(device)
         model = prompt_model(pipe, self.prompts())
         path = self.latents_path(cache_dir) if cache_dir else None
-        cached = cache.read(path)
-        if cached is None:
-            latents, labels = self._generate(pipe, model)
-            cache.write(path, {"latents": latents, "labels": labels})
-        else:
-            latents, labels = cached["latents"], cached["labels"]
-        return model, ImageData(latents, labels, self.prompts())
+        saved, _ = cache.compute_once(path, lambda: self._generate(pipe, model))
+        return model, ImageData(saved["latents"], saved["labels"], self.prompts())
 
     def latents_path(self, cache_dir: str) -> str:
         fixed = {**self.identity(), "eval": to_dict(self.cfg.eval)}
         digest = hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
         return storage.join(cache_dir, f"concept-{digest}.safetensors")
 
-    def _generate(self, pipe: TextPipeline, model: DiffusionModel) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate(self, pipe: TextPipeline, model: DiffusionModel) -> dict[str, torch.Tensor]:
         n_concept = len(self.concept.prompts())
         labels = torch.arange(len(self.prompts())).repeat_interleave(self.concept.images_per_prompt)
         model.unet.eval()
@@ -128,7 +124,7 @@ class ConceptWorkload(Workload):
             keep = labels >= n_concept
             latents = torch.cat([forget, latents[keep]])
             labels = torch.cat([torch.arange(len(forget)) % n_concept, labels[keep]])
-        return latents.contiguous(), labels.contiguous()
+        return {"latents": latents.contiguous(), "labels": labels.contiguous()}
 
     def save_model(self, model: DiffusionModel, folder: Path) -> None:
         """The UNet and scheduler only: the pipeline's other parts stay in the base folder."""
