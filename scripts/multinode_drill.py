@@ -126,6 +126,10 @@ def main() -> None:
     parser.add_argument("--iterations", default="30")
     parser.add_argument("--job-timeout", type=float, default=600.0, help="seconds each job may take")
     args = parser.parse_args()
+    from ray._private.utils import get_dashboard_dependency_error
+
+    if get_dashboard_dependency_error():  # the job server is part of Ray's dashboard
+        sys.exit("the drill submits jobs through Ray's job server: pip install 'ray[default]==2.60.0' first")
     os.environ.update(ENV)  # the job client, in this process, talks to the same auth-less cluster
     work = Path(tempfile.mkdtemp(prefix="drill", dir="/tmp"))  # short: Ray's socket paths are limited
     results = work / "results"
