@@ -1,10 +1,12 @@
 """compare: the paper's methods on the same classes through the batch machinery, then the report with
 cost ratios to SAFEMax and the forget-samples figure."""
 
+from pathlib import Path
+
 import pytest
 
 from safemax_ray.cli import parse_options
-from safemax_ray.config import EvalConfig, UnlearnConfig
+from safemax_ray.config import UnlearnConfig, load_unlearn_config
 from safemax_ray.drivers.compare import compare, plan_comparison
 from safemax_ray.errors import SafemaxError
 
@@ -33,25 +35,65 @@ def test_options_flag_parses_method_dot_option_pairs():
         parse_options(["gamma=1"])
 
 
-def test_compare_runs_every_method_and_reports_ratios_and_figure(tiny_assets, ray_session, tmp_path):
-    model, classifier = tiny_assets
-    base = UnlearnConfig(
-        model=model,
-        classifier=classifier,
-        iterations=2,
-        batch_size=8,
-        results_dir=str(tmp_path),
-        eval=EvalConfig(n_forget_samples=4, n_retain_per_class=2, sample_steps=3),
-    )
+def paper_stand_ins(root: Path) -> dict[str, str]:
+    """The four files the paper's config asks for, tiny: a narrow Selective-Amnesia-format checkpoint
+    (imported), a random ResNet-34 state dict, a CIFAR-10 binary release of 40 images (no Inception)."""
+    import numpy as np
+    import torch
+    from reference_ddpm import random_state, save_checkpoint
+    from resnet34_reference import random_state as resnet_state
+    from test_sa_checkpoint import narrow_config
+
+    from safemax_ray.drivers.interchange import import_checkpoint
+
+    save_checkpoint(root / "ckpt.pth", random_state(0, ch=32), random_state(1, ch=32))
+    model = import_checkpoint(str(root / "ckpt.pth"), str(root / "model"), config=narrow_config(root))
+    torch.save(resnet_state(10), root / "cifar10_resnet34.pth")
+    batches = root / "cifar10" / "cifar-10-batches-bin"
+    batches.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        labels = np.arange(8, dtype=np.uint8)[:, None] + 2 * (i % 2)  # classes 0-7 or 2-9: each twice or more
+        pixels = rng.integers(0, 256, (8, 3072), dtype=np.uint8)
+        np.concatenate([labels % 10, pixels], axis=1).tofile(batches / f"data_batch_{i}.bin")
+    return {"model": str(model), "classifier": str(root / "cifar10_resnet34.pth"), "data_root": str(root / "cifar10")}
+
+
+def test_the_paper_config_runs_end_to_end_on_stand_ins(tmp_path, ray_session):
+    """tune_configs/paper-cifar10.yaml with tiny stand-ins for its four files and a tiny budget: every
+    method on one class through compare, judged by the ResNet-34, then the report with the cost ratios
+    and Figure 2; a second compare reruns nothing."""
+    paths = paper_stand_ins(tmp_path)
+    tiny = {
+        "iterations": 2,
+        "batch_size": 4,
+        "eval.n_forget_samples": 4,
+        "eval.n_retain_per_class": 2,
+        "eval.sample_steps": 3,
+        "results_dir": str(tmp_path / "results"),
+        **paths,
+    }
+    base = load_unlearn_config(Path(__file__).parent.parent / "tune_configs" / "paper-cifar10.yaml", **tiny)
+    base.eval.fid_weights = None  # no Inception weights here: FID on the judge's features
     options = {"sa": {"fisher_samples_per_class": 2, "fisher_timesteps": 3}}
-    result = compare(base, [1], ["safemax", "salun", "sa"], options)
+    result = compare(base, [3], ["safemax", "salun", "sa"], options)
     assert len(result.batch.done) == 3 and not result.batch.failed
     rows = {row["method"]: row for row in result.batch.done}
     assert rows["sa"]["iterations"] == 40 and rows["salun"]["setup_s"] > 0 and rows["sa"]["setup_s"] > 0
+    assert {row["dataset"] for row in rows.values()} == {"cifar10"}
+    assert {row["fid_features"] for row in rows.values()} == {"classifier"}
     ratios = result.report.tables["ratios"]
     assert ratios.loc["safemax", "RTE / safemax"] == pytest.approx(1.0)
     assert set(ratios.index) == {"safemax", "salun", "sa"}
     names = {p.name for p in result.report.files}
     assert {"ratios.md", "forget_samples.png", "quality.md", "cost.md"} <= names
-    again = compare(base, [1], ["safemax", "salun", "sa"], options)  # everything is stored: nothing reruns
+    again = compare(base, [3], ["safemax", "salun", "sa"], options)  # everything is stored: nothing reruns
     assert not again.batch.done and len(again.batch.skipped) == 3
+
+
+def test_a_cifar_folder_without_its_batches_is_refused_by_name(tmp_path):
+    from safemax_ray.core.data import load_cifar10
+
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    with pytest.raises(SafemaxError, match="lacks data_batch_1, .*data_batch_5: copy the whole CIFAR-10"):
+        load_cifar10(tmp_path)

@@ -111,6 +111,12 @@ def load_cifar10(root: str | Path) -> ImageData:
         (root / "cifar-10-batches-py", _cifar_from_pickles),
     ):
         if candidate.is_dir():
+            suffix = ".bin" if candidate.name.endswith("bin") else ""
+            missing = [
+                f"data_batch_{i}{suffix}" for i in range(1, 6) if not (candidate / f"data_batch_{i}{suffix}").is_file()
+            ]
+            if missing:
+                raise SafemaxError(f"{candidate} lacks {', '.join(missing)}: copy the whole CIFAR-10 release there")
             x, y = reader(candidate)
             break
     else:
