@@ -77,10 +77,14 @@ def plan_runs(configs: list[UnlearnConfig], gpus: int = 1) -> Plan:
     """The cost of `configs` (class runs), from their settings alone: no file has to exist."""
     notes: set[str] = set()
     runs = []
+    read: dict[tuple, tuple[int, int, int]] = {}  # the runs of a plan share a few models and datasets
     for cfg in configs:
         method = get_method(cfg.method)
         options = cfg.options()
-        timesteps, num_classes, per_class = _model_and_data(cfg, notes)
+        where = (cfg.model, cfg.dataset, cfg.data_root, cfg.image_size)
+        if where not in read:
+            read[where] = _model_and_data(cfg, notes)
+        timesteps, num_classes, per_class = read[where]
         steps = cfg.eval.sample_steps or timesteps
         forget = cfg.forget_classes()
         labels = cfg.eval.n_forget_samples * len(forget) + cfg.eval.n_retain_per_class * (num_classes - len(forget))

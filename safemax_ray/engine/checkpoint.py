@@ -87,8 +87,3 @@ def load_samples(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def mark_diverged(folder: Path, message: str) -> None:
     (folder / DIVERGED).write_text(json.dumps({"message": message}))
-
-
-def diverged_message(folder: Path) -> str | None:
-    path = folder / DIVERGED
-    return json.loads(path.read_text())["message"] if path.is_file() else None
