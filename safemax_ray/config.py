@@ -295,5 +295,3 @@ def load_unlearn_config(path: str | Path | None = None, **overrides: Any) -> Unl
         )
     config = from_dict(UnlearnConfig, data, where=str(path or "config"))
     return apply_overrides(config, overrides)
-
-

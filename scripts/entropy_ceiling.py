@@ -27,7 +27,7 @@ from safemax_ray.core.classifier import load_classifier
 from safemax_ray.core.metrics import mean_entropy, unlearning_accuracy
 from safemax_ray.core.models import SHIPPED_CLASSIFIER, load_model
 from safemax_ray.core.sampling import sample
-from safemax_ray.engine.evaluate import classify
+from safemax_ray.engine.judging import classify
 
 
 class ForgetOptimum(torch.nn.Module):

@@ -4,14 +4,17 @@ depend on how it is split."""
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from safemax_ray.config import EvalConfig, RayConfig, UnlearnConfig
+from safemax_ray.core.data import load_dataset
 from safemax_ray.core.models import DiffusionModel, load_model
 from safemax_ray.engine import checkpoint, evaluate
+from safemax_ray.engine.judging import Share
 from safemax_ray.engine.loop import Hooks, TrainingDiverged, open_session, run_setup, train
 from safemax_ray.identity import run_key
 
@@ -121,24 +124,31 @@ def test_one_and_two_workers_sample_identical_images(tiny_assets):
     config = EvalConfig(n_forget_samples=5, n_retain_per_class=2, batch_size=4, sample_steps=4)
     labels = evaluate.eval_labels(10, 3, config)
     one = evaluate.sample_labels(model, labels, config)
-    ranks = [evaluate.sample_chunks(model, labels, config, list(range(r, 6, 2))) for r in range(2)]
+    ranks = [Share.of(evaluate.sample_chunks(model, labels, config, list(range(r, 6, 2)))) for r in range(2)]
 
     def gather(mine):  # what torch.distributed.all_gather_object returns, in rank order
         return ranks
 
     two = evaluate.sample_labels(model, labels, config, rank=0, world=2, gather=gather)
     assert one.shape == (23, 1, 8, 8) and torch.equal(one, two)
-    three = [evaluate.sample_chunks(model, labels, config, list(range(r, 6, 3))) for r in range(3)]
+    three = [Share.of(evaluate.sample_chunks(model, labels, config, list(range(r, 6, 3)))) for r in range(3)]
     assert torch.equal(one, evaluate.sample_labels(model, labels, config, 2, 3, lambda mine: three))
 
 
-def test_base_cache_is_keyed_by_what_fixes_the_noise(tiny_assets, tmp_path):
+def _judge(tiny_assets, labels, forget=0):
+    cfg = tiny_config(tiny_assets, forget_class=forget)
+    data = load_dataset("digits")
+    return evaluate.class_judge(cfg, data, labels, CPU)
+
+
+def test_base_cache_is_keyed_by_what_fixes_the_judgement(tiny_assets, tmp_path):
     model = _model(tiny_assets)
     config = EvalConfig(n_forget_samples=3, n_retain_per_class=2, batch_size=4, sample_steps=3)
     labels = evaluate.eval_labels(10, 0, config)
+    judge = _judge(tiny_assets, labels)
 
-    def path(cfg=config, lab=labels, device="cpu"):
-        return evaluate.base_cache_path(str(tmp_path), "model-id", lab, cfg, device)
+    def path(cfg=config, lab=labels, device="cpu", judge_id="judge"):
+        return evaluate.base_cache_path(str(tmp_path), "model-id", lab, cfg, device, judge_id)
 
     assert path() == path()
     others = [
@@ -147,14 +157,29 @@ def test_base_cache_is_keyed_by_what_fixes_the_noise(tiny_assets, tmp_path):
         path(EvalConfig(**{**config.__dict__, "guidance": 1.0})),
         path(lab=evaluate.eval_labels(10, 1, config)),
         path(device="cuda"),  # CUDA generators draw other numbers than CPU ones
+        path(judge_id="another classifier"),
     ]
     assert path() not in others and len(set(others)) == len(others)
-    # The cache written by one worker is exactly what two workers would sample.
+    # The cache written by one worker is exactly what two workers would judge.
     sample = evaluate.RankSampler(config, "cpu")
-    cached = evaluate.base_samples(model, labels, sample, path())
+    cached = evaluate.base_judgement(model, labels, sample, judge, path())
     assert Path(path()).is_file()
-    assert torch.equal(evaluate.base_samples(model, labels, sample, path()), cached)
-    assert torch.equal(evaluate.sample_labels(model, labels, config), cached)
+    again = evaluate.base_judgement(model, labels, sample, judge, path())
+    two = [Share.of(evaluate.sample_chunks(model, labels, config, list(range(r, 6, 2)), judge)) for r in range(2)]
+    split = evaluate.judge_labels(model, labels, config, judge, 0, 2, lambda mine: two)
+    for other in (again, split):
+        assert other.rows.keys() == cached.rows.keys() and other.sums.keys() == cached.sums.keys()
+        assert all(torch.equal(other.rows[k], cached.rows[k]) for k in cached.rows)
+        assert all(torch.allclose(other.sums[k], cached.sums[k], rtol=1e-12) for k in cached.sums)
+
+
+def test_a_judge_sees_the_classifier_and_the_fid_features(tiny_assets):
+    """The judge's identity (part of the base cache key) changes with what scores the samples."""
+    labels = evaluate.eval_labels(10, 0, EvalConfig())
+    judge = _judge(tiny_assets, labels)
+    cfg = tiny_config(tiny_assets)
+    assert evaluate.judge_id(cfg, judge) == evaluate.judge_id(cfg, _judge(tiny_assets, labels))
+    assert evaluate.judge_id(replace(cfg, classifier=None), judge) != evaluate.judge_id(cfg, judge)
 
 
 def test_setup_runs_once_and_is_timed_apart(tiny_assets):

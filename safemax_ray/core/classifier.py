@@ -75,6 +75,7 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         self.classifier = classifier
         self.num_features = classifier.feature_dim
+        self.batch_size = classifier.batch_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier.features(x.float())

@@ -3,14 +3,13 @@
 UA    = 100 - percent of forget-class samples the classifier labels as the forget class.
 H     = mean natural-log entropy of the classifier's softmax on forget-class samples (max ln K).
 FID   = Frechet distance between features of retained-class samples and real retained-class images,
-        computed by torchmetrics' FrechetInceptionDistance with a pluggable feature extractor.
+        from feature sums that add across chunks (so no process needs every image).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
 
 
 def unlearning_accuracy(logits: torch.Tensor, forget_class: int | torch.Tensor) -> float:
@@ -30,25 +29,52 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (logits.argmax(1) == labels).float().mean().item()
 
 
-def frechet_distance(
-    real: torch.Tensor, fake: torch.Tensor, extractor: nn.Module | int, weights_path: str | None = None
-) -> float:
-    """FID between image sets in [-1, 1]. `extractor` is a feature module (with `num_features`) or, for
-    the Inception network, its feature size (2048) plus a local weights file.
+def percent(flags: torch.Tensor) -> float:
+    """% of true flags (nan for none)."""
+    return 100.0 * float(flags.float().mean()) if len(flags) else float("nan")
 
-    The caller holds all images, so the metric must not sync across DDP ranks (rank 0 scores alone).
-    """
-    if isinstance(extractor, nn.Module):
-        metric = FrechetInceptionDistance(feature=extractor, normalize=True, sync_on_compute=False)
-        prepare = lambda x: x  # noqa: E731  (the module takes our [-1, 1] images as they are)
-    else:
-        metric = FrechetInceptionDistance(
-            feature=extractor, normalize=True, feature_extractor_weights_path=weights_path, sync_on_compute=False
+
+def feature_sums(features: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What FID needs of a set of (N, D) features, as sums that add across chunks: the sum, the sum of
+    outer products and the count, in float64 (as torchmetrics keeps them)."""
+    f = features.double()
+    count = torch.tensor(float(len(f)), dtype=torch.float64)
+    return {"fid_sum": f.sum(0), "fid_outer": f.t().mm(f), "fid_count": count}
+
+
+def frechet_from_sums(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor]) -> float:
+    """The Frechet distance between two feature sets given by `feature_sums` (added over any chunks);
+    the same arithmetic as torchmetrics' FrechetInceptionDistance.compute."""
+
+    def moments(s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        n = s["fid_count"]
+        if n < 2:
+            raise ValueError(f"FID needs at least 2 samples on each side, got {int(n)}")
+        mean = s["fid_sum"] / n
+        return mean, (s["fid_outer"] - n * torch.outer(mean, mean)) / (n - 1)
+
+    (mu1, sigma1), (mu2, sigma2) = moments(real), moments(fake)
+    a = (mu1 - mu2).square().sum()
+    b = sigma1.trace() + sigma2.trace()
+    c = torch.linalg.eigvals(sigma1 @ sigma2).sqrt().real.sum()
+    return float(a + b - 2 * c)
+
+
+class InceptionFeatures(nn.Module):
+    """The 2048 Inception pool features FID is defined on, from images in [-1, 1] (grey or RGB), with a
+    local weights file (torchmetrics' network; needs the `cifar` extra's torch-fidelity)."""
+
+    num_features = 2048
+    batch_size = 256  # images per forward at 299 x 299
+
+    def __init__(self, weights_path: str):
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        self.net = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights_path
         )
-        prepare = lambda x: ((x + 1) / 2).expand(-1, 3, -1, -1)  # noqa: E731  ([0, 1] RGB for Inception)
-    with torch.no_grad():
-        for chunk in real.split(1024):
-            metric.update(prepare(chunk), real=True)
-        for chunk in fake.split(1024):
-            metric.update(prepare(chunk), real=False)
-    return float(metric.compute())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # torchmetrics' FID with normalize=True: [0, 1] floats become bytes before the network
+        return self.net((((x + 1) / 2).expand(-1, 3, -1, -1) * 255).byte())

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from safemax_ray.core.metrics import percent
+
 CALIBRATION_IMAGES = 2000  # real images (and as many noise images) used to place the threshold
 
 
@@ -39,8 +41,11 @@ def calibrate(real: torch.Tensor, seed: int = 0) -> float:
     return float(cuts[balanced.argmax()])
 
 
+def is_noise(images: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(N,) True where an image scores as noise."""
+    return neighbour_correlation(images) < threshold
+
+
 def noise_rate(images: torch.Tensor, threshold: float) -> float:
     """% of images that score as noise."""
-    if not len(images):
-        return float("nan")
-    return 100.0 * float((neighbour_correlation(images) < threshold).float().mean())
+    return percent(is_noise(images, threshold))

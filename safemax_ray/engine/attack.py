@@ -24,7 +24,7 @@ from safemax_ray.core.models import DiffusionModel
 from safemax_ray.core.noise import noise_rate
 from safemax_ray.core.randomness import RankRandom, seeded_generator, step_generator
 from safemax_ray.core.sampling import denoise_from, sample
-from safemax_ray.engine.evaluate import classify
+from safemax_ray.engine.judging import classify
 
 RECOVERED_AT = 50.0  # forget-class accuracy (%) at which the class counts as back
 

@@ -3,13 +3,14 @@
 The labels to sample are cut into fixed-size chunks (`eval.batch_size`); chunk c is sampled from a
 generator seeded by (eval seed, c). Workers take whole chunks (rank r takes chunks r, r + N, ...), so one
 worker or many, Train workers or Ray tasks, produce the same images bit for bit, and the base model's
-cached samples always share the unlearned model's noise. The cache key names everything that fixes
-that noise: the model's content, the labels, the evaluation settings and the device type.
+cached samples always share the unlearned model's noise. Each chunk is judged where it is drawn
+(engine/judging.py) and only its judgement travels. The base model's judgement is cached under a key
+that names everything that fixes it: the model's content, the labels, the evaluation settings, the
+device type and the judge.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import json
@@ -22,28 +23,36 @@ import torch
 
 from safemax_ray import cache, storage
 from safemax_ray.config import EvalConfig, UnlearnConfig
-from safemax_ray.core.classifier import Classifier, FeatureExtractor, load_classifier
+from safemax_ray.core.classifier import Classifier, FeatureExtractor, classifier_fingerprint, load_classifier
 from safemax_ray.core.data import ImageData
-from safemax_ray.core.metrics import accuracy, frechet_distance, mean_entropy, unlearning_accuracy
-from safemax_ray.core.models import SHIPPED_CLASSIFIER, DiffusionModel
+from safemax_ray.core.metrics import (
+    InceptionFeatures,
+    accuracy,
+    frechet_from_sums,
+    mean_entropy,
+    percent,
+    unlearning_accuracy,
+)
+from safemax_ray.core.models import SHIPPED_CLASSIFIER, DiffusionModel, content_hash
 from safemax_ray.core.noise import calibrate as calibrate_noise
-from safemax_ray.core.noise import noise_rate
 from safemax_ray.core.objective import score as objective_score
 from safemax_ray.core.randomness import chunk_generator
 from safemax_ray.core.sampling import sample
+from safemax_ray.engine.judging import ChunkJudge, ClassJudge, Judgement, KeepImages, Share, assemble, classify
 
 GatherObjects = Callable[[Any], list[Any]]  # every rank's object, in rank order
 OnStep = Callable[[int, int], None]  # (guided steps done, total) on this rank
 
 
 class Sampler(Protocol):
-    """All images for `labels`, wherever they are drawn: over a run's ranks (`RankSampler`) or over
-    the cluster's evaluation tasks (`ray/evaluation.ClusterSampler`). The images are the same either way,
-    up to the device type the noise is drawn on, which the base-sample cache key therefore names."""
+    """Samples for `labels`, judged chunk by chunk by `judge` where they are drawn: over a run's ranks
+    (`RankSampler`) or over the cluster's evaluation tasks (`ray/evaluation.ClusterSampler`). The
+    judgement is the same either way, up to the device type the noise is drawn on, which the base
+    model's cache key therefore names."""
 
     device_type: str
 
-    def __call__(self, model: DiffusionModel, labels: torch.Tensor, phase: str) -> torch.Tensor: ...
+    def __call__(self, model: DiffusionModel, labels: torch.Tensor, phase: str, judge: ChunkJudge) -> Judgement: ...
 
 
 @dataclass
@@ -57,8 +66,9 @@ class RankSampler:
     gather: GatherObjects | None = None
     on_sample: Callable[[str], OnStep | None] = lambda phase: None  # a progress callback per phase
 
-    def __call__(self, model: DiffusionModel, labels: torch.Tensor, phase: str) -> torch.Tensor:
-        return sample_labels(model, labels, self.config, self.rank, self.world, self.gather, self.on_sample(phase))
+    def __call__(self, model: DiffusionModel, labels: torch.Tensor, phase: str, judge: ChunkJudge) -> Judgement:
+        on_step = self.on_sample(phase)
+        return judge_labels(model, labels, self.config, judge, self.rank, self.world, self.gather, on_step)
 
 
 @dataclass
@@ -93,10 +103,17 @@ def num_chunks(labels: torch.Tensor, config: EvalConfig) -> int:
 
 
 def sample_chunks(
-    model: DiffusionModel, labels: torch.Tensor, config: EvalConfig, chunks: list[int], on_step: OnStep | None = None
-) -> dict[int, torch.Tensor]:
-    """Images of the given chunks of `labels`, each from its own (eval seed, chunk) generator."""
+    model: DiffusionModel,
+    labels: torch.Tensor,
+    config: EvalConfig,
+    chunks: list[int],
+    judge: ChunkJudge | None = None,
+    on_step: OnStep | None = None,
+) -> dict[int, Judgement]:
+    """The judgement of each of the given chunks of `labels` (their images, by default), each chunk
+    drawn from its own (eval seed, chunk) generator and judged on the model's device."""
     device = next(model.unet.parameters()).device
+    judge = (judge or KeepImages()).to(device)
     steps = config.sample_steps or model.num_train_timesteps
     total, done = len(chunks) * steps, 0
 
@@ -108,12 +125,12 @@ def sample_chunks(
 
     out = {}
     for c in chunks:
-        part = labels[c * config.batch_size : (c + 1) * config.batch_size]
+        index = torch.arange(c * config.batch_size, min((c + 1) * config.batch_size, len(labels)))
         generator = chunk_generator(config.seed, c, device)
-        out[c] = sample(
+        images = sample(
             model.unet,
             model.scheduler,
-            part,
+            labels[index],
             model.null_label,
             generator,
             config.guidance,
@@ -122,7 +139,28 @@ def sample_chunks(
             sampler=config.sampler,
             eta=config.eta,
         )
+        out[c] = judge(images, index)
     return out
+
+
+def judge_labels(
+    model: DiffusionModel,
+    labels: torch.Tensor,
+    config: EvalConfig,
+    judge: ChunkJudge,
+    rank: int = 0,
+    world: int = 1,
+    gather: GatherObjects | None = None,
+    on_step: OnStep | None = None,
+) -> Judgement:
+    """The judgement of all samples for `labels`; with several ranks each judges its chunks and
+    `gather` joins them."""
+    n = num_chunks(labels, config)
+    mine = Share.of(sample_chunks(model, labels, config, list(range(rank, n, world)), judge, on_step))
+    if world == 1:
+        return assemble([mine])
+    assert gather is not None, "several workers need a gather function"
+    return assemble(gather(mine))
 
 
 def sample_labels(
@@ -132,62 +170,45 @@ def sample_labels(
     rank: int = 0,
     world: int = 1,
     gather: GatherObjects | None = None,
-    on_step: OnStep | None = None,
 ) -> torch.Tensor:
-    """All images for `labels`; with several ranks each samples its chunks and `gather` joins them."""
-    n = num_chunks(labels, config)
-    mine = sample_chunks(model, labels, config, list(range(rank, n, world)), on_step)
-    if world > 1:
-        assert gather is not None, "several workers need a gather function"
-        for part in gather(mine):
-            mine.update(part)
-    if not n:
-        return torch.empty((0, model.unet.config.in_channels, *(2 * [model.unet.config.sample_size])))
-    return torch.cat([mine[c] for c in range(n)])
+    """All images for `labels`, sampled over `world` ranks."""
+    return judge_labels(model, labels, config, KeepImages(), rank, world, gather).rows["images"]
 
 
-@torch.no_grad()
-def classify(classifier: Classifier, images: torch.Tensor) -> torch.Tensor:
-    """Logits, in the classifier's own batch size, on its device."""
-    device = next(classifier.parameters()).device
-    return torch.cat([classifier(chunk.to(device)).float().cpu() for chunk in images.split(classifier.batch_size)])
+def class_judge(cfg: UnlearnConfig, data: ImageData, labels: torch.Tensor, device: torch.device) -> ClassJudge:
+    """The judge of a class run's samples: its classifier, the FID features (Inception where
+    `eval.fid_weights` names the weights, else the classifier's own) and the dataset's noise threshold."""
+    classifier = load_eval_classifier(cfg, data.num_classes)
+    features = InceptionFeatures(cfg.eval.fid_weights) if cfg.eval.fid_weights else FeatureExtractor(classifier)
+    threshold = calibrate_noise(data.images)
+    return ClassJudge(classifier, features, labels, cfg.forget_classes(), threshold).to(device)
 
 
-def score(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    forget: list[int],
-    classifier: Classifier,
-    real: ImageData,
-    config: EvalConfig,
-    noise_threshold: float,
-) -> EvalResult:
+def judge_id(cfg: UnlearnConfig, judge: ClassJudge) -> str:
+    """What fixes a judgement besides the samples: the classifier, the FID features and the threshold."""
+    fid = content_hash([cfg.eval.fid_weights]) if cfg.eval.fid_weights else "classifier"
+    return json.dumps([classifier_fingerprint(cfg.classifier), fid, judge.noise_threshold, judge.grid_per_class])
+
+
+def result(judged: Judgement, judge: ClassJudge, real_sums: dict[str, torch.Tensor], features: str) -> EvalResult:
     """UA (% of forget samples not labelled as their class), H, FID and accuracy on the rest, noise rates."""
-    logits = classify(classifier, images)
-    is_forget = torch.isin(labels, torch.tensor(forget))
-    real_retained = real.images[~torch.isin(real.labels, torch.tensor(forget, device=real.labels.device))].cpu()
-    if config.fid_weights:
-        fid = frechet_distance(real_retained, images[~is_forget], 2048, config.fid_weights)
-        features = "inception"
-    else:
-        extractor = FeatureExtractor(copy.deepcopy(classifier).cpu())  # torchmetrics keeps its sums on the CPU
-        fid = frechet_distance(real_retained, images[~is_forget], extractor)
-        features = "classifier"
+    labels, logits, noise = judge.labels, judged.rows["logits"], judged.rows["noise"]
+    is_forget = torch.isin(labels, torch.tensor(judge.forget))
     return EvalResult(
         ua=unlearning_accuracy(logits[is_forget], labels[is_forget]),
         entropy=mean_entropy(logits[is_forget]),
-        fid=fid,
+        fid=frechet_from_sums(real_sums, judged.sums),
         retain_acc=accuracy(logits[~is_forget], labels[~is_forget]),
         fid_features=features,
-        noise_forget=noise_rate(images[is_forget], noise_threshold),
-        noise_retain=noise_rate(images[~is_forget], noise_threshold),
+        noise_forget=percent(noise[is_forget]),
+        noise_retain=percent(noise[~is_forget]),
         per_class={
             str(c): {
                 "ua": unlearning_accuracy(logits[labels == c], c),
                 "entropy": mean_entropy(logits[labels == c]),
-                "noise": noise_rate(images[labels == c], noise_threshold),
+                "noise": percent(noise[labels == c]),
             }
-            for c in forget
+            for c in judge.forget
         },
     )
 
@@ -196,27 +217,22 @@ def load_eval_classifier(cfg: UnlearnConfig, num_classes: int) -> Classifier:
     return load_classifier(cfg.classifier or SHIPPED_CLASSIFIER, num_classes)
 
 
-def judge(
-    cfg: UnlearnConfig,
-    data: ImageData,
-    images: torch.Tensor,
-    base_images: torch.Tensor,
-    labels: torch.Tensor,
-    device: torch.device | None = None,
+def metrics(
+    cfg: UnlearnConfig, data: ImageData, judge: ClassJudge, judged: Judgement, base: Judgement
 ) -> dict[str, Any]:
-    """Score the unlearned and the base model's samples (same labels, same noise): UA, H, FID,
-    accuracy for both, the base model's own check, and the search objective. The classifier runs on
-    `device` (where the scoring happens; default the CPU)."""
-    classifier = load_eval_classifier(cfg, data.num_classes).to(device or torch.device("cpu"))
-    threshold = calibrate_noise(data.images)
-    result = score(images, labels, cfg.forget_classes(), classifier, data, cfg.eval, threshold)
-    base = score(base_images, labels, cfg.forget_classes(), classifier, data, cfg.eval, threshold)
-    metrics: dict[str, Any] = result.as_dict()
-    metrics.update({f"base_{k}": v for k, v in base.as_dict().items() if k not in ("fid_features", "per_class")})
-    metrics["base_ok"] = base_check(base, cfg.eval)
-    metrics["score"] = objective_score(metrics, data.num_classes)
-    metrics["sample_steps"] = cfg.eval.sample_steps or _train_steps(cfg)
-    return metrics
+    """The unlearned and the base model's figures (same labels, same noise): UA, H, FID, accuracy for
+    both, the base model's own check, and the search objective. The real images' FID features are
+    computed here, on the judge's device."""
+    real = data.images[~torch.isin(data.labels, torch.tensor(judge.forget, device=data.labels.device))].cpu()
+    real_sums = judge.fid_sums(real)
+    features = "inception" if cfg.eval.fid_weights else "classifier"
+    unlearned, before = result(judged, judge, real_sums, features), result(base, judge, real_sums, features)
+    out: dict[str, Any] = unlearned.as_dict()
+    out.update({f"base_{k}": v for k, v in before.as_dict().items() if k not in ("fid_features", "per_class")})
+    out["base_ok"] = base_check(before, cfg.eval)
+    out["score"] = objective_score(out, data.num_classes)
+    out["sample_steps"] = cfg.eval.sample_steps or _train_steps(cfg)
+    return out
 
 
 def _train_steps(cfg: UnlearnConfig) -> int:
@@ -231,26 +247,31 @@ def base_check(base: EvalResult, config: EvalConfig) -> bool:
     return (100.0 - base.ua) >= config.base_min_acc and base.retain_acc >= config.base_min_acc
 
 
-def base_cache_path(cache_dir: str, model_id: str, labels: torch.Tensor, config: EvalConfig, device_type: str) -> str:
+def base_cache_path(
+    cache_dir: str, model_id: str, labels: torch.Tensor, config: EvalConfig, device_type: str, judge_id: str
+) -> str:
     fixed = ("guidance", "sample_steps", "batch_size", "seed", "sampler", "eta")
     noise = {k: v for k, v in asdict(config).items() if k in fixed}
-    if noise["sampler"] == "ddpm":  # keys of caches written before the DDIM option stay valid
-        del noise["sampler"], noise["eta"]
-    key = json.dumps([model_id, labels.tolist(), noise, device_type], sort_keys=True)
-    return storage.join(cache_dir, f"base-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors")
+    key = json.dumps([model_id, labels.tolist(), noise, device_type, judge_id], sort_keys=True)
+    return storage.join(cache_dir, f"judged-base-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors")
 
 
-def base_samples(
-    model: DiffusionModel, labels: torch.Tensor, sample: Sampler, cache_path: str | None, rank: int = 0
-) -> torch.Tensor:
-    """The base model's samples for `labels`, from the cache or drawn by `sample` (and cached by rank 0)."""
+def base_judgement(
+    model: DiffusionModel,
+    labels: torch.Tensor,
+    sample: Sampler,
+    judge: ChunkJudge,
+    cache_path: str | None,
+    rank: int = 0,
+) -> Judgement:
+    """The base model's judgement for `labels`, from the cache or sampled by `sample` (and cached by rank 0)."""
     cached = cache.read(cache_path)
     if cached is not None:
-        return cached["images"]
-    images = sample(model, labels, "sample base")
+        return Judgement.from_tensors(cached)
+    judged = sample(model, labels, "sample base", judge)
     if rank == 0:
-        cache.write(cache_path, {"images": images})
-    return images
+        cache.write(cache_path, judged.tensors())
+    return judged
 
 
 def probe(

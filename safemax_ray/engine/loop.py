@@ -134,7 +134,7 @@ def run_setup(
     base = DiffusionModel(s.model.unet, s.model.scheduler)  # before step 0 this *is* the base model
 
     def sample(labels: torch.Tensor) -> torch.Tensor:
-        return evaluate.RankSampler(s.cfg.eval, s.device.type, s.rank, s.world, gather)(base, labels, "set-up")
+        return evaluate.sample_labels(base, labels, s.cfg.eval, s.rank, s.world, gather)
 
     ctx = SetupContext(
         unet=s.model.unet,

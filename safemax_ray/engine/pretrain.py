@@ -172,6 +172,7 @@ def run_pretrain(
         model = pretrain_diffusion(
             data, config, dev, on_step=lambda i, loss: bar.update(task, completed=i, loss=f"loss {loss:.4f}")
         )
+
     def fill(folder: Path) -> None:
         save_model(model, folder / "model")
         (folder / "model" / PRESET_FILE).write_text(json.dumps({"arch": config.arch}))

@@ -2,9 +2,11 @@
 the cluster offers, not only on the run's own Train workers.
 
 Chunk c is sampled from a generator seeded by (eval seed, c) (engine/evaluate.py), so the images are the
-same whichever task samples which chunk. The model travels through the object store (configs and
-tensors), so nodes need no shared filesystem. The caller scores the samples and writes them into the
-run's final checkpoint, which then looks exactly like one whose Train workers evaluated it.
+same whichever task samples which chunk. Each task judges its chunks on its own device (classifier
+logits, noise flags, FID feature sums: engine/judging.py) and returns those, not the images; the
+driver joins them. The model and the judge travel through the object store, so nodes need no shared
+filesystem. The grid's samples go into the run's final checkpoint, which then looks exactly like one
+whose Train workers evaluated it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from safemax_ray.config import EvalConfig
 from safemax_ray.core.models import DiffusionModel, from_parts, to_parts
 from safemax_ray.engine import checkpoint as layout
 from safemax_ray.engine import evaluate
+from safemax_ray.engine.judging import ChunkJudge, Judgement, Share, assemble
 from safemax_ray.engine.workloads import Workload
 from safemax_ray.schema import from_dict, to_dict
 
@@ -32,9 +35,10 @@ log = logging.getLogger("safemax_ray")
 
 
 @dataclass
-class ClusterSamples:
-    images: torch.Tensor
+class ClusterJudgement:
+    judgement: Judgement
     nodes: set[str] = field(default_factory=set)  # Ray node ids that sampled chunks
+    received_bytes: int = 0  # what the tasks sent back to the caller
 
 
 def eval_workers(setting: int | str, chunks: int, use_gpu: bool) -> tuple[int, str]:
@@ -59,61 +63,65 @@ def eval_workers(setting: int | str, chunks: int, use_gpu: bool) -> tuple[int, s
 
 
 @ray.remote(max_retries=2)
-def _sample_chunks(parts: dict, labels: torch.Tensor, config: dict, chunks: list[int], use_gpu: bool):
+def _judge_chunks(parts: dict, labels: torch.Tensor, config: dict, chunks: list[int], judge: ChunkJudge, use_gpu: bool):
     model = from_parts(parts)
     model.unet.to(torch.device("cuda" if use_gpu else "cpu"))
-    images = evaluate.sample_chunks(model, labels, from_dict(EvalConfig, config), chunks)
-    return images, ray.get_runtime_context().get_node_id()
+    judged = evaluate.sample_chunks(model, labels, from_dict(EvalConfig, config), chunks, judge)
+    return Share.of(judged), ray.get_runtime_context().get_node_id()
 
 
-def sample_on_cluster(
+def judge_on_cluster(
     model: DiffusionModel,
     labels: torch.Tensor,
     config: EvalConfig,
     use_gpu: bool,
+    judge: ChunkJudge,
     on_chunks: Callable[[int, int], None] | None = None,
-) -> ClusterSamples:
-    """All images for `labels`, the chunks dealt round-robin to `config.workers` tasks."""
+) -> ClusterJudgement:
+    """The judgement of all samples for `labels`, the chunks dealt round-robin to `config.workers`
+    tasks that sample and judge them."""
     n = evaluate.num_chunks(labels, config)
     k, why = eval_workers(config.workers, n, use_gpu)
     log.info("evaluation: %d sampling task(s) for %d chunk(s) (%s)", k, n, why)
-    parts = ray.put(to_parts(model))
+    parts, shared_judge = ray.put(to_parts(model)), ray.put(judge)
     # SPREAD: chunks go to every node of the cluster, not first to fill the one the caller runs on.
-    task = _sample_chunks.options(num_cpus=1, num_gpus=1 if use_gpu else 0, scheduling_strategy="SPREAD")
-    pending = [task.remote(parts, labels, to_dict(config), list(range(r, n, k)), use_gpu) for r in range(k)]
-    out = ClusterSamples(torch.empty(0))
-    chunks: dict[int, torch.Tensor] = {}
+    task = _judge_chunks.options(num_cpus=1, num_gpus=1 if use_gpu else 0, scheduling_strategy="SPREAD")
+    config_dict = to_dict(config)
+    pending = [task.remote(parts, labels, config_dict, list(range(r, n, k)), shared_judge, use_gpu) for r in range(k)]
+    shares, nodes = [], set()
     if on_chunks is not None:
         on_chunks(0, n)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
-        images, node = ray.get(ready[0])
-        chunks.update(images)
-        out.nodes.add(node)
+        share, node = ray.get(ready[0])
+        shares.append(share)
+        nodes.add(node)
         if on_chunks is not None:
-            on_chunks(len(chunks), n)
-    out.images = torch.cat([chunks[c] for c in range(n)])
-    return out
+            on_chunks(sum(len(s.rows) for s in shares), n)
+    return ClusterJudgement(assemble(shares), nodes, sum(s.nbytes() for s in shares))
 
 
 @dataclass
 class ClusterSampler:
-    """Sampling over the cluster's evaluation tasks (an `engine.evaluate.Sampler`); remembers the nodes."""
+    """Sampling and judging over the cluster's evaluation tasks (an `engine.evaluate.Sampler`);
+    remembers the nodes and counts the bytes the tasks sent back."""
 
     config: EvalConfig
     use_gpu: bool
     on_progress: OnProgress | None = None
     nodes: set[str] = field(default_factory=set)
+    received_bytes: int = 0
 
     @property
     def device_type(self) -> str:
         return "cuda" if self.use_gpu else "cpu"
 
-    def __call__(self, model: DiffusionModel, labels: torch.Tensor, phase: str) -> torch.Tensor:
+    def __call__(self, model: DiffusionModel, labels: torch.Tensor, phase: str, judge: ChunkJudge) -> Judgement:
         on_chunks = (lambda done, n: self.on_progress(phase, done, n)) if self.on_progress else None
-        out = sample_on_cluster(model, labels, self.config, self.use_gpu, on_chunks)
+        out = judge_on_cluster(model, labels, self.config, self.use_gpu, judge, on_chunks)
         self.nodes |= out.nodes
-        return out.images
+        self.received_bytes += out.received_bytes
+        return out.judgement
 
 
 def evaluate_checkpoint(

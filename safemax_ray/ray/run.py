@@ -58,4 +58,3 @@ def train_and_evaluate(
         )
         outcome = Outcome(Status.FINISHED, {**metrics, STATUS: Status.FINISHED.value}, outcome.checkpoint)
     return outcome
-

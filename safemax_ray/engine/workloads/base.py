@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class Evaluation:
-    """A workload's verdict on an unlearned model, and the samples its grid is drawn from (in pixels)."""
+    """A workload's verdict on an unlearned model, and the samples its grid shows (in pixels)."""
 
     metrics: dict[str, Any]
     images: torch.Tensor

@@ -17,6 +17,7 @@ from safemax_ray.core.classifier import load_classifier
 from safemax_ray.core.data import ImageData, load_dataset
 from safemax_ray.core.models import SHIPPED_CLASSIFIER, SHIPPED_MODEL, DiffusionModel, load_model, model_fingerprint
 from safemax_ray.engine import evaluate
+from safemax_ray.engine.judging import ClassJudge
 from safemax_ray.engine.workloads.base import Evaluation, Workload, draw_grids, load_weights_or_explain
 from safemax_ray.errors import SafemaxError
 
@@ -86,24 +87,27 @@ class ClassWorkload(Workload):
     def load_weights(self, unet: torch.nn.Module, folder: Path) -> None:
         unet.load_state_dict(load_model(folder).unet.state_dict())
 
-    def base_cache_path(self, cache_dir: str, labels: torch.Tensor, device_type: str) -> str:
-        return evaluate.base_cache_path(cache_dir, self.model_id(), labels, self.cfg.eval, device_type)
+    def base_cache_path(self, cache_dir: str, labels: torch.Tensor, device_type: str, judge: ClassJudge) -> str:
+        judge_id = evaluate.judge_id(self.cfg, judge)
+        return evaluate.base_cache_path(cache_dir, self.model_id(), labels, self.cfg.eval, device_type, judge_id)
 
     def evaluate(
         self, model: DiffusionModel, data: ImageData, sample: evaluate.Sampler, cache_dir: str | None, rank: int = 0
     ) -> Evaluation:
-        """Sample the base and the unlearned model on identical noise (the base's from the cache when it
-        has them); score both on rank 0: UA, H, FID, accuracy, noise rates."""
+        """Sample the base and the unlearned model on identical noise, each chunk judged where it is
+        drawn (the base's judgement from the cache when it has it); on rank 0 the figures: UA, H, FID,
+        accuracy, noise rates. The grid's samples are the only images that travel."""
         model.unet.eval()
         labels = evaluate.eval_labels(data.num_classes, self.cfg.forget_classes(), self.cfg.eval)
-        cache = self.base_cache_path(cache_dir, labels, sample.device_type) if cache_dir else None
         device = next(model.unet.parameters()).device
+        judge = evaluate.class_judge(self.cfg, data, labels, device)
+        cache = self.base_cache_path(cache_dir, labels, sample.device_type, judge) if cache_dir else None
         base = DiffusionModel(self.load_base().unet.to(device).eval(), model.scheduler)
-        base_images = evaluate.base_samples(base, labels, sample, cache, rank)
+        base_judged = evaluate.base_judgement(base, labels, sample, judge, cache, rank)
         del base
-        images = sample(model, labels, "sample unlearned")
-        metrics = evaluate.judge(self.cfg, data, images, base_images, labels, device) if rank == 0 else {}
-        return Evaluation(metrics, images, labels)
+        judged = sample(model, labels, "sample unlearned", judge)
+        metrics = evaluate.metrics(self.cfg, data, judge, judged, base_judged) if rank == 0 else {}
+        return Evaluation(metrics, judged.rows["grid"], judged.rows["grid_labels"])
 
     def export(self, checkpoint_folder: Path, out: Path) -> None:
         from safemax_ray.engine import checkpoint as layout

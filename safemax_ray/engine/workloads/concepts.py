@@ -39,6 +39,7 @@ from safemax_ray.core.text import (
     prompt_model,
 )
 from safemax_ray.engine import evaluate
+from safemax_ray.engine.judging import KeepImages
 from safemax_ray.engine.workloads.base import Evaluation, Workload, draw_grids, load_weights_or_explain
 from safemax_ray.errors import SafemaxError
 from safemax_ray.schema import to_dict
@@ -142,7 +143,7 @@ class ConceptWorkload(Workload):
         model.unet.eval()
         device = next(model.unet.parameters()).device
         labels = torch.arange(len(self.prompts())).repeat_interleave(GRID_PER_PROMPT)
-        latents = sample(model, labels, "sample grid")
+        latents = sample(model, labels, "sample grid", KeepImages()).rows["images"]
         metrics: dict[str, Any] = {"sample_steps": self.cfg.eval.sample_steps or model.num_train_timesteps}
         if rank == 0:
             metrics.update(self.probe(model, data, device))

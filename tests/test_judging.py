@@ -1,0 +1,92 @@
+"""Judging where the samples are: chunks judged apart and joined give the figures of scoring every
+image in one place (the way the driver scored before), at any split."""
+
+import copy
+
+import pytest
+import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from safemax_ray.config import EvalConfig, UnlearnConfig
+from safemax_ray.core.classifier import FeatureExtractor
+from safemax_ray.core.data import load_dataset
+from safemax_ray.core.metrics import accuracy, feature_sums, frechet_from_sums, mean_entropy, unlearning_accuracy
+from safemax_ray.core.noise import noise_rate
+from safemax_ray.engine import evaluate
+from safemax_ray.engine.judging import Judgement, Share, assemble
+
+CPU = torch.device("cpu")
+
+
+def test_fid_from_added_sums_is_torchmetrics_fid():
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(300, 16, generator=g), 0.8 * torch.randn(200, 16, generator=g) + 0.3
+
+    class Identity(torch.nn.Module):
+        num_features = 16
+
+        def forward(self, x):
+            return x
+
+    metric = FrechetInceptionDistance(feature=Identity(), normalize=True, sync_on_compute=False)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    chunks = [feature_sums(part) for part in fake.split(37)]
+    fake_sums = {k: sum(c[k] for c in chunks) for k in chunks[0]}
+    assert frechet_from_sums(feature_sums(real), fake_sums) == pytest.approx(float(metric.compute()), rel=1e-6)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        frechet_from_sums(feature_sums(real), feature_sums(fake[:1]))
+
+
+def _one_place(images, labels, forget, classifier, data, threshold):
+    """The figures as the driver computed them from every image (before scoring moved to the samples)."""
+    logits = torch.cat([classifier(chunk) for chunk in images.split(1024)]).detach()
+    is_forget = torch.isin(labels, torch.tensor(forget))
+    real = data.images[~torch.isin(data.labels, torch.tensor(forget))]
+    fid = FrechetInceptionDistance(
+        feature=FeatureExtractor(copy.deepcopy(classifier)), normalize=True, sync_on_compute=False
+    )
+    with torch.no_grad():
+        for chunk in real.split(1024):
+            fid.update(chunk, real=True)
+        fid.update(images[~is_forget], real=False)
+    return {
+        "ua": unlearning_accuracy(logits[is_forget], labels[is_forget]),
+        "entropy": mean_entropy(logits[is_forget]),
+        "fid": float(fid.compute()),
+        "retain_acc": accuracy(logits[~is_forget], labels[~is_forget]),
+        "noise_forget": noise_rate(images[is_forget], threshold),
+        "noise_retain": noise_rate(images[~is_forget], threshold),
+    }
+
+
+@pytest.mark.parametrize("chunk", [7, 16, 200])
+def test_chunks_judged_apart_give_the_figures_of_scoring_every_image_at_once(tiny_assets, chunk):
+    cfg = UnlearnConfig(forget_class=[2, 5], classifier=tiny_assets[1], eval=EvalConfig(n_forget_samples=12))
+    data = load_dataset("digits")
+    labels = evaluate.eval_labels(10, cfg.forget_classes(), cfg.eval)
+    # Stand-ins for samples: real digits of each label, half of them drowned in noise.
+    g = torch.Generator().manual_seed(1)
+    images = torch.stack([data.images[data.labels == c][i % 20] for i, c in enumerate(labels.tolist())])
+    images[::2] = (images[::2] + torch.randn(images[::2].shape, generator=g)).clamp(-1, 1)
+    judge = evaluate.class_judge(cfg, data, labels, CPU)
+    index = torch.arange(len(labels))
+    shares = [Share.of({c: judge(images[part], part)}) for c, part in enumerate(index.split(chunk))]
+    judged = assemble(shares[::-1])  # the shares arrive in any order
+    real_sums = judge.fid_sums(data.images[~torch.isin(data.labels, torch.tensor([2, 5]))])
+    figures = evaluate.result(judged, judge, real_sums, "classifier")
+    expected = _one_place(images, labels, [2, 5], judge.classifier, data, judge.noise_threshold)
+    for name, value in expected.items():
+        assert getattr(figures, name) == pytest.approx(value, rel=1e-6, abs=1e-6), name
+    # Only the grid's images travel: each class's first 10 samples, in sample order.
+    assert judged.rows["grid_labels"].tolist() == [c for c in [2, 5, 0, 1, 3, 4, 6, 7, 8, 9] for _ in range(10)]
+    grid_index = torch.cat([(labels == c).nonzero().squeeze(1)[:10] for c in [2, 5, 0, 1, 3, 4, 6, 7, 8, 9]])
+    assert torch.equal(judged.rows["grid"], images[grid_index.sort().values])
+
+
+def test_a_judgement_survives_the_cache_format():
+    judged = Judgement({"logits": torch.randn(5, 3), "noise": torch.rand(5) < 0.5}, {"fid_sum": torch.ones(3)})
+    back = Judgement.from_tensors(judged.tensors())
+    assert back.rows.keys() == judged.rows.keys() and back.sums.keys() == judged.sums.keys()
+    assert all(torch.equal(back.rows[k], judged.rows[k]) for k in judged.rows)
+    assert torch.equal(back.sums["fid_sum"], judged.sums["fid_sum"])
