@@ -80,7 +80,9 @@ class RayConfig:
     address: str | None = setting(None, "join a Ray cluster: 'auto' or ray://host:10001 (default: a local Ray)")
     num_cpus: int | None = setting(None, "logical CPUs of a local Ray (default: enough for the workers)")
     checkpoint_every: int = setting(100, "steps between checkpoints")
-    max_failures: int = setting(1, "times Ray Train restarts a failed worker group from its last checkpoint")
+    max_failures: int = setting(
+        1, "times a run restarts from its last checkpoint after its workers (or a batch run's task) died"
+    )
     storage_path: str | None = setting(None, "Ray Train's storage (default <results-dir>/ray)")
 
     def validate(self) -> None:

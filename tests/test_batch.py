@@ -123,3 +123,69 @@ def test_a_batch_computes_a_shared_set_up_once(tiny_assets, tmp_path, ray_sessio
     computed = [row for row in result.done if not row["setup_cached"]]
     assert len(computed) == 1 and computed[0]["setup_s"] > 0
     assert not list((tmp_path / "cache").glob("*.claim"))
+
+
+def test_a_retried_run_task_returns_the_row_its_first_attempt_wrote(tmp_path):
+    """A task that died after writing its row (just before returning) must not train again or write a
+    second row when Ray starts it again."""
+    from test_results import make_row
+
+    from safemax_ray.drivers.batch import _one_run
+    from safemax_ray.schema import to_dict
+
+    cfg = UnlearnConfig(forget_class=4, results_dir=str(tmp_path))
+    write_row(str(tmp_path), make_row(run_key(cfg), 4))
+    row = _one_run(to_dict(cfg), False, "batch")
+    assert row["run_id"] == run_key(cfg) and row["forget_class"] == 4
+    assert len(read_dataframe(str(tmp_path))) == 1
+
+
+def test_a_failed_run_is_one_line_naming_its_error_or_its_attempts():
+    import ray.exceptions
+
+    from safemax_ray.drivers.batch import failure_reason
+
+    died = ray.exceptions.NodeDiedError("node 1a2b died\nmore detail")
+    assert failure_reason(died, 1) == "NodeDiedError after 2 attempt(s): node 1a2b died"
+    raised = ray.exceptions.RayTaskError("_one_run", "Traceback ...", SafemaxError("run diverged at step 3\nmore"))
+    assert failure_reason(raised, 1) == "SafemaxError: run diverged at step 3"
+
+
+@pytest.mark.slow  # a run's task killed part-way, as with its node
+def test_a_run_whose_task_dies_is_started_again_and_resumes_from_its_checkpoint(tiny_assets, tmp_path, ray_session):
+    import threading
+
+    from safemax_ray.config import RayConfig
+    from safemax_ray.drivers.batch import batch_unlearn
+
+    model, classifier = tiny_assets
+    base = UnlearnConfig(
+        model=model,
+        classifier=classifier,
+        iterations=20,
+        batch_size=8,
+        results_dir=str(tmp_path),
+        ray=RayConfig(checkpoint_every=5),
+    )
+    base.eval.n_forget_samples, base.eval.n_retain_per_class, base.eval.sample_steps = 4, 2, 3
+    killed = []
+
+    def kill_the_task_after_its_first_checkpoint():
+        # Ray Train lists a run's checkpoints in this file once one is registered; a new trainer of the
+        # same name reads it
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not list((tmp_path / "ray").glob("batch-*/checkpoint_manager_*")):
+            time.sleep(0.05)
+        pids = subprocess.run(["pgrep", "-f", "ray::_one_run"], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            os.kill(int(pid), signal.SIGKILL)
+        killed.extend(pids)
+
+    killer = threading.Thread(target=kill_the_task_after_its_first_checkpoint)
+    killer.start()
+    result = batch_unlearn(base, [3])
+    killer.join()
+    assert killed, "the run's task was not found"
+    assert not result.failed and len(result.done) == 1
+    assert result.done[0]["resumed_from_step"] >= 5  # not started over
+    assert len(list((tmp_path / "ray").glob("batch-*"))) == 1  # one Ray Train run, resumed by name

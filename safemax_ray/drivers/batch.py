@@ -5,7 +5,9 @@ seed). A batch first reads the
 results dataset and skips every class whose key already has a row, so re-running a batch after a crash,
 a kill or a failed run repeats only what is missing and never writes a second row for the same key.
 Each run is its own Ray task that trains, evaluates, exports its model and writes its own Parquet file;
-killing the batch loses at most the runs in flight.
+killing the batch loses at most the runs in flight. A run's task that dies with its node is started
+again on a surviving node (up to `ray.max_failures` times) and resumes from the run's last checkpoint:
+its Ray Train run keeps its name within a batch, and Ray Train restores a run by name.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from safemax_ray import storage
 from safemax_ray.config import UnlearnConfig
 from safemax_ray.errors import SafemaxError
 from safemax_ray.identity import run_key
-from safemax_ray.results.parquet import read_dataframe
+from safemax_ray.results.parquet import read_dataframe, read_row
 from safemax_ray.schema import from_dict, to_dict
 
 
@@ -101,20 +103,25 @@ def plan(
     return configs
 
 
-def _one_run(config: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
-    """A Ray task: one class, start to finish, with a row named after its run key."""
+def _one_run(config: dict[str, Any], use_gpu: bool, batch_id: str) -> dict[str, Any]:
+    """A Ray task: one class, start to finish, with a row named after its run key. Started again after
+    its node died, it resumes the Ray Train run of the same name, or returns the row its first attempt
+    wrote just before dying."""
     from safemax_ray.drivers.finish import finish_run
     from safemax_ray.ray.run import train_and_evaluate
 
     cfg = from_dict(UnlearnConfig, config)
     run_id = run_key(cfg)
+    written = read_row(cfg.results_dir, run_id)
+    if written is not None:
+        return written
     output = storage.join(cfg.results_dir, "models", run_id)
     if not storage.is_uri(output) and Path(output).exists():
         # Left by a run killed before its row was written: not a result, so it is redone.
         shutil.rmtree(output)
     outcome = train_and_evaluate(
         cfg,
-        name=f"batch-{run_id}-{time.time_ns()}",
+        name=f"batch-{run_id}-{batch_id}",
         storage_path=storage.join(cfg.results_dir, "ray"),
         use_gpu=use_gpu,
         cache_dir=storage.join(cfg.results_dir, "cache"),
@@ -190,6 +197,16 @@ def label(cfg: UnlearnConfig) -> str:
     return f"{cfg.method} class {cfg.forget_label()}"
 
 
+def failure_reason(exc: Exception, retries: int) -> str:
+    """One line: the run's own error, or its task's death after every attempt Ray made."""
+    import ray.exceptions
+
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, ray.exceptions.RayTaskError):  # the run raised: not retried
+        return f"{type(exc.cause).__name__}: {str(exc.cause).strip().splitlines()[0]}"
+    return f"{type(exc).__name__} after {retries + 1} attempt(s): {first_line}"
+
+
 def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, console: Console | None = None):
     """Run every config not stored yet, as many at once as the cluster fits; one row each."""
     import ray
@@ -229,14 +246,17 @@ def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, con
         console.log(f"{len(todo)} runs, {limit} at a time, {first.ray.num_workers} worker(s) each")
         # The run's own task only waits on its Train workers and evaluation tasks: it holds no CPU, or
         # after a node dies the surviving runs' tasks could hold every CPU their restarted workers need.
-        task = ray.remote(_one_run).options(num_cpus=0, max_retries=0)
+        # Ray retries it only when its process or node dies; an error of the run itself is final.
+        retries = first.ray.max_failures
+        task = ray.remote(_one_run).options(num_cpus=0, max_retries=retries)
+        batch_id = str(time.time_ns())  # a retried task resumes its run; a new batch starts afresh
         shared = SharedSetups(todo, use_gpu)
         pending: dict[Any, UnlearnConfig] = {}
         queue = list(todo)
         while queue or pending:
             while len(pending) < limit and (cfg := shared.next_runnable(queue)) is not None:
                 queue = [c for c in queue if c is not cfg]
-                ref = task.remote(to_dict(cfg), use_gpu)
+                ref = task.remote(to_dict(cfg), use_gpu, batch_id)
                 pending[ref] = cfg
                 shared.started(cfg, ref)
             # Wake up now and then: a set-up another run computes may have become readable meanwhile.
@@ -254,7 +274,7 @@ def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, con
                     f"{', cached' if row['setup_cached'] else ''})"
                 )
             except Exception as exc:  # noqa: BLE001  (one run failing must not stop the others)
-                outcome.failed[name] = f"{type(exc).__name__}: {exc}"
-                console.log(f"[red]{name} failed[/]: {exc}")
+                outcome.failed[name] = failure_reason(exc, retries)
+                console.log(f"[red]{name} failed[/]: {outcome.failed[name]}")
     outcome.seconds = time.perf_counter() - began
     return outcome

@@ -67,6 +67,7 @@ def build_row(
         "device": device,
         "num_workers": int(metrics.get("num_workers", cfg.ray.num_workers)),
         "eval_nodes": metrics.get("eval_nodes"),
+        "resumed_from_step": metrics.get("resumed_from_step"),
         "model_path": model_path,
         **workload_for(cfg).row_fields(),
         "grid_path": grid_path,

@@ -70,6 +70,7 @@ SCHEMA = pa.schema(
         pa.field("device", pa.string(), nullable=False),
         pa.field("num_workers", pa.int32(), nullable=False),
         pa.field("eval_nodes", pa.int32()),  # Ray nodes that sampled the evaluation (null: the Train workers did)
+        pa.field("resumed_from_step", pa.int32()),  # > 0: restored from a checkpoint after a failure
         pa.field("model_path", pa.string()),  # the unlearned diffusers folder
         pa.field("base_model", pa.string(), nullable=False),
         pa.field("grid_path", pa.string()),
@@ -82,7 +83,15 @@ SCHEMA = pa.schema(
 )
 
 # Columns that rows written before them lack; they read as null.
-ADDED_LATER = ("concept", "forget_mse", "remain_mse", "base_forget_mse", "base_remain_mse", "setup_cached")
+ADDED_LATER = (
+    "concept",
+    "forget_mse",
+    "remain_mse",
+    "base_forget_mse",
+    "base_remain_mse",
+    "setup_cached",
+    "resumed_from_step",
+)
 
 
 def validate_row(row: dict[str, Any]) -> pa.Table:
@@ -99,6 +108,14 @@ def write_row(results_dir: str, row: dict[str, Any]) -> str:
     """Write one run's row atomically; refuses to overwrite an existing run."""
     path = storage.join(results_dir, RUNS_DIR, f"{row['run_id']}.parquet")
     return _write_new(path, validate_row(row), f"a result for run {row['run_id']}")
+
+
+def read_row(results_dir: str, run_id: str) -> dict[str, Any] | None:
+    """The row of run `run_id`, or None when it has none (yet)."""
+    path = storage.join(results_dir, RUNS_DIR, f"{run_id}.parquet")
+    if not storage.exists(path):
+        return None
+    return pq.read_table(io.BytesIO(storage.read_bytes(path))).to_pylist()[0]
 
 
 def _write_new(path: str, table: pa.Table, what: str) -> str:
