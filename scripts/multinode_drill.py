@@ -1,21 +1,26 @@
-"""A real two-node Ray cluster on this machine: a batch submitted as a Ray job, the worker node killed
-part-way, the batch resubmitted; every class must end up done exactly once.
+"""A real two-node Ray cluster on this machine, with token authentication: a batch submitted as a Ray
+job, the worker node killed part-way; the job must succeed with every class done exactly once.
 
     .venv/bin/python scripts/multinode_drill.py [--classes 0-3] [--iterations 30]
 
-Starts a head and a worker node with `ray start`, each with its own temp dir, submits `safemax-ray batch
---address auto` with `ray job submit`, kills every process of the worker node (SIGKILL, as a crashed
-machine) once the first result row exists, waits for the job to end, starts a worker node again,
-resubmits the same batch, and prints the rows per class. At the end it kills this cluster's processes
-only (found by its temp dirs), so another Ray on the machine keeps running. Prints every step with a
-timestamp; a job that has not ended after --job-timeout seconds fails the drill with Ray's task list.
+Writes a fresh token to a file of its own (never ~/.ray), starts a head and a worker node with `ray
+start` and RAY_AUTH_MODE=token, each with its own temp dir, shows a job submitted without the token
+refused, submits `safemax-ray batch --address auto` with the token, kills every process of the worker
+node (SIGKILL, as a crashed machine) while a run is in flight there, and waits for the job: runs that
+lost their Train workers or their own task resume on the head from their last checkpoint. Then it
+resubmits the batch on a new worker node (nothing must be redone) and prints the rows per class. At the
+end it kills this cluster's processes only (found by its temp dirs), so another Ray on the machine
+keeps running. Prints every step with a timestamp; a job that has not ended after --job-timeout seconds
+fails the drill with Ray's task list. Needs `ray[default]` (the job server is part of the dashboard).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -23,13 +28,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from safemax_ray.drivers.batch import parse_classes
 
 BIN = Path(sys.executable).parent
 HEAD_PORT, DASHBOARD_PORT = 6391, 8299
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+ENV = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}  # + RAY_AUTH_TOKEN_PATH
 
 
 def log(message: str) -> None:
@@ -65,14 +72,48 @@ def kill_processes(marker: Path) -> list[str]:
     return pids
 
 
-def train_workers_on_worker_node() -> list[str]:
-    """Ray Train worker actors alive on the non-head node."""
-    from ray.util.state import list_actors, list_nodes
+def in_flight_on_worker_node() -> tuple[int, int]:
+    """(run tasks, Ray Train worker actors) alive on the non-head node."""
+    from ray.util.state import list_actors, list_nodes, list_tasks
 
     address = f"http://127.0.0.1:{DASHBOARD_PORT}"
     nodes = {n.node_id for n in list_nodes(address=address) if not n.is_head_node and n.state == "ALIVE"}
     actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
-    return [a.actor_id for a in actors if a.node_id in nodes and "TrainWorker" in (a.class_name or "")]
+    tasks = list_tasks(address=address, filters=[("state", "=", "RUNNING"), ("name", "=", "_one_run")], limit=1000)
+    workers = [a for a in actors if a.node_id in nodes and "TrainWorker" in (a.class_name or "")]
+    return len([t for t in tasks if t.node_id in nodes]), len(workers)
+
+
+def write_token(path: Path) -> None:
+    """A fresh random token, readable by this user only; the cluster and the job client read this file."""
+    path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    ENV["RAY_AUTH_TOKEN_PATH"] = str(path)
+
+
+def submit_without_token() -> None:
+    """POST a job to the job API as anyone who reaches the port would: no token. It must be refused."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{DASHBOARD_PORT}/api/jobs/",
+        data=json.dumps({"entrypoint": "echo this could run any code"}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    for _ in range(30):  # the head's job agent needs a few seconds after `ray start` returns
+        try:
+            urllib.request.urlopen(request, timeout=10)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                log(f"job submitted without the token: refused (HTTP {exc.code} {exc.reason})")
+                return
+        except urllib.error.URLError:
+            pass
+        else:
+            log("FAILED: a job submitted without the token was accepted")
+            sys.exit(1)
+        time.sleep(2)
+    log("FAILED: the job API never answered")
+    sys.exit(1)
 
 
 def job_client():
@@ -91,7 +132,7 @@ def submit(batch_args: list[str]) -> str:
             if attempt == 29:
                 raise
             time.sleep(2)
-    log(f"submitted {job}: safemax-ray batch {' '.join(batch_args)}")
+    log(f"submitted {job} with the token: accepted: safemax-ray batch {' '.join(batch_args)}")
     return job
 
 
@@ -116,7 +157,8 @@ def rows_per_class(results: Path) -> dict[int, int]:
     for f in sorted((results / "runs").glob("*.parquet")):
         row = pq.read_table(f).to_pylist()[0]
         counts[row["forget_class"]] = counts.get(row["forget_class"], 0) + 1
-        log(f"  class {row['forget_class']}: evaluation sampled on {row['eval_nodes']} node(s)")
+        resumed = f", resumed from step {row['resumed_from_step']}" if row.get("resumed_from_step") else ""
+        log(f"  class {row['forget_class']}: evaluation sampled on {row['eval_nodes']} node(s){resumed}")
     return counts
 
 
@@ -126,12 +168,14 @@ def main() -> None:
     parser.add_argument("--iterations", default="30")
     parser.add_argument("--job-timeout", type=float, default=600.0, help="seconds each job may take")
     args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="drill", dir="/tmp"))  # short: Ray's socket paths are limited
+    write_token(work / "auth_token")
+    os.environ.update(ENV)  # before Ray is imported: the job client, in this process, holds the token too
     from ray._private.utils import get_dashboard_dependency_error
 
     if get_dashboard_dependency_error():  # the job server is part of Ray's dashboard
+        shutil.rmtree(work)
         sys.exit("the drill submits jobs through Ray's job server: pip install 'ray[default]==2.60.0' first")
-    os.environ.update(ENV)  # the job client, in this process, talks to the same auth-less cluster
-    work = Path(tempfile.mkdtemp(prefix="drill", dir="/tmp"))  # short: Ray's socket paths are limited
     results = work / "results"
     batch_args = [
         "--classes",
@@ -169,28 +213,32 @@ def main() -> None:
             str(DASHBOARD_PORT),
             "--disable-usage-stats",
         )
-        log("head node up")
+        log("head node up (RAY_AUTH_MODE=token)")
         start_worker_node(work / "node1")
+        submit_without_token()
         job = submit(batch_args)
         while not list((results / "runs").glob("*.parquet")):
             time.sleep(2)
         log(f"first row written: {rows_per_class(results)}")
-        for _ in range(60):  # kill it while a run trains there, so that the kill costs a run
-            if on_node := train_workers_on_worker_node():
-                log(f"Train worker(s) of a run in flight on the worker node: {len(on_node)}")
+        for _ in range(60):  # kill it while a run is in flight there, so that the kill costs a run
+            tasks, workers = in_flight_on_worker_node()
+            if tasks or workers:
+                log(f"in flight on the worker node: {tasks} run task(s), {workers} Train worker(s)")
                 break
             time.sleep(1)
         pids = kill_processes(work / "node1")
         log(f"killed the worker node: {len(pids)} processes (its raylet, agents and workers)")
-        wait_job(job, args.job_timeout)
-        log(f"rows per class after the first job: {rows_per_class(results)}")
+        wanted = set(parse_classes(args.classes))
+        first = wait_job(job, args.job_timeout)
+        counts = rows_per_class(results)
+        log(f"rows per class after the first job: {counts}")
+        ok = first == "SUCCEEDED" and set(counts) == wanted and all(n == 1 for n in counts.values())
         start_worker_node(work / "node2")
         wait_job(submit(batch_args), args.job_timeout)
-        counts = rows_per_class(results)
-        wanted = set(parse_classes(args.classes))
-        log(f"rows per class after resubmitting: {counts}")
-        ok = set(counts) == wanted and all(n == 1 for n in counts.values())
-        log("every class done exactly once" if ok else "FAILED: some class is missing or doubled")
+        again = rows_per_class(results)
+        log(f"rows per class after resubmitting: {again}")
+        ok = ok and again == counts
+        log("the first job succeeded with every class done exactly once" if ok else "FAILED: see above")
         sys.exit(0 if ok else 1)
     finally:
         kill_processes(work)

@@ -36,6 +36,7 @@ EXPECTED_FILES = [
     "kuberay/raycluster.yaml",
     "kuberay/rayjob.yaml",
     "kuberay/raycronjob.yaml",
+    "kuberay/networkpolicy.yaml",
 ]
 RESULTS_PVC = "safemax-results"
 RESULTS_MOUNT = "/results"
@@ -409,6 +410,7 @@ def test_cluster_launcher_config_passes_rays_own_schema(rel):
         ("kuberay/rayjob.yaml", "ray.io/v1", "RayJob"),
         ("kuberay/raycronjob.yaml", "ray.io/v1", "RayCronJob"),
         ("kuberay/pvc.yaml", "v1", "PersistentVolumeClaim"),
+        ("kuberay/networkpolicy.yaml", "networking.k8s.io/v1", "NetworkPolicy"),
     ],
 )
 def test_kubernetes_kinds(rel, api_version, kind):
@@ -513,6 +515,87 @@ def test_entrypoints_parse_with_the_real_cli():
 
 
 # --------------------------------------------------------------------------------------------
+# Only the owner gets in: token authentication everywhere, a network policy on Kubernetes
+
+AUTH_SECRET = "safemax-ray-token"
+POD_LABEL = ("app.kubernetes.io/name", "safemax-ray")
+
+
+def has_token_auth(container: dict) -> bool:
+    """RAY_AUTH_MODE=token, and the token from the Secret the user creates (never a value in the file)."""
+    env = {e["name"]: e for e in container.get("env", [])}
+    token = env.get("RAY_AUTH_TOKEN", {})
+    return (
+        env.get("RAY_AUTH_MODE", {}).get("value") == "token"
+        and "value" not in token
+        and token.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == AUTH_SECRET
+    )
+
+
+def job_specs() -> dict[str, dict]:
+    return {
+        "rayjob.yaml": load_one(KUBERAY / "rayjob.yaml")["spec"],
+        "raycronjob.yaml": load_one(KUBERAY / "raycronjob.yaml")["spec"]["jobTemplate"],
+    }
+
+
+def labelled_pod_templates() -> dict[str, dict]:
+    """Every pod template of the manifests: Ray heads and workers, and the RayJob submitters."""
+    templates = {}
+    for where, spec in ray_cluster_specs().items():
+        templates[f"{where} head"] = spec["headGroupSpec"]["template"]
+        for group in spec["workerGroupSpecs"]:
+            templates[f"{where} {group['groupName']}"] = group["template"]
+    for where, job in job_specs().items():
+        templates[f"{where} submitter"] = job["submitterPodTemplate"]
+    return templates
+
+
+def test_every_kuberay_pod_runs_with_the_token_and_the_policy_label():
+    for where, template in labelled_pod_templates().items():
+        assert template["metadata"]["labels"].get(POD_LABEL[0]) == POD_LABEL[1], f"{where}: no {POD_LABEL} label"
+        for c in template["spec"]["containers"]:
+            assert has_token_auth(c), f"{where} {c['name']}: not RAY_AUTH_MODE=token with the {AUTH_SECRET} Secret"
+
+
+def test_the_token_check_rejects_a_token_written_into_the_file():
+    written = {"env": [{"name": "RAY_AUTH_MODE", "value": "token"}, {"name": "RAY_AUTH_TOKEN", "value": "abc"}]}
+    assert not has_token_auth(written)
+    assert not has_token_auth({"env": [{"name": "RAY_AUTH_MODE", "value": "disabled"}]})
+
+
+@pytest.mark.parametrize("rel", ["aws.yaml", "gcp.yaml"])
+def test_launcher_configs_start_ray_with_the_users_token(rel):
+    cfg = load_one(CLUSTER / rel)
+    assert cfg["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}, f"{rel}: the token is not copied"
+    starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts), starts
+    assert not any("0.0.0.0" in c for c in starts), f"{rel}: the dashboard must not listen on every interface"
+    assert any("~/.ray/auth_token" in c for c in cfg["setup_commands"]), f"{rel}: no check that the token exists"
+
+
+def test_no_file_under_cluster_holds_a_token():
+    for path in CLUSTER.rglob("*"):
+        if path.is_file():
+            text = path.read_text()
+            assert not re.search(r"RAY_AUTH_TOKEN=(?!\$\()\S", text), f"{path}: a token value"
+            assert not re.search(r"name: RAY_AUTH_TOKEN\s*\n\s*value:", text), f"{path}: a token value"
+
+
+def test_the_network_policy_admits_only_the_cluster_and_the_operator():
+    policy = load_one(KUBERAY / "networkpolicy.yaml")["spec"]
+    assert policy["podSelector"]["matchLabels"] == dict([POD_LABEL])
+    assert policy["policyTypes"] == ["Ingress"]
+    rules = policy["ingress"]
+    # A rule without `from` admits every source: none may exist.
+    assert all(rule.get("from") for rule in rules), rules
+    own, operator = rules
+    assert own["from"] == [{"podSelector": {"matchLabels": dict([POD_LABEL])}}] and "ports" not in own
+    assert operator["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+    assert [p["port"] for p in operator["ports"]] == [8265]
+
+
+# --------------------------------------------------------------------------------------------
 # README
 
 
@@ -528,6 +611,10 @@ def test_readme_covers_every_config_and_the_commands():
         "safemax-ray tune --config tune_configs/cifar10.yaml --address auto",
         "ray down cluster/aws.yaml",
         "kubectl apply -f cluster/kuberay/pvc.yaml",
+        "kubectl create secret generic safemax-ray-token",
+        "kubectl apply -f cluster/kuberay/networkpolicy.yaml",
+        "ray get-auth-token --generate",
+        "export RAY_AUTH_MODE=token",
         "kubectl apply -f cluster/kuberay/raycronjob.yaml",
         "safemax-ray report /results",
         "s3://",
