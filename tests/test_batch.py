@@ -67,13 +67,16 @@ def _batch_args(tiny_assets, results):
     return ["batch", "--classes", "0-1", *flags]
 
 
-@pytest.mark.slow  # a batch in its own interpreter, killed part-way
+@pytest.mark.slow  # a batch in its own interpreter (a driver on the tests' Ray), killed part-way
 def test_interrupted_batch_resumes_and_stores_every_class_once(tiny_assets, tmp_path, ray_session, capsys):
+    import ray
+
     from safemax_ray.cli import main
 
     results = tmp_path / "results"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "safemax_ray.cli", *_batch_args(tiny_assets, results)]
+    address = ["--address", ray.get_runtime_context().gcs_address]
+    command = [sys.executable, "-m", "safemax_ray.cli", *_batch_args(tiny_assets, results), *address]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     runs = results / RUNS_DIR
     deadline = time.monotonic() + 300

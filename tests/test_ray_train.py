@@ -36,13 +36,14 @@ def test_one_and_two_workers_train_the_same_model(tiny_assets, ray_session, tmp_
     assert (p1 - base).abs().max() > 0.1  # the runs did train
     assert (p1 - p2).abs().max() < 1e-4
     # The evaluation images are identical for any worker count or evaluation path (each sampler here is
-    # single-threaded), so the figures agree exactly.
+    # single-threaded), so UA agrees exactly; FID comes from feature sums that one Train worker and two
+    # evaluation tasks add in a different order, so it agrees to rounding.
     assert one.metrics["ua"] == finished_run.metrics["ua"]
-    assert one.metrics["base_fid"] == finished_run.metrics["base_fid"]
+    assert one.metrics["base_fid"] == pytest.approx(finished_run.metrics["base_fid"], rel=1e-6)
 
 
 def crash_drill(monkeypatch, folder, step: int) -> None:
-    """Rank 1 exits its process at step index `step`, once (ray/worker.py's fault drill)."""
+    """The last rank exits its process at step index `step`, once (ray/worker.py's fault drill)."""
     from safemax_ray.ray.worker import FAULT_DRILL_ENV
 
     monkeypatch.setenv(FAULT_DRILL_ENV, f"{step}:{folder / 'crashed-once'}")
@@ -66,7 +67,7 @@ def test_killed_worker_resumes_to_the_weights_of_an_uninterrupted_run(
 
 
 def test_without_failures_allowed_the_kill_fails_the_run(tiny_assets, ray_session, tmp_path, monkeypatch):
-    cfg = tiny_config(tiny_assets, tmp_path, num_workers=2, max_failures=0)
+    cfg = tiny_config(tiny_assets, tmp_path, num_workers=1, max_failures=0)
     crash_drill(monkeypatch, tmp_path, 3)
     with pytest.raises(Exception):  # noqa: B017  (Ray's error type for a dead worker group)
         unlearn(cfg)

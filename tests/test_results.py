@@ -103,6 +103,19 @@ def test_an_existing_run_is_never_overwritten(tmp_path):
     assert results.read_dataframe(str(tmp_path)).ua.tolist() == [10.0]
 
 
+def test_a_second_run_of_a_config_gets_its_own_id_and_never_touches_the_first_ones_folder(tmp_path):
+    from safemax_ray.config import UnlearnConfig
+    from safemax_ray.drivers.unlearn import new_run_id
+    from safemax_ray.storage import write_folder_atomic
+
+    cfg = UnlearnConfig(forget_class=2)
+    assert new_run_id(cfg) != new_run_id(cfg)  # the same second, the same config: two ids
+    write_folder_atomic(tmp_path / "model", lambda tmp: (tmp / "weights").write_text("first"))
+    with pytest.raises(SafemaxError, match="already exists"):
+        write_folder_atomic(tmp_path / "model", lambda tmp: (tmp / "weights").write_text("second"))
+    assert (tmp_path / "model" / "weights").read_text() == "first"
+
+
 def test_a_crash_mid_write_leaves_no_row(tmp_path, monkeypatch):
     def exploding_fsync(fd):
         raise OSError("disk gone")

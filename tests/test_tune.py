@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from safemax_ray.config import load_unlearn_config
-from safemax_ray.drivers.tune import load_tune_config, max_concurrent, tune
+from safemax_ray.drivers.tune import load_tune_config, max_concurrent, searcher, tune
 from safemax_ray.errors import SafemaxError
 from safemax_ray.results.parquet import read_dataframe
 
@@ -36,20 +36,21 @@ def tiny_tune(tiny_assets, tmp_path, **top):
     return path
 
 
-def test_search_writes_a_row_per_trial_and_a_usable_best_config(tiny_assets, ray_session, tmp_path):
-    """The Pareto objective here; the scalar score objective runs in the ASHA test below."""
-    result = tune(load_tune_config(tiny_tune(tiny_assets, tmp_path, objective="pareto")))
-    df = read_dataframe(str(tmp_path))
-    assert len(df) == 2 and set(df.study) == {"tiny"}
-    assert df.trial_id.notna().all() and df.score.notna().all() and df.pareto.notna().all()
-    assert df.pareto.any()  # some trial is always on the front
-    # The paper-default point was evaluated first, as asked.
-    assert ((df.lam == 1.0) & (df.lr == 1e-3) & (df.iterations == 2)).any()
-    assert set(result.best_params) == {"method.lam", "lr", "iterations"}
-    assert result.best_metrics["score"] == pytest.approx(df[df.pareto].score.max())
-    best = load_unlearn_config(result.best_config_path)
-    assert best.forget_class == 4 and best.options().lam == pytest.approx(result.best_params["method.lam"])
-    assert best.iterations == result.best_params["iterations"]
+def test_the_pareto_search_tries_the_given_point_first_and_keeps_three_objectives(tiny_assets, tmp_path):
+    """The searcher a study runs, driven here by hand as Tune drives it (suggest, then the result)."""
+    search = searcher(load_tune_config(tiny_tune(tiny_assets, tmp_path, objective="pareto")))
+    first = search.suggest("t1")
+    assert first == {"method.lam": 1.0, "lr": 1e-3, "iterations": 2}  # the paper-default point
+    search.on_trial_complete("t1", {**first, "ua": 50.0, "entropy": 0.5, "fid": 2.0})
+    second = search.suggest("t2")
+    assert 0 <= second["method.lam"] <= 2 and 1e-4 <= second["lr"] <= 1e-2 and second["iterations"] in (2, 4)
+    search.on_trial_complete("t2", {**second, "ua": 60.0, "entropy": 0.4, "fid": 1.0})
+    study = search._ot_study  # Ray's OptunaSearch has no public handle on its Optuna study
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE", "MINIMIZE"]
+    assert len(study.best_trials) == 2  # neither dominates the other: both are on the front
+    scored = searcher(load_tune_config(tiny_tune(tiny_assets, tmp_path, objective="score")))
+    scored.suggest("t1")
+    assert [d.name for d in scored._ot_study.directions] == ["MAXIMIZE"]
 
 
 @pytest.mark.parametrize(
@@ -93,8 +94,10 @@ def test_shipped_tune_configs_load():
 
 
 def test_asha_stops_the_weaker_trial_at_its_first_rung(ray_session, tmp_path):
-    """On the shipped digits model, 10 steps at lr 3e-3 already forget class 3 (probe score ~0.5) while
-    lr 1e-9 leaves the model as it was (~0): ASHA keeps the first trial and stops the second at step 10."""
+    """The whole study on Ray: Optuna proposes, each trial runs on its Ray Train worker, ASHA decides,
+    finished trials become rows and the best a usable config. On the shipped digits model, 10 steps at
+    lr 3e-3 already forget class 3 (probe score ~0.5) while lr 1e-9 leaves the model as it was (~0):
+    ASHA keeps the first trial and stops the second at step 10."""
     path = tmp_path / "tune.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -102,8 +105,8 @@ def test_asha_stops_the_weaker_trial_at_its_first_rung(ray_session, tmp_path):
                 "study": "asha",
                 "forget_class": 3,
                 "results_dir": str(tmp_path),
-                "search": {"lr": {"choices": [3e-3, 1e-9]}},
-                "points_to_evaluate": [{"lr": 3e-3}, {"lr": 1e-9}],
+                "search": {"lr": {"choices": [3e-3, 1e-9]}, "method.lam": {"low": 0.0, "high": 2.0}},
+                "points_to_evaluate": [{"lr": 3e-3, "method.lam": 0.5}, {"lr": 1e-9, "method.lam": 1.0}],
                 "budget": {"num_samples": 2, "max_concurrent": 1, "workers_per_trial": 1},
                 "asha": {"enabled": True, "grace_period": 10, "reduction_factor": 2.0, "probe_samples": 8},
                 "run": {
@@ -117,8 +120,10 @@ def test_asha_stops_the_weaker_trial_at_its_first_rung(ray_session, tmp_path):
     )
     result = tune(load_tune_config(path))
     df = read_dataframe(str(tmp_path))
-    assert len(df) == 1 and df.lr.iloc[0] == 3e-3 and df.iterations.iloc[0] == 20
+    assert len(df) == 1 and df.lr.iloc[0] == 3e-3 and df.lam.iloc[0] == 0.5 and df.iterations.iloc[0] == 20
+    assert df.study.iloc[0] == "asha" and df.trial_id.notna().all() and df.pareto.all()  # alone on its front
     assert list(result.stopped.values()) == ["stopped early at step 10"]
-    assert result.best_params == {"lr": 3e-3}
+    assert result.best_params == {"lr": 3e-3, "method.lam": 0.5}
     assert result.best_metrics["score"] == pytest.approx(df.score.max())  # objective: score
-    assert load_unlearn_config(result.best_config_path).lr == 3e-3
+    best = load_unlearn_config(result.best_config_path)
+    assert best.forget_class == 3 and best.lr == 3e-3 and best.options().lam == 0.5

@@ -200,6 +200,20 @@ def optuna_space(space: dict[str, SearchRange]) -> dict[str, Any]:
     return out
 
 
+def searcher(cfg: TuneConfig):
+    """Optuna over the config's space, trying `points_to_evaluate` first: a single-objective study on
+    the score, or a multi-objective one on (UA up, H up, FID down) for the Pareto front."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    if cfg.objective == "score":
+        metric, mode = "score", "max"
+    else:
+        metric, mode = [m for m, _ in PARETO_OBJECTIVES], [d for _, d in PARETO_OBJECTIVES]
+    points = [dict(p) for p in cfg.points_to_evaluate] or None
+    space = optuna_space(cfg.search)
+    return OptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=points, seed=cfg.seed)
+
+
 def max_concurrent(cfg: TuneConfig, resources: dict[str, float], use_gpu: bool) -> int:
     """How many trials fit at once: the trial's own CPU plus its workers' CPUs (and GPUs)."""
     if cfg.budget.max_concurrent:
@@ -237,7 +251,6 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
     import ray
     from ray import tune as ray_tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from safemax_ray.ray.cluster import cluster_has_gpus, connected
     from safemax_ray.ray.run import outcome_of
@@ -257,17 +270,7 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
     with connected(cfg.address, _local_cpus(cfg)):
         use_gpu = cluster_has_gpus() if cfg.budget.use_gpu is None else cfg.budget.use_gpu
         concurrency = max_concurrent(cfg, ray.cluster_resources(), use_gpu)
-        if cfg.objective == "score":
-            metric, mode = "score", "max"
-        else:
-            metric, mode = [m for m, _ in PARETO_OBJECTIVES], [d for _, d in PARETO_OBJECTIVES]
-        search = OptunaSearch(
-            space=optuna_space(cfg.search),
-            metric=metric,
-            mode=mode,
-            points_to_evaluate=[dict(p) for p in cfg.points_to_evaluate] or None,
-            seed=cfg.seed,
-        )
+        search = searcher(cfg)
         scheduler = None
         if cfg.asha.enabled:
             scheduler = ASHAScheduler(
