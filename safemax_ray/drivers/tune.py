@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from rich.console import Console
@@ -36,6 +36,9 @@ from safemax_ray.engine.outcome import Outcome, Status
 from safemax_ray.errors import SafemaxError
 from safemax_ray.methods import get_method
 from safemax_ray.schema import apply_overrides, from_dict, read_yaml, to_dict
+
+if TYPE_CHECKING:
+    from ray.tune.search.optuna import OptunaSearch
 
 RUN_PARAMS = ("lr", "iterations")  # searchable settings of every run; the method's go under "method."
 METHOD_PREFIX = "method."
@@ -200,7 +203,7 @@ def optuna_space(space: dict[str, SearchRange]) -> dict[str, Any]:
     return out
 
 
-def searcher(cfg: TuneConfig):
+def searcher(cfg: TuneConfig) -> OptunaSearch:
     """Optuna over the config's space, trying `points_to_evaluate` first: a single-objective study on
     the score, or a multi-objective one on (UA up, H up, FID down) for the Pareto front."""
     from ray.tune.search.optuna import OptunaSearch
