@@ -106,8 +106,8 @@ def test_interrupted_batch_resumes_and_stores_every_class_once(tiny_assets, tmp_
 
 
 def test_a_batch_computes_a_shared_set_up_once(tiny_assets, tmp_path, ray_session):
-    """SA on three classes, three runs at once: its Fisher (the same for every class) is computed by one
-    run, before the others start; they read it. Its cost stays with the run that computed it."""
+    """SA on two classes, two runs at once: its Fisher (the same for every class) is computed by one run,
+    before the other starts; it reads it. Its cost stays with the run that computed it."""
     from safemax_ray.drivers.batch import batch_unlearn
 
     model, classifier = tiny_assets
@@ -121,8 +121,8 @@ def test_a_batch_computes_a_shared_set_up_once(tiny_assets, tmp_path, ray_sessio
         method_options={"fisher_samples_per_class": 2, "fisher_timesteps": 3},
     )
     base.eval.n_forget_samples, base.eval.n_retain_per_class, base.eval.sample_steps = 4, 2, 3
-    result = batch_unlearn(base, [1, 2, 3], max_concurrent=3)
-    assert len(result.done) == 3 and not result.failed
+    result = batch_unlearn(base, [1, 2], max_concurrent=2)
+    assert len(result.done) == 2 and not result.failed
     computed = [row for row in result.done if not row["setup_cached"]]
     assert len(computed) == 1 and computed[0]["setup_s"] > 0
     assert not list((tmp_path / "cache").glob("*.claim"))

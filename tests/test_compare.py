@@ -37,17 +37,19 @@ def test_options_flag_parses_method_dot_option_pairs():
 
 def paper_stand_ins(root: Path) -> dict[str, str]:
     """The four files the paper's config asks for, tiny: a narrow Selective-Amnesia-format checkpoint
-    (imported), a random ResNet-34 state dict, a CIFAR-10 binary release of 40 images (no Inception)."""
+    (imported by the command line, as README shows), a random ResNet-34 state dict, a CIFAR-10 binary
+    release of 40 images (no Inception)."""
     import numpy as np
     import torch
     from reference_ddpm import random_state, save_checkpoint
     from resnet34_reference import random_state as resnet_state
     from test_sa_checkpoint import narrow_config
 
-    from safemax_ray.drivers.interchange import import_checkpoint
+    from safemax_ray.cli import main
 
     save_checkpoint(root / "ckpt.pth", random_state(0, ch=32), random_state(1, ch=32))
-    model = import_checkpoint(str(root / "ckpt.pth"), str(root / "model"), config=narrow_config(root))
+    model = root / "model"
+    assert main(["import", str(root / "ckpt.pth"), "--output", str(model), "--config", narrow_config(root)]) == 0
     torch.save(resnet_state(10), root / "cifar10_resnet34.pth")
     batches = root / "cifar10" / "cifar-10-batches-bin"
     batches.mkdir(parents=True)
@@ -60,10 +62,12 @@ def paper_stand_ins(root: Path) -> dict[str, str]:
 
 
 def test_the_paper_config_runs_end_to_end_on_stand_ins(tmp_path, ray_session):
-    """tune_configs/paper-cifar10.yaml with tiny stand-ins for its four files and a tiny budget: SAFEMax
-    and SA (the method with a set-up and the 20x budget) on one class through compare, judged by the
-    ResNet-34, then the report with the cost ratios and Figure 2; a second compare reruns nothing.
-    (SalUn runs the same path; its plan is checked above and its training in test_baselines.)"""
+    """The researcher's path: their checkpoint in (`import`), tune_configs/paper-cifar10.yaml with tiny
+    stand-ins for its four files and a tiny budget: SAFEMax and SA (the method with a set-up and the 20x
+    budget) on one class through compare, judged by the ResNet-34, then the report with the cost ratios
+    and Figure 2; a second compare reruns nothing; the SAFEMax model goes back out in their format
+    (`export`) and is the unlearned model. (SalUn runs the same path; its plan is checked above and its
+    training in test_baselines.)"""
     paths = paper_stand_ins(tmp_path)
     tiny = {
         "iterations": 1,
@@ -90,6 +94,23 @@ def test_the_paper_config_runs_end_to_end_on_stand_ins(tmp_path, ray_session):
     assert {"ratios.md", "forget_samples.png", "quality.md", "cost.md"} <= names
     again = compare(base, [3], ["safemax", "sa"], options)  # everything is stored: nothing reruns
     assert not again.batch.done and len(again.batch.skipped) == 2
+    exported_back_is_the_unlearned_model(rows["safemax"], tmp_path)
+
+
+def exported_back_is_the_unlearned_model(row: dict, tmp_path: Path) -> None:
+    import torch
+    from test_sa_checkpoint import _layout, agreement
+
+    from safemax_ray.cli import main
+    from safemax_ray.core.models import load_model
+
+    out = tmp_path / "unlearned.pth"
+    flags = ["--format", "sa", "--output", str(out), "--results-dir", str(tmp_path / "results")]
+    assert main(["export", row["run_id"], *flags]) == 0
+    unlearned = load_model(row["model_path"])
+    assert agreement(unlearned, torch.load(out, weights_only=True)[3], _layout(32)) <= 1e-4
+    before = load_model(tmp_path / "model").unet.state_dict()
+    assert any(not torch.equal(before[k], v) for k, v in unlearned.unet.state_dict().items())
 
 
 def test_a_cifar_folder_without_its_batches_is_refused_by_name(tmp_path):

@@ -133,10 +133,13 @@ class FrozenInputAscent(UnlearningMethod):
 '''
 
 
-@pytest.mark.slow  # the CLI in its own interpreter, on its own Ray
-def test_out_of_tree_method_with_setup_and_gradient_hook_runs_end_to_end(tiny_assets, tmp_path):
-    """Installed as another package would be (an entry point), run by the CLI on a local Ray."""
+@pytest.mark.slow  # the CLI in its own interpreter, a driver on the tests' Ray
+def test_out_of_tree_method_with_setup_and_gradient_hook_runs_end_to_end(tiny_assets, tmp_path, ray_session):
+    """Installed as another package would be (an entry point) in the folder the CLI starts from, which Ray
+    puts on its workers' path as it does for any driver."""
     import subprocess
+
+    import ray
 
     import torch
     from conftest import tiny_flags
@@ -152,8 +155,8 @@ def test_out_of_tree_method_with_setup_and_gradient_hook_runs_end_to_end(tiny_as
     results = tmp_path / "results"
     command = [sys.executable, "-m", "safemax_ray.cli", "unlearn", "--method", "frozen_input", "--no-progress"]
     command += [*tiny_flags(tiny_assets, results), "--frozen", "conv_in", "--num-workers", "2"]
-    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    command += ["--address", ray.get_runtime_context().gcs_address]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     row = read_dataframe(str(results)).iloc[0]
     assert row.method == "frozen_input" and row.setup_s > 0 and row.num_workers == 2
