@@ -179,7 +179,8 @@ def test_a_run_whose_task_dies_is_started_again_and_resumes_from_its_checkpoint(
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not list((tmp_path / "ray").glob("batch-*/checkpoint_manager_*")):
             time.sleep(0.05)
-        pids = subprocess.run(["pgrep", "-f", "ray::_one_run"], capture_output=True, text=True).stdout.split()
+        found = subprocess.run(["pgrep", "-f", "ray::_one_run"], capture_output=True, text=True).stdout.split()
+        pids = [p for p in found if _grandparent(int(p)) == os.getpid()]  # this Ray's, not a neighbour's
         for pid in pids:
             os.kill(int(pid), signal.SIGKILL)
         killed.extend(pids)
@@ -192,3 +193,12 @@ def test_a_run_whose_task_dies_is_started_again_and_resumes_from_its_checkpoint(
     assert not result.failed and len(result.done) == 1
     assert result.done[0]["resumed_from_step"] >= 5  # not started over
     assert len(list((tmp_path / "ray").glob("batch-*"))) == 1  # one Ray Train run, resumed by name
+
+
+def _grandparent(pid: int) -> int:
+    """A Ray worker's raylet's parent: the process whose `ray.init` started that local Ray."""
+
+    def parent(p: int) -> int:
+        return int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    return parent(parent(pid))

@@ -140,7 +140,6 @@ def test_out_of_tree_method_with_setup_and_gradient_hook_runs_end_to_end(tiny_as
     import subprocess
 
     import ray
-
     import torch
     from conftest import tiny_flags
 
