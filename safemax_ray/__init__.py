@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from safemax_ray.config import ConceptConfig, EvalConfig, RayConfig, UnlearnConfig, load_unlearn_config
 from safemax_ray.errors import SafemaxError
 
 if TYPE_CHECKING:
+    from safemax_ray.config import ConceptConfig, EvalConfig, RayConfig, UnlearnConfig, load_unlearn_config
     from safemax_ray.drivers.attack import AttackResult
     from safemax_ray.drivers.batch import BatchResult
     from safemax_ray.drivers.compare import CompareResult
@@ -38,6 +38,19 @@ __all__ = [
     "tune",
     "unlearn",
 ]
+
+
+_CONFIG = ("ConceptConfig", "EvalConfig", "RayConfig", "UnlearnConfig", "load_unlearn_config")
+
+
+def __getattr__(name: str) -> Any:
+    # The configuration imports the methods, hence torch and diffusers: not for a process that imports a
+    # light module of the package (a Ray Train controller unpickling `ray.tune_reports`, the CLI's --help).
+    if name in _CONFIG:
+        from safemax_ray import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module 'safemax_ray' has no attribute {name!r}")
 
 
 def unlearn(config: UnlearnConfig | dict | str, **kwargs: Any) -> UnlearnResult:

@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -67,31 +66,36 @@ def _batch_args(tiny_assets, results):
     return ["batch", "--classes", "0-1", *flags]
 
 
-@pytest.mark.slow  # a batch in its own interpreter (a driver on the tests' Ray), killed part-way
+@pytest.mark.slow  # batches on the tests' Ray, the first interrupted part-way
 def test_interrupted_batch_resumes_and_stores_every_class_once(tiny_assets, tmp_path, ray_session, capsys):
-    import ray
+    """Ctrl-C once the first class is stored: the run in flight is cancelled and leaves nothing (the
+    process lives on, as a notebook's would); the batch run again does only what is missing."""
+    import _thread
+    import threading
 
     from safemax_ray.cli import main
 
     results = tmp_path / "results"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    address = ["--address", ray.get_runtime_context().gcs_address]
-    command = [sys.executable, "-m", "safemax_ray.cli", *_batch_args(tiny_assets, results), *address]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     runs = results / RUNS_DIR
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if runs.is_dir() and len(list(runs.glob("*.parquet"))) >= 1:
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, f"batch ended before it could be interrupted:\n{proc.stdout.read()}"
-    proc.send_signal(signal.SIGINT)  # Ctrl-C part-way through
-    proc.wait(timeout=120)
+
+    def interrupt_after_the_first_row():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (runs.is_dir() and list(runs.glob("*.parquet"))):
+            time.sleep(0.05)
+        _thread.interrupt_main(signal.SIGINT)  # what Ctrl-C does to the process
+
+    threading.Thread(target=interrupt_after_the_first_row, daemon=True).start()
+    assert main(_batch_args(tiny_assets, results)) == 130
+    assert "interrupted" in capsys.readouterr().out
     first = read_dataframe(str(results))
     assert len(first) == 1
     assert not [p for p in runs.iterdir() if p.name.startswith(".")]  # no partial file left
+    deadline = time.monotonic() + 30
+    while _run_tasks() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _run_tasks()  # the run in flight was cancelled, not left to finish unseen
 
-    assert main(_batch_args(tiny_assets, results)) == 0  # resumed, here on the tests' running Ray
+    assert main(_batch_args(tiny_assets, results)) == 0  # resumed
     out = " ".join(capsys.readouterr().out.split())
     assert "1 run(s) done, 1 already stored" in out
     df = read_dataframe(str(results))
@@ -179,10 +183,9 @@ def test_a_run_whose_task_dies_is_started_again_and_resumes_from_its_checkpoint(
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not list((tmp_path / "ray").glob("batch-*/checkpoint_manager_*")):
             time.sleep(0.05)
-        found = subprocess.run(["pgrep", "-f", "ray::_one_run"], capture_output=True, text=True).stdout.split()
-        pids = [p for p in found if _grandparent(int(p)) == os.getpid()]  # this Ray's, not a neighbour's
+        pids = _run_tasks()
         for pid in pids:
-            os.kill(int(pid), signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         killed.extend(pids)
 
     killer = threading.Thread(target=kill_the_task_after_its_first_checkpoint)
@@ -195,10 +198,19 @@ def test_a_run_whose_task_dies_is_started_again_and_resumes_from_its_checkpoint(
     assert len(list((tmp_path / "ray").glob("batch-*"))) == 1  # one Ray Train run, resumed by name
 
 
+def _run_tasks() -> list[int]:
+    """The processes running a batch's run tasks on the tests' Ray (not on a neighbour's)."""
+    found = subprocess.run(["pgrep", "-f", "ray::_one_run"], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found if _grandparent(int(p)) == os.getpid()]
+
+
 def _grandparent(pid: int) -> int:
     """A Ray worker's raylet's parent: the process whose `ray.init` started that local Ray."""
 
     def parent(p: int) -> int:
         return int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
-    return parent(parent(pid))
+    try:
+        return parent(parent(pid))
+    except OSError:  # it has exited meanwhile
+        return -1

@@ -253,28 +253,42 @@ def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, con
         shared = SharedSetups(todo, use_gpu)
         pending: dict[Any, UnlearnConfig] = {}
         queue = list(todo)
-        while queue or pending:
-            while len(pending) < limit and (cfg := shared.next_runnable(queue)) is not None:
-                queue = [c for c in queue if c is not cfg]
-                ref = task.remote(to_dict(cfg), use_gpu, batch_id)
-                pending[ref] = cfg
-                shared.started(cfg, ref)
-            # Wake up now and then: a set-up another run computes may have become readable meanwhile.
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=SETUP_POLL_S if queue else None)
-            if not ready:
-                continue
-            shared.ended(ready[0])
-            name = label(pending.pop(ready[0]))
-            try:
-                row = ray.get(ready[0])
-                outcome.done.append(row)
-                console.log(
-                    f"{name}: UA {row['ua']:.1f}%  H {row['entropy']:.2f}  FID {row['fid']:.2f}  "
-                    f"retained acc {row['retain_acc']:.1f}%  ({row['rte_s']:.0f}s + set-up {row['setup_s']:.0f}s"
-                    f"{', cached' if row['setup_cached'] else ''})"
-                )
-            except Exception as exc:  # noqa: BLE001  (one run failing must not stop the others)
-                outcome.failed[name] = failure_reason(exc, retries)
-                console.log(f"[red]{name} failed[/]: {outcome.failed[name]}")
+        try:
+            while queue or pending:
+                while len(pending) < limit and (cfg := shared.next_runnable(queue)) is not None:
+                    queue = [c for c in queue if c is not cfg]
+                    ref = task.remote(to_dict(cfg), use_gpu, batch_id)
+                    pending[ref] = cfg
+                    shared.started(cfg, ref)
+                # Wake up now and then: a set-up another run computes may have become readable meanwhile.
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=SETUP_POLL_S if queue else None)
+                if not ready:
+                    continue
+                shared.ended(ready[0])
+                _collect(ready[0], label(pending.pop(ready[0])), outcome, retries, console)
+        except KeyboardInterrupt:
+            # The runs in flight stop with the batch, also when its process lives on (a notebook, a
+            # service): they would otherwise finish unseen and store rows nobody waits for.
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
     outcome.seconds = time.perf_counter() - began
     return outcome
+
+
+def _collect(ref, name: str, outcome: BatchResult, retries: int, console: Console) -> None:
+    """An ended run's row into `outcome.done`, or its failure, in one line, into `outcome.failed`."""
+    import ray
+
+    try:
+        row = ray.get(ref)
+    except Exception as exc:  # noqa: BLE001  (one run failing must not stop the others)
+        outcome.failed[name] = failure_reason(exc, retries)
+        console.log(f"[red]{name} failed[/]: {outcome.failed[name]}")
+        return
+    outcome.done.append(row)
+    console.log(
+        f"{name}: UA {row['ua']:.1f}%  H {row['entropy']:.2f}  FID {row['fid']:.2f}  "
+        f"retained acc {row['retain_acc']:.1f}%  ({row['rte_s']:.0f}s + set-up {row['setup_s']:.0f}s"
+        f"{', cached' if row['setup_cached'] else ''})"
+    )

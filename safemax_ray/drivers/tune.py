@@ -303,6 +303,8 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
                 # The searcher gets metric/mode already; Tune needs them only for the scheduler.
                 metric="score" if scheduler else None,
                 mode="max" if scheduler else None,
+                # A trial's actor imports torch, diffusers and the judge's code: the next trial reuses it.
+                reuse_actors=True,
             ),
             run_config=ray_tune.RunConfig(name=Path(study_dir).name, storage_path=storage_path, verbose=0),
         )
