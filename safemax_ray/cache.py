@@ -44,6 +44,7 @@ def write(path: str | None, tensors: dict[str, torch.Tensor]) -> None:
 
 
 HEARTBEAT_S = 30.0  # a computing claim is touched this often; one untouched for 4 beats is a dead holder's
+WAIT_POLL_S = 1.0  # a waiting run looks this often whether the entry is written (a stat: cheap)
 
 
 def compute_once(
@@ -78,7 +79,7 @@ def _claim_or_wait(path: str | None) -> dict[str, torch.Tensor] | None:
             return saved
         log.info("cache entry %s is being computed by another run; waiting for it", path)
         while _claim_alive(path):
-            time.sleep(min(HEARTBEAT_S / 4, 5.0))
+            time.sleep(min(HEARTBEAT_S / 4, WAIT_POLL_S))
     return None
 
 

@@ -19,6 +19,9 @@ os.environ["HOME"] = tempfile.mkdtemp(prefix="safemax-home-")
 # Ray Train's controller polls its workers every 2 s by default; a tiny test run is over in less, so
 # most of its wall time would be spent waiting for polls. (Users' runs keep Ray's default.)
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+# Each Ray Train run starts an actor that watches for nodes being drained (cloud preemption); the tests'
+# one machine is never drained, and that process costs a run ~1.5 CPU-seconds of a 2-core machine.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
 """Ray Train: a worker killed mid-run resumes from its checkpoint to the weights of an uninterrupted run.
 (That two workers train the one-worker model is tested with the command line, in test_cli.py.)"""
 
+import signal
+
 import pytest
 import torch
 from conftest import tiny_run_config as tiny_config
@@ -25,7 +27,9 @@ def test_killed_worker_resumes_to_the_weights_of_an_uninterrupted_run(
 ):
     cfg = tiny_config(tiny_assets, tmp_path, num_workers=2, max_failures=1)
     crash_drill(monkeypatch, tmp_path, 5)
+    ctrl_c = signal.getsignal(signal.SIGINT)
     result = unlearn(cfg)
+    assert signal.getsignal(signal.SIGINT) is ctrl_c  # Ray Train's own handler is gone with its run
     assert (tmp_path / "crashed-once").exists()
     # Checkpoints follow steps 2, 4 and 6; the restarted group resumes from the latest one the
     # controller registered before the crash (Ray Train registers reports asynchronously) and stops at 8.

@@ -7,6 +7,8 @@ workload says (on the Train workers already, or over the cluster's evaluation ta
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 from safemax_ray.config import UnlearnConfig
@@ -48,7 +50,7 @@ def train_and_evaluate(
     trainer = build_trainer(
         cfg, name, storage_path, use_gpu, cache_dir, progress=progress, callbacks=callbacks, probe_samples=probe_samples
     )
-    result = trainer.fit()
+    result = _fit(trainer)
     if result.error is not None:
         raise result.error
     outcome = outcome_of(result)
@@ -58,3 +60,16 @@ def train_and_evaluate(
         )
         outcome = Outcome(Status.FINISHED, {**metrics, STATUS: Status.FINISHED.value}, outcome.checkpoint)
     return outcome
+
+
+def _fit(trainer):
+    """`trainer.fit()`, then the Ctrl-C handler the process had before. Ray Train installs its own (Ctrl-C
+    aborts the run) and leaves it installed: a later Ctrl-C in this process (a notebook, a batch) would
+    abort a finished run, and the third one exit the process with status 0."""
+    in_main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if in_main else None
+    try:
+        return trainer.fit()
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, before)
