@@ -105,3 +105,19 @@ def test_only_the_workloads_and_the_config_ask_whether_a_run_is_a_concept():
             if any(_names_concept(t) for t in tests):
                 offenders.append(f"{where}:{node.lineno}")
     assert offenders == []
+
+
+def test_the_package_and_the_tune_callback_import_without_torch_or_diffusers():
+    """A Ray Train controller unpickles the Tune callback (ray/tune_reports.py): with the package's own
+    import light, it does not spend seconds importing torch and diffusers it never uses."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, safemax_ray, safemax_ray.ray.tune_reports; "
+        "print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules)); "
+        "print(safemax_ray.UnlearnConfig.__name__)"  # the public names still resolve, on first use
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["[]", "UnlearnConfig"]
