@@ -49,20 +49,10 @@ def tiny_pipeline(tmp_path_factory):
     return make_tiny_pipeline(tmp_path_factory.mktemp("t2i"))
 
 
-# Tests that share a costly session fixture run in one of pytest-xdist's processes (pyproject.toml:
-# --dist loadgroup), which builds it once; the other tests go wherever a process is free.
-SHARED = {"finished_run": "finished_run", "tiny_pipeline": "t2i"}
-
-
 def pytest_collection_modifyitems(items):
     for item in items:
-        names = getattr(item, "fixturenames", ())
-        if "ray_session" in names:
+        if "ray_session" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-        for fixture, group in SHARED.items():
-            if fixture in names:
-                item.add_marker(pytest.mark.xdist_group(group))
-                break
 
 
 @pytest.fixture(scope="session")
