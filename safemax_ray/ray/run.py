@@ -66,10 +66,10 @@ def _fit(trainer):
     """`trainer.fit()`, then the Ctrl-C handler the process had before. Ray Train installs its own (Ctrl-C
     aborts the run) and leaves it installed: a later Ctrl-C in this process (a notebook, a batch) would
     abort a finished run, and the third one exit the process with status 0."""
-    in_main = threading.current_thread() is threading.main_thread()
-    before = signal.getsignal(signal.SIGINT) if in_main else None
+    # Off the main thread (a Tune trial) Ray Train installs nothing; None: a handler not set from Python.
+    before = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     try:
         return trainer.fit()
     finally:
-        if in_main:
+        if before is not None:
             signal.signal(signal.SIGINT, before)
