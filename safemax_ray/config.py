@@ -77,6 +77,9 @@ class RayConfig:
         None, "train on GPUs (--cpu: on CPUs even if GPUs exist; default: GPUs if any)", "--gpu", "--cpu"
     )
     cpus_per_worker: float | None = setting(None, "CPUs per worker (default: 1 reserved, threads = cores / workers)")
+    gpus_per_worker: float = setting(
+        1.0, "GPUs per worker on --gpu; below 1 (e.g. 0.5) workers share a GPU and DDP runs over gloo, not NCCL"
+    )
     address: str | None = setting(None, "join a Ray cluster: 'auto' or ray://host:10001 (default: a local Ray)")
     num_cpus: int | None = setting(None, "logical CPUs of a local Ray (default: enough for the workers)")
     checkpoint_every: int = setting(100, "steps between checkpoints")
@@ -90,6 +93,10 @@ class RayConfig:
             raise SafemaxError(f"ray.num_workers must be >= 1, got {self.num_workers}")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             raise SafemaxError(f"ray.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if not 0 < self.gpus_per_worker <= 1:
+            raise SafemaxError(
+                f"ray.gpus_per_worker must be in (0, 1] (a share of one GPU), got {self.gpus_per_worker}"
+            )
         if self.checkpoint_every < 1:
             raise SafemaxError(f"ray.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.max_failures < 0:

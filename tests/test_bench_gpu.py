@@ -14,7 +14,7 @@ def test_tiny_benchmark_prints_step_sampling_and_projection():
     done = subprocess.run([sys.executable, str(SCRIPT), "--tiny"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
-    for expected in ("reference (CPU RNG", "package, eager", "ms per step", "paper protocol", "8 device(s)"):
+    for expected in ("step:reference", "step:safemax:eager", "ms per step", "paper protocol", "8 device(s)"):
         assert expected in out, out
     minutes = [float(line.split(":")[1].split()[0]) for line in out.splitlines() if "device(s):" in line]
     assert len(minutes) == 4 and minutes[0] > minutes[1] > minutes[2] > minutes[3] > 0

@@ -33,6 +33,7 @@ IMPOSSIBLE = {
     "eval.eta": [-0.1, 1.5],
     "ray.num_workers": [0, -1],
     "ray.cpus_per_worker": [0.0, -1.0],
+    "ray.gpus_per_worker": [0.0, 1.5],
     "ray.num_cpus": [0, -1],
     "ray.checkpoint_every": [0, -1],
     "ray.max_failures": [-1],

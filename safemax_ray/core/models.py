@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,6 +260,12 @@ def content_hash(files: list[Path]) -> str:
 
 
 _HASHES: dict[tuple, str] = {}
+
+
+def use_shared_inductor_cache() -> None:
+    """torch.compile's Inductor cache in one folder per user (unless set), so the runs and evaluation
+    tasks of a batch on a node compile each graph once."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "safemax_ray" / "inductor"))
 
 
 def peak_memory_mb(device: torch.device) -> float:

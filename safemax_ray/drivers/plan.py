@@ -2,9 +2,10 @@
 
 For each run: the UNet rows of training, of the method's set-up and of the evaluation (a row is one image
 through the UNet; guided sampling pushes two per image and step), and projected GPU time from per-row
-figures measured on one H200 (NOTES section 6, `scripts/bench_gpu.py`: the 35.7M CIFAR-10 UNet, bf16,
-compiled). A set-up that does not depend on the forget class (Selective Amnesia's Fisher) and the base
-model's evaluation samples (one set per class) are charged once, as the cache shares them.
+figures measured on one H200 (`scripts/bench_gpu.py`: the 38.6M reference CIFAR-10 UNet, bf16,
+compiled, as long evaluations sample by default). A set-up that does not depend on the forget class
+(Selective Amnesia's Fisher) and the base model's evaluation samples (one set per class) are charged
+once, as the cache shares them.
 
 The wall time on N GPUs is a list schedule: the shared set-ups first, then the runs, longest first, each
 on the GPU that frees up first (a run trains and is evaluated on one GPU; spreading a run's evaluation
@@ -21,9 +22,12 @@ from pathlib import Path
 from safemax_ray.config import UnlearnConfig
 from safemax_ray.methods import get_method
 
-TRAIN_ROW_MS = 63.9 / 256  # one row forward and backward: a compiled SAFEMax step of 128 + 128 rows
-FORWARD_ROW_MS = 106.0 / 2048  # one row forward only: a compiled guided sampling step at batch 1024
-FIGURES = "H200, bf16, compiled: 63.9 ms per 128+128 training step, 106 ms per guided step at batch 1024"
+# scripts/bench_gpu.py on one H200, 2026-12-04 (the 38.6M reference layout; 65.2 and 67.0 ms in two runs).
+# Runs under engine.loop.COMPILE_PAYS_AFTER iterations train eager, ~25% slower a step (81 ms measured
+# beside other work); training is a small part of any plan, so the compiled rate stands for both.
+TRAIN_ROW_MS = 65.2 / 256  # one row forward and backward: a compiled SAFEMax step of 128 + 128 rows
+FORWARD_ROW_MS = 78.1 / 2048  # one row forward only: a guided sampling step at batch 1024, as evaluation
+FIGURES = "H200, bf16, compiled: 65.2 ms per 128+128 training step, 78.1 ms per guided step at batch 1024"
 GOAL_HOURS, GOAL_GPUS = 4.0, 8  # the whole paper comparison on one 8-GPU node
 CLASS_IMAGES = {"cifar10": 5000}  # training images per class, where the data is not on this machine
 
@@ -153,6 +157,6 @@ def describe(plan: Plan) -> list[str]:
         f"goal: <= {GOAL_HOURS:g} h on {GOAL_GPUS} GPUs; projected {goal:.1f} h there "
         f"({goal / GOAL_HOURS:.1f}x the goal)"
     )
-    lines.append(f"figures: {FIGURES} (NOTES section 6)")
+    lines.append(f"figures: {FIGURES} (scripts/bench_gpu.py)")
     lines += [f"assumed: {note}" for note in plan.assumptions]
     return lines

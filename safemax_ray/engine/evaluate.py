@@ -37,7 +37,7 @@ from safemax_ray.core.models import SHIPPED_CLASSIFIER, DiffusionModel, content_
 from safemax_ray.core.noise import calibrate as calibrate_noise
 from safemax_ray.core.objective import score as objective_score
 from safemax_ray.core.randomness import chunk_generator
-from safemax_ray.core.sampling import sample
+from safemax_ray.core.sampling import default_speed, guided_forward, sample
 from safemax_ray.engine.judging import ChunkJudge, ClassJudge, Judgement, KeepImages, Share, assemble, classify
 
 GatherObjects = Callable[[Any], list[Any]]  # every rank's object, in rank order
@@ -116,6 +116,7 @@ def sample_chunks(
     judge = (judge or KeepImages()).to(device)
     steps = config.sample_steps or model.num_train_timesteps
     total, done = len(chunks) * steps, 0
+    forward = guided_forward(model.unet, default_speed(device.type, total))
 
     def tick() -> None:
         nonlocal done
@@ -138,6 +139,7 @@ def sample_chunks(
             tick,
             sampler=config.sampler,
             eta=config.eta,
+            forward=forward,
         )
         out[c] = judge(images, index)
     return out

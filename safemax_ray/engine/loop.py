@@ -8,18 +8,16 @@ checkpoints. Statistics and the divergence check are read from the device every 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from safemax_ray.config import UnlearnConfig
 from safemax_ray.core.data import ImageData
-from safemax_ray.core.models import DiffusionModel, peak_memory_mb
+from safemax_ray.core.models import DiffusionModel, peak_memory_mb, use_shared_inductor_cache
 from safemax_ray.core.randomness import RankRandom, step_generator
 from safemax_ray.engine import evaluate
 from safemax_ray.engine.checkpoint import TrainState
@@ -74,9 +72,8 @@ def should_compile(cfg: UnlearnConfig, device: torch.device) -> bool:
 
 
 def compile_in_place(unet: torch.nn.Module) -> None:
-    """Compile the forward in place: parameter names, and so saved models, stay as they are. The
-    Inductor cache lives in one folder per user, so the runs of a batch on a node compile once."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "safemax_ray" / "inductor"))
+    """Compile the forward in place: parameter names, and so saved models, stay as they are."""
+    use_shared_inductor_cache()
     unet.compile()
 
 

@@ -195,13 +195,15 @@ def build_trainer(
     callbacks: list | None = None,
     probe_samples: int | None = None,
 ):
-    """A TorchTrainer for one run: DDP over `cfg.ray.num_workers`, gloo on CPU and NCCL on GPU."""
+    """A TorchTrainer for one run: DDP over `cfg.ray.num_workers`, NCCL on whole GPUs, else gloo (NCCL
+    refuses two ranks on one GPU: "Duplicate GPU detected")."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     resources = {"CPU": cfg.ray.cpus_per_worker or 1.0}
     if use_gpu:
-        resources["GPU"] = 1
+        resources["GPU"] = cfg.ray.gpus_per_worker
+    nccl = use_gpu and cfg.ray.gpus_per_worker == 1
     return TorchTrainer(
         train_loop,
         train_loop_config={
@@ -211,7 +213,7 @@ def build_trainer(
             "fault_drill": os.environ.get(FAULT_DRILL_ENV),
             "probe_samples": probe_samples,
         },
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if nccl else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name,
