@@ -85,13 +85,27 @@ def _fmt_param(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+# What a FID was computed on, as the tables name it: only Inception's is the paper's FID.
+FID_FEATURES = {"inception": "Inception", "classifier": "judge's features"}
+
+
+def _with_interval(metrics: dict[str, Any], key: str) -> str:
+    """The figure, and its 95% interval where the run has one: 98.00 [95.1, 99.4]."""
+    lo, hi = metrics.get(f"{key}_lo"), metrics.get(f"{key}_hi")
+    if lo is None or hi is None or lo != lo:  # none, or nan (no samples)
+        return _fmt(metrics.get(key))
+    return f"{_fmt(metrics.get(key))} [{lo:.3g}, {hi:.3g}]"
+
+
 def metrics_table(metrics: dict[str, Any], title: str, rows: tuple[tuple[str, str], ...]) -> Table:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("base model", justify="right")
     table.add_column("unlearned", justify="right")
     for key, label in rows:
-        table.add_row(label, _fmt(metrics.get(f"base_{key}")), _fmt(metrics.get(key)))
+        if key == "fid" and metrics.get("fid_features"):
+            label = f"{label}; {FID_FEATURES.get(metrics['fid_features'], metrics['fid_features'])}"
+        table.add_row(label, _with_interval(metrics, f"base_{key}"), _with_interval(metrics, key))
     table.add_row("RTE (s, unlearning only)", "", _fmt(metrics.get("rte_s")))
     cached = " (cached)" if metrics.get("setup_cached") else ""
     table.add_row("set-up (s)", "", _fmt(metrics.get("setup_s")) + cached)
@@ -124,6 +138,8 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     result = unlearn(cfg, console=console, show_progress=not args.no_progress)
     workload = workload_for(cfg)
     console.print(metrics_table(result.metrics, f"{cfg.method}: forget {workload.describe()}", workload.metric_rows))
+    for note in workload.notes():
+        console.print(f"[yellow]note: {note}[/]")
     console.print(f"model:   {result.model_path}")
     console.print(f"samples: {result.grid_path}")
     console.print(f"results: {result.results_path}")

@@ -207,3 +207,7 @@ def test_several_classes_are_forgotten_together_and_judged_one_by_one(tiny_asset
     assert set(metrics["per_class"]) == {"3", "7"}
     per_class_ua = [metrics["per_class"][c]["ua"] for c in ("3", "7")]
     assert metrics["ua"] == pytest.approx(sum(per_class_ua) / 2)  # equal samples per class
+    # Every figure of both models lies in its 95% interval (the exact binomial's, the bootstrap's).
+    for key in ("ua", "entropy", "retain_acc", "noise_forget", "noise_retain"):
+        for name in (key, f"base_{key}"):
+            assert metrics[f"{name}_lo"] <= metrics[name] + 1e-9 and metrics[name] <= metrics[f"{name}_hi"] + 1e-9

@@ -113,7 +113,7 @@ def test_quality_and_cost_tables_match_numpy(results_dir):
     checks = [
         (quality, "UA %", 0),
         (quality, "H", 1),
-        (quality, "FID", 2),
+        (quality, "FID (judge's features)", 2),  # the rows' fid_features: not the paper's FID
         (quality, "retain acc %", 3),
         (cost, "RTE s", 4),
         (cost, "peak mem MB", 5),
@@ -271,3 +271,32 @@ def test_samples_grid_wraps_ten_classes_into_rows_of_five(tmp_path):
         width, height = image.size
     # Two rows of five panels (figure 13 x 5.6 in); one row of ten would be 26 x 2.8 in.
     assert width / height == pytest.approx(13 / 5.6, rel=0.1)
+
+
+def test_the_fid_column_names_its_features_and_never_mixes_them_silently():
+    labels = lambda kinds: dict(report.quality_metrics(pd.DataFrame({"fid_features": kinds})))["fid"]  # noqa: E731
+    assert labels(["inception", "inception"]) == "FID"
+    assert labels(["classifier"]) == "FID (judge's features)"
+    assert labels(["inception", "classifier"]) == "FID (mixed: judge's + Inception features)"
+
+
+def test_intervals_table_shows_each_figure_with_its_interval(results_dir):
+    df = report.load_runs(results_dir)
+    df = df.assign(ua_lo=df["ua"] - 1.0, ua_hi=df["ua"] + 1.0)
+    for name in ("entropy", "retain_acc", "noise_forget"):
+        df = df.assign(**{f"{name}_lo": np.nan, f"{name}_hi": np.nan})
+    table = report.tables(df)["intervals"]
+    ua = df[(df["group"] == "safemax") & (df["forget_class"] == 1)]["ua"].item()
+    assert table.loc[1, ("safemax", "UA %")] == f"{ua - 1:.3g}-{ua + 1:.3g}"
+    assert table.loc[1, ("safemax", "H")] == "-"  # no interval stored
+
+
+def test_a_cifar10_run_without_inception_weights_says_its_fid_is_not_the_papers():
+    from safemax_ray.config import UnlearnConfig
+    from safemax_ray.engine.workloads import workload_for
+
+    notes = workload_for(UnlearnConfig(dataset="cifar10", data_root="/data/cifar10")).notes()
+    assert len(notes) == 1 and "not the paper's FID" in notes[0] and "--fid-weights" in notes[0]
+    with_weights = UnlearnConfig(dataset="cifar10", data_root="/data/cifar10")
+    with_weights.eval.fid_weights = "/models/pt_inception-2015-12-05.pth"
+    assert workload_for(with_weights).notes() == [] and workload_for(UnlearnConfig()).notes() == []

@@ -17,9 +17,14 @@ def unlearning_accuracy(logits: torch.Tensor, forget_class: int | torch.Tensor) 
     return 100.0 - 100.0 * (logits.argmax(1) == forget_class).float().mean().item()
 
 
-def mean_entropy(logits: torch.Tensor) -> float:
+def entropies(logits: torch.Tensor) -> torch.Tensor:
+    """Each sample's natural-log entropy of the classifier's softmax (float64)."""
     log_p = torch.log_softmax(logits.double(), dim=1)
-    return float(-(log_p.exp() * log_p).sum(1).mean())
+    return -(log_p.exp() * log_p).sum(1)
+
+
+def mean_entropy(logits: torch.Tensor) -> float:
+    return float(entropies(logits).mean())
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

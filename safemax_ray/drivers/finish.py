@@ -13,14 +13,16 @@ from typing import Any
 
 from safemax_ray import storage
 from safemax_ray.config import UnlearnConfig
+from safemax_ray.core.intervals import INTERVAL_METRICS
 from safemax_ray.engine.checkpoint import SAMPLES_GRID
 from safemax_ray.engine.outcome import Outcome, Status
 from safemax_ray.engine.workloads import workload_for
 from safemax_ray.identity import run_key
-from safemax_ray.results.parquet import COMMON_OPTIONS, write_row
+from safemax_ray.results.parquet import COMMON_OPTIONS, ENDS, write_row
 from safemax_ray.schema import to_dict
 
 METRICS = ("ua", "entropy", "fid", "retain_acc", "noise_forget", "noise_retain")
+INTERVALS = tuple(f"{m}_{end}" for m in INTERVAL_METRICS for end in ENDS)
 CONCEPT_METRICS = ("forget_mse", "remain_mse")
 
 
@@ -56,9 +58,9 @@ def build_row(
         "sample_steps": int(metrics["sample_steps"]),
         "n_forget_samples": cfg.eval.n_forget_samples,
         "n_retain_per_class": cfg.eval.n_retain_per_class,
-        **{k: _number(metrics.get(k)) for k in METRICS + CONCEPT_METRICS},
+        **{k: _number(metrics.get(k)) for k in METRICS + INTERVALS + CONCEPT_METRICS},
         "fid_features": metrics.get("fid_features"),
-        **{f"base_{k}": _number(metrics.get(f"base_{k}")) for k in METRICS + CONCEPT_METRICS},
+        **{f"base_{k}": _number(metrics.get(f"base_{k}")) for k in METRICS + INTERVALS + CONCEPT_METRICS},
         "base_ok": None if metrics.get("base_ok") is None else bool(metrics["base_ok"]),
         "rte_s": float(metrics["rte_s"]),
         "setup_s": float(metrics.get("setup_s", 0.0)),

@@ -25,9 +25,11 @@ from safemax_ray import cache, storage
 from safemax_ray.config import EvalConfig, UnlearnConfig
 from safemax_ray.core.classifier import Classifier, FeatureExtractor, classifier_fingerprint, load_classifier
 from safemax_ray.core.data import ImageData
+from safemax_ray.core.intervals import bootstrap_mean_interval, proportion_interval
 from safemax_ray.core.metrics import (
     InceptionFeatures,
     accuracy,
+    entropies,
     frechet_from_sums,
     mean_entropy,
     percent,
@@ -81,9 +83,14 @@ class EvalResult:
     noise_forget: float  # % of forget-class samples that are noise (core/noise.py: no classifier)
     noise_retain: float  # % of retained-class samples that are noise
     per_class: dict[str, dict[str, float]]  # each forgotten class: ua, entropy, noise
+    intervals: dict[str, tuple[float, float]]  # 95% interval of each of INTERVAL_METRICS (core/intervals.py)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The figures with each interval as `<metric>_lo` and `<metric>_hi`."""
+        out = asdict(self)
+        for key, (lo, hi) in out.pop("intervals").items():
+            out[f"{key}_lo"], out[f"{key}_hi"] = lo, hi
+        return out
 
 
 def eval_labels(num_classes: int, forget: int | list[int], config: EvalConfig) -> torch.Tensor:
@@ -197,6 +204,7 @@ def result(judged: Judgement, judge: ClassJudge, real_sums: dict[str, torch.Tens
     labels, logits, noise = judge.labels, judged.rows["logits"], judged.rows["noise"]
     is_forget = torch.isin(labels, torch.tensor(judge.forget))
     return EvalResult(
+        intervals=intervals(labels, logits, noise, is_forget),
         ua=unlearning_accuracy(logits[is_forget], labels[is_forget]),
         entropy=mean_entropy(logits[is_forget]),
         fid=frechet_from_sums(real_sums, judged.sums),
@@ -213,6 +221,24 @@ def result(judged: Judgement, judge: ClassJudge, real_sums: dict[str, torch.Tens
             for c in judge.forget
         },
     )
+
+
+def intervals(
+    labels: torch.Tensor, logits: torch.Tensor, noise: torch.Tensor, is_forget: torch.Tensor
+) -> dict[str, tuple[float, float]]:
+    """The 95% interval of UA, H, retained accuracy and the noise rates, from the same samples."""
+    predicted = logits.argmax(1)
+
+    def share(flags: torch.Tensor) -> tuple[float, float]:
+        return proportion_interval(int(flags.sum()), len(flags))
+
+    return {
+        "ua": share(predicted[is_forget] != labels[is_forget]),
+        "entropy": bootstrap_mean_interval(entropies(logits[is_forget])),
+        "retain_acc": share(predicted[~is_forget] == labels[~is_forget]),
+        "noise_forget": share(noise[is_forget]),
+        "noise_retain": share(noise[~is_forget]),
+    }
 
 
 def load_eval_classifier(cfg: UnlearnConfig, num_classes: int) -> Classifier:

@@ -15,11 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from safemax_ray import storage
+from safemax_ray.core.intervals import INTERVAL_METRICS
 from safemax_ray.errors import SafemaxError
 
 RUNS_DIR = "runs"
 # Options common enough to get typed columns of their own; every option is in method_options_json.
 COMMON_OPTIONS = ("lam", "alpha", "target")
+ENDS = ("lo", "hi")  # an interval's columns: <metric>_lo, <metric>_hi
+INTERVAL_COLUMNS = [f"{base}{m}_{end}" for base in ("", "base_") for m in INTERVAL_METRICS for end in ENDS]
 
 SCHEMA = pa.schema(
     [
@@ -58,6 +61,8 @@ SCHEMA = pa.schema(
         pa.field("base_noise_forget", pa.float64()),
         pa.field("base_noise_retain", pa.float64()),
         pa.field("base_ok", pa.bool_()),  # the base model recognised its own samples (null: no classifier)
+        # 95% intervals (core/intervals.py) of the classifier metrics above, the base model's too
+        *[pa.field(name, pa.float64()) for name in INTERVAL_COLUMNS],
         pa.field("concept", pa.string()),  # a concept run: what the text-to-image pipeline forgot
         pa.field("forget_mse", pa.float64()),  # concept: ||eps_T - eps_theta(x_t, concept)||^2, floor 1
         pa.field("remain_mse", pa.float64()),  # concept: the denoising loss on the remain prompts
@@ -91,6 +96,7 @@ ADDED_LATER = (
     "base_remain_mse",
     "setup_cached",
     "resumed_from_step",
+    *INTERVAL_COLUMNS,
 )
 
 

@@ -170,13 +170,46 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     if df.empty:
         return built
     built |= {
-        "quality": _per_class_table(df, QUALITY_METRICS),
+        "quality": _per_class_table(df, quality_metrics(df)),
         "cost": _per_class_table(df, COST_METRICS),
     }
+    if _has_intervals(df):
+        built["intervals"] = interval_table(df)
     ratios = cost_ratios(df)
     if ratios is not None:
         built["ratios"] = ratios
     return built
+
+
+def quality_metrics(df: pd.DataFrame) -> tuple[tuple[str, str], ...]:
+    """QUALITY_METRICS with the FID column named for the features it was computed on: "FID" only where
+    every row used Inception's (the paper's); figures on different features are never one plain column."""
+    kinds = sorted(set(df["fid_features"].dropna()))
+    names = {"inception": "Inception", "classifier": "judge's"}
+    label = "FID" if kinds == ["inception"] else f"FID ({' + '.join(names.get(k, k) for k in kinds)} features)"
+    if len(kinds) > 1:
+        label = label.replace("(", "(mixed: ")
+    return tuple((column, label if column == "fid" else name) for column, name in QUALITY_METRICS)
+
+
+def _has_intervals(df: pd.DataFrame) -> bool:
+    return "ua_lo" in df.columns and df["ua_lo"].notna().any()  # rows from before intervals lack them
+
+
+def interval_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Each figure's 95% interval per forget class and group, "lo-hi" (core/intervals.py: which samples
+    the evaluation drew, not the training seed); the quality table's std row is the spread over classes."""
+    metrics = tuple((column, label) for column, label in QUALITY_METRICS if column != "fid")
+    groups = sorted(df[GROUP].unique())
+    columns = pd.MultiIndex.from_tuples([(g, label) for g in groups for _, label in metrics], names=[GROUP, "metric"])
+    classes = sorted(int(c) for c in df["forget_class"].unique())
+    table = pd.DataFrame("-", index=pd.Index(classes, name="class"), columns=columns, dtype=object)
+    for row in df.itertuples(index=False):
+        for column, label in metrics:
+            lo, hi = getattr(row, f"{column}_lo"), getattr(row, f"{column}_hi")
+            if lo == lo and hi == hi and lo is not None:  # not nan, not missing
+                table.loc[int(row.forget_class), (row.group, label)] = f"{lo:.3g}-{hi:.3g}"
+    return table
 
 
 CONCEPT_COLUMNS = {

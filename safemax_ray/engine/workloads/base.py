@@ -68,6 +68,10 @@ class Workload(ABC):
     def describe(self) -> str:
         """What the run forgets, in a few words: "class 3 (digits)", "concept 'a dog'"."""
 
+    def notes(self) -> list[str]:
+        """One-line caveats on its figures that a reader of the summary table needs (none by default)."""
+        return []
+
     # -- before Ray starts -----------------------------------------------------------------------------
     @abstractmethod
     def check(self) -> None:

@@ -32,7 +32,7 @@ class ClassWorkload(Workload):
     metric_rows = (
         ("ua", "UA %"),
         ("entropy", "entropy H (nats)"),
-        ("fid", "FID (retained)"),
+        ("fid", "FID (retained)"),  # the table adds the features it was computed on
         ("retain_acc", "retained accuracy %"),
         ("noise_forget", "noise rate, forget samples %"),
         ("noise_retain", "noise rate, retained samples %"),
@@ -40,6 +40,14 @@ class ClassWorkload(Workload):
 
     def describe(self) -> str:
         return f"class {self.cfg.forget_label()} ({self.cfg.dataset})"
+
+    def notes(self) -> list[str]:
+        if self.cfg.dataset != "cifar10" or self.cfg.eval.fid_weights:
+            return []
+        return [
+            "FID here is on the judge's features, not the paper's FID: put the 2015 Inception weights "
+            "(pt_inception-2015-12-05.pth) on this machine and pass --fid-weights FILE (the `cifar` extra)"
+        ]
 
     def model_id(self) -> str:
         return model_fingerprint(self.cfg.model)

@@ -1,0 +1,48 @@
+"""95% intervals for a run's figures, from its judged samples alone; no Ray, no sampling.
+
+Proportions (UA, retained accuracy, the noise rates) get the exact Clopper-Pearson interval of a
+binomial; the mean entropy H a percentile bootstrap over the forget-class samples with a fixed seed, so
+the same samples always give the same interval. Either says how far the figure moves with which samples
+the evaluation happened to draw: not with the training run's seed, and not the classifier's own error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+LEVEL = 0.95
+RESAMPLES = 2000
+SEED = 0
+INTERVAL_METRICS = ("ua", "entropy", "retain_acc", "noise_forget", "noise_retain")
+
+
+def proportion_interval(successes: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of the proportion successes / n, in percent; nan for n = 0."""
+    from scipy.stats import beta
+
+    if n == 0:
+        return math.nan, math.nan
+    tail = (1 - level) / 2
+    lo = 0.0 if successes == 0 else float(beta.ppf(tail, successes, n - successes + 1))
+    hi = 1.0 if successes == n else float(beta.ppf(1 - tail, successes + 1, n - successes))
+    return 100 * lo, 100 * hi
+
+
+def bootstrap_mean_interval(
+    values, level: float = LEVEL, resamples: int = RESAMPLES, seed: int = SEED
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (a tensor or an array); nan for none.
+    Resampled in blocks, so memory stays at a few hundred copies of `values` however many resamples."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if len(values) == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = [
+        values[rng.integers(len(values), size=(min(200, resamples - start), len(values)))].mean(1)
+        for start in range(0, resamples, 200)
+    ]
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(np.concatenate(means), [tail, 1 - tail])
+    return float(lo), float(hi)
