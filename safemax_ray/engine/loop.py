@@ -21,7 +21,7 @@ from safemax_ray.core.models import DiffusionModel, peak_memory_mb, use_shared_i
 from safemax_ray.core.randomness import RankRandom, step_generator
 from safemax_ray.engine import evaluate
 from safemax_ray.engine.checkpoint import TrainState
-from safemax_ray.engine.step import draw_batch, train_step
+from safemax_ray.engine.step import draw_batch
 from safemax_ray.engine.workloads import Evaluation, Workload, workload_for
 from safemax_ray.errors import SafemaxError
 from safemax_ray.methods import SetupContext, UnlearningMethod, get_method
@@ -182,7 +182,7 @@ def train(session: Session, hooks: Hooks | None = None) -> dict[str, float]:
             hooks.before_step(step)
         rng = RankRandom(step_generator(cfg.seed, step, s.device), s.rank, s.world)
         batch = draw_batch(s.data, s.forget_idx, s.remain_idx, per_rank, s.model.null_label, rng)
-        out = train_step(s.unet, s.method, s.optimizer, batch, rng, cfg.grad_clip)
+        out = s.method.step(s.unet, s.optimizer, batch, rng, cfg.grad_clip)
         bad = ~torch.isfinite(out["loss"]) | ~torch.isfinite(out["grad_norm"])
         first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
         sums = {k: sums.get(k, 0) + v.float() for k, v in out.items()}

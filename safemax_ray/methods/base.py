@@ -1,6 +1,6 @@
 """What an unlearning method is, and the life it leads inside the engine.
 
-The engine owns data, optimiser, clipping, DDP, checkpoints and timing. A method brings:
+The engine owns data, the optimiser's creation, DDP, checkpoints and timing. A method brings:
 
 - `Options`: a dataclass of its own hyperparameters, validated by `validate()`; `SEARCHABLE` names the
   ones a Tune search may vary (as `method.<name>`);
@@ -10,6 +10,8 @@ The engine owns data, optimiser, clipping, DDP, checkpoints and timing. A method
 - `loss(unet, batch, rng)`: the step's loss; randomness only from `rng`, so work splits and resumes
   reproducibly;
 - `after_backward(unet)`: a gradient hook (e.g. masking), after DDP has averaged the gradients;
+- `step(unet, optimizer, batch, rng, grad_clip)`: the iteration's update(s); the default is one update
+  (loss, backward, hook, clip, step), and a method with several (an inner loop, two Adam steps) owns it;
 - `state_dict()` / `load_state_dict()`: what a resumed run needs instead of running `setup` again.
 """
 
@@ -121,6 +123,30 @@ class UnlearningMethod(ABC):
 
     def after_backward(self, unet: torch.nn.Module) -> None:  # noqa: B027  (optional hook)
         """Called after backward (gradients already averaged over ranks), before clipping."""
+
+    def step(
+        self,
+        unet: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        batch: UnlearnBatch,
+        rng: RankRandom,
+        grad_clip: float,
+    ) -> dict[str, torch.Tensor]:
+        """One iteration's update(s); returns the loss statistics (detached, on the device) with
+        `loss` and `grad_norm`, which the engine checks for divergence. The default is one update:
+        forward and `loss` (bf16 autocast on CUDA), backward, `after_backward`, clip, step. A method
+        whose iteration makes several updates (an inner loop, a second Adam step on a remain batch)
+        overrides it; the engine still owns DDP, the optimiser's creation, checkpoints (the optimiser
+        state included), timing and the divergence check."""
+        device = batch.x_forget.device
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = self.loss(unet, batch, rng)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.after_backward(unet)
+        grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), grad_clip)
+        optimizer.step()
+        return {**out.stats, "grad_norm": grad_norm.detach()}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
