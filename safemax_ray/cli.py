@@ -90,7 +90,10 @@ FID_FEATURES = {"inception": "Inception", "classifier": "judge's features"}
 
 
 def _with_interval(metrics: dict[str, Any], key: str) -> str:
-    """The figure, and its 95% interval where the run has one: 98.00 [95.1, 99.4]."""
+    """The figure, and its 95% interval where the run has one: 98.00 [95.1, 99.4]; KID with its
+    standard deviation over chunks: 0.0123 ± 0.0045."""
+    if metrics.get(f"{key}_std") is not None:
+        return f"{metrics[key]:.3g} ± {metrics[f'{key}_std']:.2g}"
     lo, hi = metrics.get(f"{key}_lo"), metrics.get(f"{key}_hi")
     if lo is None or hi is None or lo != lo:  # none, or nan (no samples)
         return _fmt(metrics.get(key))
@@ -103,7 +106,7 @@ def metrics_table(metrics: dict[str, Any], title: str, rows: tuple[tuple[str, st
     table.add_column("base model", justify="right")
     table.add_column("unlearned", justify="right")
     for key, label in rows:
-        if key == "fid" and metrics.get("fid_features"):
+        if key in ("fid", "kid") and metrics.get("fid_features"):
             label = f"{label}; {FID_FEATURES.get(metrics['fid_features'], metrics['fid_features'])}"
         table.add_row(label, _with_interval(metrics, f"base_{key}"), _with_interval(metrics, key))
     table.add_row("RTE (s, unlearning only)", "", _fmt(metrics.get("rte_s")))

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(
     from safemax_ray.core.models import load_model
     from safemax_ray.engine import evaluate
     from safemax_ray.core.data import load_dataset
-    from safemax_ray.engine.judging import KeepImages
+    from safemax_ray.engine.judging import KeepImages, Share, assemble
     from safemax_ray.ray.evaluation import judge_on_cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
@@ -41,11 +41,14 @@ SCRIPT = textwrap.dedent(
     data = load_dataset("digits")
     judge = evaluate.class_judge(cfg, data, labels, torch.device("cpu"))
     real = judge.fid_sums(data.images[data.labels != 3])
-    driver = evaluate.result(judge(images[1], torch.arange(len(labels))), judge, real, "classifier").as_dict()
+    # Chunk by chunk, as the tasks do: KID is estimated per chunk.
+    every = torch.arange(len(labels)).split(config.batch_size)
+    judged = assemble([Share.of({c: judge(images[1][index], index) for c, index in enumerate(every)})])
+    driver = evaluate.result(judged, judge, real, "classifier").as_dict()
     for k in (1, 2, 4):
         judged = judge_on_cluster(model, labels, replace(config, workers=k), False, judge)
         tasks = evaluate.result(judged.judgement, judge, real, "classifier").as_dict()
-        for name in ("ua", "entropy", "fid", "retain_acc", "noise_forget", "noise_retain"):
+        for name in ("ua", "entropy", "fid", "kid", "retain_acc", "noise_forget", "noise_retain"):
             assert abs(tasks[name] - driver[name]) <= 1e-6 * max(1.0, abs(driver[name])), (k, name, tasks, driver)
     print("nodes", len(runs[1].nodes), len(runs[4].nodes))
     ray.shutdown()

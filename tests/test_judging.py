@@ -2,6 +2,7 @@
 image in one place (the way the driver scored before), at any split."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -90,3 +91,17 @@ def test_a_judgement_survives_the_cache_format():
     assert back.rows.keys() == judged.rows.keys() and back.sums.keys() == judged.sums.keys()
     assert all(torch.equal(back.rows[k], judged.rows[k]) for k in judged.rows)
     assert torch.equal(back.sums["fid_sum"], judged.sums["fid_sum"])
+
+
+def test_kid_is_torchmetrics_unbiased_mmd_and_tells_distributions_apart():
+    from torchmetrics.image.kid import poly_mmd
+
+    from safemax_ray.core.metrics import kid_mmd
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 16, generator=g, dtype=torch.float64), torch.randn(60, 16, generator=g, dtype=torch.float64)
+    assert kid_mmd(x, y) == pytest.approx(float(poly_mmd(y, x)), rel=1e-12)  # equal sizes: torchmetrics' formula
+    same = kid_mmd(torch.randn(400, 16, generator=g), torch.randn(300, 16, generator=g))
+    shifted = kid_mmd(torch.randn(400, 16, generator=g) + 0.5, torch.randn(300, 16, generator=g))
+    assert abs(same) < 0.05 < shifted  # unbiased: ~0 for one distribution, whatever the sizes
+    assert math.isnan(kid_mmd(x[:1], y))

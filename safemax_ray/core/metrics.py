@@ -4,6 +4,8 @@ UA    = 100 - percent of forget-class samples the classifier labels as the forge
 H     = mean natural-log entropy of the classifier's softmax on forget-class samples (max ln K).
 FID   = Frechet distance between features of retained-class samples and real retained-class images,
         from feature sums that add across chunks (so no process needs every image).
+KID   = unbiased squared MMD (cubic polynomial kernel) between the same features, per chunk against a
+        fixed set of real images; its mean and standard deviation over chunks.
 """
 
 from __future__ import annotations
@@ -45,6 +47,21 @@ def feature_sums(features: torch.Tensor) -> dict[str, torch.Tensor]:
     f = features.double()
     count = torch.tensor(float(len(f)), dtype=torch.float64)
     return {"fid_sum": f.sum(0), "fid_outer": f.t().mm(f), "fid_count": count}
+
+
+def kid_mmd(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The unbiased squared MMD between features x (m, D) and y (n, D) under KID's polynomial kernel
+    k(a, b) = (a.b / D + 1)^3 (Binkowski et al. 2018; torchmetrics' KernelInceptionDistance per subset),
+    in float64 on x's device; nan when either side has fewer than 2 rows."""
+    m, n = len(x), len(y)
+    if m < 2 or n < 2:
+        return float("nan")
+    x, y = x.double(), y.to(x.device).double()
+    kernel = lambda a, b: (a @ b.t() / x.shape[1] + 1) ** 3  # noqa: E731
+    k_xx, k_yy, k_xy = kernel(x, x), kernel(y, y), kernel(x, y)
+    within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))
+    within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
+    return float(within_x + within_y - 2 * k_xy.mean())
 
 
 def frechet_from_sums(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor]) -> float:

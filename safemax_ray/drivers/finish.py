@@ -21,7 +21,7 @@ from safemax_ray.identity import run_key
 from safemax_ray.results.parquet import COMMON_OPTIONS, ENDS, write_row
 from safemax_ray.schema import to_dict
 
-METRICS = ("ua", "entropy", "fid", "retain_acc", "noise_forget", "noise_retain")
+METRICS = ("ua", "entropy", "fid", "kid", "kid_std", "retain_acc", "noise_forget", "noise_retain")
 INTERVALS = tuple(f"{m}_{end}" for m in INTERVAL_METRICS for end in ENDS)
 CONCEPT_METRICS = ("forget_mse", "remain_mse")
 

@@ -42,6 +42,7 @@ from safemax_ray.core.randomness import chunk_generator
 from safemax_ray.core.sampling import default_speed, guided_forward, sample
 from safemax_ray.engine.judging import ChunkJudge, ClassJudge, Judgement, KeepImages, Share, assemble, classify
 
+KID_REFERENCE = 1000  # real images each chunk's KID is measured against (torchmetrics' subset size)
 GatherObjects = Callable[[Any], list[Any]]  # every rank's object, in rank order
 OnStep = Callable[[int, int], None]  # (guided steps done, total) on this rank
 
@@ -78,6 +79,8 @@ class EvalResult:
     ua: float  # %
     entropy: float  # nats
     fid: float
+    kid: float  # KID: mean over chunks of the unbiased squared MMD against fixed real images
+    kid_std: float  # its standard deviation over chunks (torchmetrics' kid_std)
     retain_acc: float  # % of retained-class samples labelled as their class
     fid_features: str  # "classifier" or "inception"
     noise_forget: float  # % of forget-class samples that are noise (core/noise.py: no classifier)
@@ -190,24 +193,38 @@ def class_judge(cfg: UnlearnConfig, data: ImageData, labels: torch.Tensor, devic
     classifier = load_eval_classifier(cfg, data.num_classes)
     features = InceptionFeatures(cfg.eval.fid_weights) if cfg.eval.fid_weights else FeatureExtractor(classifier)
     threshold = calibrate_noise(data.images)
-    return ClassJudge(classifier, features, labels, cfg.forget_classes(), threshold).to(device)
+    forget = cfg.forget_classes()
+    kid_real = kid_real_images(data, forget)
+    return ClassJudge(classifier, features, labels, forget, threshold, kid_real).to(device)
+
+
+def kid_real_images(data: ImageData, forget: list[int]) -> torch.Tensor:
+    """The real retained-class images KID compares every chunk with: KID_REFERENCE of them (all, if
+    fewer), chosen with a fixed seed, so every run of the same data uses the same ones."""
+    retained = (~torch.isin(data.labels.cpu(), torch.tensor(forget))).nonzero().squeeze(1)
+    pick = torch.randperm(len(retained), generator=torch.Generator().manual_seed(0))[:KID_REFERENCE]
+    return data.images.cpu()[retained[pick.sort().values]]
 
 
 def judge_id(cfg: UnlearnConfig, judge: ClassJudge) -> str:
     """What fixes a judgement besides the samples: the classifier, the FID features and the threshold."""
     fid = content_hash([cfg.eval.fid_weights]) if cfg.eval.fid_weights else "classifier"
-    return json.dumps([classifier_fingerprint(cfg.classifier), fid, judge.noise_threshold, judge.grid_per_class])
+    kid = f"kid{len(judge.kid_real)}"
+    return json.dumps([classifier_fingerprint(cfg.classifier), fid, judge.noise_threshold, judge.grid_per_class, kid])
 
 
 def result(judged: Judgement, judge: ClassJudge, real_sums: dict[str, torch.Tensor], features: str) -> EvalResult:
     """UA (% of forget samples not labelled as their class), H, FID and accuracy on the rest, noise rates."""
     labels, logits, noise = judge.labels, judged.rows["logits"], judged.rows["noise"]
     is_forget = torch.isin(labels, torch.tensor(judge.forget))
+    kids = judged.rows["kid"][~judged.rows["kid"].isnan()]  # chunks with 2+ retained samples
     return EvalResult(
         intervals=intervals(labels, logits, noise, is_forget),
         ua=unlearning_accuracy(logits[is_forget], labels[is_forget]),
         entropy=mean_entropy(logits[is_forget]),
         fid=frechet_from_sums(real_sums, judged.sums),
+        kid=float(kids.mean()) if len(kids) else math.nan,
+        kid_std=float(kids.std(unbiased=False)) if len(kids) else math.nan,
         retain_acc=accuracy(logits[~is_forget], labels[~is_forget]),
         fid_features=features,
         noise_forget=percent(noise[is_forget]),

@@ -1,9 +1,10 @@
 """Judging samples where they are drawn.
 
 An evaluation draws thousands of images; its metrics need far less of them: the classifier's logits
-(UA, H, accuracy), a noise flag per image, the FID feature sums of the retained samples, and the few
-images a grid shows. A chunk judge turns one chunk of samples into that `Judgement` on the device that
-drew it (a Train worker or an evaluation task), so only the judgement travels: each worker sends a
+(UA, H, accuracy), a noise flag per image, the FID feature sums of the retained samples, one KID
+estimate per chunk, and the few images a grid shows. A chunk judge turns one chunk of samples into
+that `Judgement` on the device that drew it (a Train worker or an evaluation task), so only the
+judgement travels: each worker sends a
 `Share` (its chunks' rows, and their sums added once) and `assemble` joins the shares in sample order.
 The metrics are those of scoring every image in one place, up to the order floating-point sums are
 taken in.
@@ -11,13 +12,13 @@ taken in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
 from torch import nn
 
-from safemax_ray.core.metrics import feature_sums
+from safemax_ray.core.metrics import feature_sums, kid_mmd
 from safemax_ray.core.noise import is_noise
 
 
@@ -104,7 +105,10 @@ class ClassJudge:
     labels: torch.Tensor  # the class of every sample of the evaluation
     forget: list[int]
     noise_threshold: float
+    kid_real: torch.Tensor  # real retained-class images each chunk's KID is measured against
     grid_per_class: int = 10
+    # kid_real's features, computed once where the judge works (a task's copy computes its own)
+    kid_reference: torch.Tensor | None = field(default=None, repr=False)
 
     def to(self, device: torch.device) -> ClassJudge:
         return replace(self, classifier=self.classifier.to(device), features=self.features.to(device))
@@ -114,22 +118,31 @@ class ClassJudge:
         labels = self.labels[index]
         retained = ~torch.isin(labels, torch.tensor(self.forget))
         keep = self.grid_positions()[index] < self.grid_per_class
+        features = self.features_of(images[retained.to(images.device)])
+        if self.kid_reference is None:
+            self.kid_reference = self.features_of(self.kid_real)
         return Judgement(
             {
                 "logits": classify(self.classifier, images),
                 "noise": is_noise(images, self.noise_threshold).cpu(),
                 "grid": images[keep.to(images.device)].cpu(),
                 "grid_labels": labels[keep],
+                "kid": torch.tensor([kid_mmd(features, self.kid_reference)], dtype=torch.float64),  # one a chunk
             },
-            self.fid_sums(images[retained.to(images.device)]),
+            feature_sums(features.cpu()),
         )
 
     @torch.no_grad()
-    def fid_sums(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """FID's sums of the features of `images` (any number, in the feature network's batch size)."""
+    def features_of(self, images: torch.Tensor) -> torch.Tensor:
+        """The FID features of `images` (any number, in the feature network's batch size), float64 on the
+        feature network's device."""
         device = next(self.features.parameters()).device
-        parts = [self.features(chunk.to(device)).double().cpu() for chunk in images.split(self.features.batch_size)]
-        return feature_sums(torch.cat(parts) if parts else torch.empty((0, self.features.num_features)))
+        parts = [self.features(chunk.to(device)).double() for chunk in images.split(self.features.batch_size)]
+        return torch.cat(parts) if parts else torch.empty((0, self.features.num_features), dtype=torch.float64)
+
+    def fid_sums(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """FID's sums of the features of `images`."""
+        return feature_sums(self.features_of(images).cpu())
 
     def grid_positions(self) -> torch.Tensor:
         """Each sample's position among the samples of its class."""

@@ -50,7 +50,9 @@ SCHEMA = pa.schema(
         pa.field("entropy", pa.float64()),
         pa.field("fid", pa.float64()),
         pa.field("retain_acc", pa.float64()),
-        pa.field("fid_features", pa.string()),
+        pa.field("fid_features", pa.string()),  # FID's and KID's
+        pa.field("kid", pa.float64()),  # KID on the same features: mean over chunks
+        pa.field("kid_std", pa.float64()),  # its standard deviation over chunks
         pa.field("noise_forget", pa.float64()),  # % of forget-class samples that are noise
         pa.field("noise_retain", pa.float64()),  # % of retained-class samples that are noise
         pa.field("per_class_json", pa.string(), nullable=False),  # per forgotten class: UA, H, noise rate
@@ -58,6 +60,8 @@ SCHEMA = pa.schema(
         pa.field("base_entropy", pa.float64()),
         pa.field("base_fid", pa.float64()),
         pa.field("base_retain_acc", pa.float64()),
+        pa.field("base_kid", pa.float64()),
+        pa.field("base_kid_std", pa.float64()),
         pa.field("base_noise_forget", pa.float64()),
         pa.field("base_noise_retain", pa.float64()),
         pa.field("base_ok", pa.bool_()),  # the base model recognised its own samples (null: no classifier)
@@ -96,6 +100,10 @@ ADDED_LATER = (
     "base_remain_mse",
     "setup_cached",
     "resumed_from_step",
+    "kid",
+    "kid_std",
+    "base_kid",
+    "base_kid_std",
     *INTERVAL_COLUMNS,
 )
 

@@ -45,6 +45,7 @@ QUALITY_METRICS: tuple[tuple[str, str], ...] = (
     ("entropy", "H"),
     ("ua", "UA %"),
     ("fid", "FID"),
+    ("kid", "KID"),
     ("retain_acc", "retain acc %"),
     ("noise_forget", "noise %"),
 )
@@ -182,14 +183,14 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def quality_metrics(df: pd.DataFrame) -> tuple[tuple[str, str], ...]:
-    """QUALITY_METRICS with the FID column named for the features it was computed on: "FID" only where
-    every row used Inception's (the paper's); figures on different features are never one plain column."""
+    """QUALITY_METRICS with the FID and KID columns named for the features they were computed on: "FID"
+    only where every row used Inception's (the paper's); figures on different features are never one
+    plain column."""
     kinds = sorted(set(df["fid_features"].dropna()))
     names = {"inception": "Inception", "classifier": "judge's"}
-    label = "FID" if kinds == ["inception"] else f"FID ({' + '.join(names.get(k, k) for k in kinds)} features)"
-    if len(kinds) > 1:
-        label = label.replace("(", "(mixed: ")
-    return tuple((column, label if column == "fid" else name) for column, name in QUALITY_METRICS)
+    mixed = "mixed: " if len(kinds) > 1 else ""
+    suffix = "" if kinds == ["inception"] else f" ({mixed}{' + '.join(names.get(k, k) for k in kinds)} features)"
+    return tuple((column, name + suffix if column in ("fid", "kid") else name) for column, name in QUALITY_METRICS)
 
 
 def _has_intervals(df: pd.DataFrame) -> bool:
@@ -199,7 +200,7 @@ def _has_intervals(df: pd.DataFrame) -> bool:
 def interval_table(df: pd.DataFrame) -> pd.DataFrame:
     """Each figure's 95% interval per forget class and group, "lo-hi" (core/intervals.py: which samples
     the evaluation drew, not the training seed); the quality table's std row is the spread over classes."""
-    metrics = tuple((column, label) for column, label in QUALITY_METRICS if column != "fid")
+    metrics = tuple((column, label) for column, label in QUALITY_METRICS if column not in ("fid", "kid"))
     groups = sorted(df[GROUP].unique())
     columns = pd.MultiIndex.from_tuples([(g, label) for g in groups for _, label in metrics], names=[GROUP, "metric"])
     classes = sorted(int(c) for c in df["forget_class"].unique())

@@ -33,6 +33,7 @@ class ClassWorkload(Workload):
         ("ua", "UA %"),
         ("entropy", "entropy H (nats)"),
         ("fid", "FID (retained)"),  # the table adds the features it was computed on
+        ("kid", "KID (retained)"),
         ("retain_acc", "retained accuracy %"),
         ("noise_forget", "noise rate, forget samples %"),
         ("noise_retain", "noise rate, retained samples %"),
