@@ -3,6 +3,7 @@ and every figure of an evaluation inside its interval."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,3 +45,48 @@ def test_an_all_correct_classifier_gives_ua_zero_and_accuracy_one_hundred_with_t
     assert got["retain_acc"] == (pytest.approx(100 * 0.025 ** (1 / 40)), 100.0)  # all 40 right
     assert got["entropy"][0] == pytest.approx(0.0, abs=1e-12) and got["entropy"][1] < 1e-12
     assert got["noise_forget"][0] == 0.0 and got["noise_retain"][0] == 0.0
+
+
+def test_a_paired_difference_sees_what_two_separate_intervals_cannot():
+    from safemax_ray.core.intervals import paired_difference
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(200, generator=g).numpy()  # one model's per-sample values
+    b = a + 0.02  # another's on the same samples: shifted a little
+    lo_a, hi_a = bootstrap_mean_interval(a)
+    lo_b, hi_b = bootstrap_mean_interval(b)
+    assert lo_b < hi_a  # apart, the two intervals overlap: no order could be stated
+    mean, lo, hi = paired_difference([b - a])
+    assert mean == pytest.approx(0.02) and lo == pytest.approx(0.02) and hi == pytest.approx(0.02)
+    # Over classes: the mean of the per-class means, every class resampled in each replicate.
+    mean, lo, hi = paired_difference([np.full(10, 1.0), np.full(30, 3.0)])
+    assert (mean, lo, hi) == (pytest.approx(2.0), pytest.approx(2.0), pytest.approx(2.0))
+    assert all(math.isnan(v) for v in paired_difference([]))
+
+
+def test_the_report_pairs_methods_sample_by_sample_and_stars_what_holds():
+    import pandas as pd
+
+    from safemax_ray.results.report import paired_table
+
+    def row(group, cls, entropy_shift):
+        label = np.array([cls] * 50 + [c for c in range(10) if c != cls] * 5)
+        pred = np.where(label == cls, (cls + 1) % 10, label)  # every forget sample called another class
+        entropy = np.linspace(0.1, 1.0, len(label)) + entropy_shift
+        return {
+            "group": group,
+            "forget_class": cls,
+            "forget_classes": str(cls),
+            "sample_label": label,
+            "sample_pred": pred,
+            "sample_entropy": entropy,
+            "sample_noise": label == cls,
+        }
+
+    df = pd.DataFrame([row("safemax", c, 0.0) for c in (0, 1)] + [row("salun", c, -0.5) for c in (0, 1)])
+    table = paired_table(df)
+    assert table.loc["H", "salun"] == "-0.5 [-0.5, -0.5] *"  # lower on every sample: the order holds
+    assert table.loc["UA %", "salun"] == "+0 [0, 0]"  # no difference: not starred
+    assert table.loc["classes paired", "salun"] == "2"
+    other_samples = df.assign(sample_label=[r[::-1] for r in df["sample_label"]])
+    assert paired_table(pd.concat([df.iloc[:2], other_samples.iloc[2:]])) is None  # different samples never pair

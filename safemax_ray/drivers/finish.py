@@ -62,6 +62,7 @@ def build_row(
         "fid_features": metrics.get("fid_features"),
         **{f"base_{k}": _number(metrics.get(f"base_{k}")) for k in METRICS + INTERVALS + CONCEPT_METRICS},
         "base_ok": None if metrics.get("base_ok") is None else bool(metrics["base_ok"]),
+        **{f"sample_{k}": v for k, v in metrics.get("samples", {}).items()},
         "rte_s": float(metrics["rte_s"]),
         "setup_s": float(metrics.get("setup_s", 0.0)),
         "setup_cached": bool(metrics.get("setup_cached", False)),

@@ -258,6 +258,18 @@ def intervals(
     }
 
 
+def per_sample(labels: torch.Tensor, judged: Judgement) -> dict[str, list]:
+    """Every sample's label, predicted class, entropy and noise flag, in evaluation order: with the
+    same settings, sample i of one model and of another share their noise, so their figures pair."""
+    logits = judged.rows["logits"]
+    return {
+        "label": labels.tolist(),
+        "pred": logits.argmax(1).tolist(),
+        "entropy": entropies(logits).float().tolist(),
+        "noise": judged.rows["noise"].bool().tolist(),
+    }
+
+
 def load_eval_classifier(cfg: UnlearnConfig, num_classes: int) -> Classifier:
     return load_classifier(cfg.classifier or SHIPPED_CLASSIFIER, num_classes)
 
@@ -274,6 +286,7 @@ def metrics(
     unlearned, before = result(judged, judge, real_sums, features), result(base, judge, real_sums, features)
     out: dict[str, Any] = unlearned.as_dict()
     out.update({f"base_{k}": v for k, v in before.as_dict().items() if k not in ("fid_features", "per_class")})
+    out["samples"] = per_sample(judge.labels, judged)
     out["base_ok"] = base_check(before, cfg.eval)
     out["score"] = objective_score(out, data.num_classes)
     out["sample_steps"] = cfg.eval.sample_steps or _train_steps(cfg)

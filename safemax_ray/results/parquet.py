@@ -22,6 +22,7 @@ RUNS_DIR = "runs"
 # Options common enough to get typed columns of their own; every option is in method_options_json.
 COMMON_OPTIONS = ("lam", "alpha", "target")
 ENDS = ("lo", "hi")  # an interval's columns: <metric>_lo, <metric>_hi
+SAMPLE_COLUMNS = ("sample_label", "sample_pred", "sample_entropy", "sample_noise")
 INTERVAL_COLUMNS = [f"{base}{m}_{end}" for base in ("", "base_") for m in INTERVAL_METRICS for end in ENDS]
 
 SCHEMA = pa.schema(
@@ -67,6 +68,12 @@ SCHEMA = pa.schema(
         pa.field("base_ok", pa.bool_()),  # the base model recognised its own samples (null: no classifier)
         # 95% intervals (core/intervals.py) of the classifier metrics above, the base model's too
         *[pa.field(name, pa.float64()) for name in INTERVAL_COLUMNS],
+        # Every evaluation sample in order (label, predicted class, entropy, noise flag): same settings,
+        # same noise, so two rows of one class pair sample by sample (report's paired differences).
+        pa.field("sample_label", pa.list_(pa.int16())),
+        pa.field("sample_pred", pa.list_(pa.int16())),
+        pa.field("sample_entropy", pa.list_(pa.float32())),
+        pa.field("sample_noise", pa.list_(pa.bool_())),
         pa.field("concept", pa.string()),  # a concept run: what the text-to-image pipeline forgot
         pa.field("forget_mse", pa.float64()),  # concept: ||eps_T - eps_theta(x_t, concept)||^2, floor 1
         pa.field("remain_mse", pa.float64()),  # concept: the denoising loss on the remain prompts
@@ -105,6 +112,7 @@ ADDED_LATER = (
     "base_kid",
     "base_kid_std",
     *INTERVAL_COLUMNS,
+    *SAMPLE_COLUMNS,
 )
 
 

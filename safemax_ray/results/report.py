@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from safemax_ray import storage
+from safemax_ray.core.intervals import paired_difference
 from safemax_ray.engine.checkpoint import FORGET_GRID
 from safemax_ray.errors import SafemaxError
 from safemax_ray.results import parquet as results
@@ -176,6 +177,9 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     }
     if _has_intervals(df):
         built["intervals"] = interval_table(df)
+    paired = paired_table(df)
+    if paired is not None:
+        built["paired"] = paired
     ratios = cost_ratios(df)
     if ratios is not None:
         built["ratios"] = ratios
@@ -211,6 +215,65 @@ def interval_table(df: pd.DataFrame) -> pd.DataFrame:
             if lo == lo and hi == hi and lo is not None:  # not nan, not missing
                 table.loc[int(row.forget_class), (row.group, label)] = f"{lo:.3g}-{hi:.3g}"
     return table
+
+
+PAIRED_METRICS: tuple[tuple[str, str], ...] = (
+    ("entropy", "H"),
+    ("ua", "UA %"),
+    ("retain_acc", "retain acc %"),
+    ("noise_forget", "noise %"),
+)
+
+
+def per_sample(row: Any, metric: str) -> np.ndarray:
+    """A row's per-sample contributions to `metric`, whose mean is the metric (forget-class samples for
+    UA, H and the noise rate; retained ones for accuracy)."""
+    label, pred = np.asarray(row.sample_label), np.asarray(row.sample_pred)
+    forget = np.isin(label, [int(c) for c in str(row.forget_classes).split("+")])
+    values = {
+        "ua": lambda: 100.0 * (pred != label)[forget],
+        "entropy": lambda: np.asarray(row.sample_entropy, dtype=np.float64)[forget],
+        "retain_acc": lambda: 100.0 * (pred == label)[~forget],
+        "noise_forget": lambda: 100.0 * np.asarray(row.sample_noise, dtype=np.float64)[forget],
+    }
+    return values[metric]()
+
+
+def paired_table(df: pd.DataFrame, reference: str = REFERENCE_GROUP) -> pd.DataFrame | None:
+    """Each group's difference from the reference group per metric, paired sample by sample over the
+    classes both ran with the same evaluation samples: "+0.31 [0.22, 0.40] *", the mean over classes of
+    the per-class mean difference with its paired bootstrap interval (core/intervals.py), starred where
+    the interval excludes zero. None without the reference, another group, or per-sample columns."""
+    if "sample_label" not in df.columns or reference not in set(df[GROUP]):
+        return None
+    rows = {(r.group, int(r.forget_class)): r for r in df.itertuples(index=False) if r.sample_label is not None}
+    table = {}
+    for group in sorted(set(df[GROUP]) - {reference}):
+        pairs = [
+            (rows[(group, c)], rows[(reference, c)])
+            for g, c in rows
+            if g == group and (reference, c) in rows and _same_samples(rows[(group, c)], rows[(reference, c)])
+        ]
+        if pairs:
+            table[group] = {label: _paired_cell(pairs, metric) for metric, label in PAIRED_METRICS}
+            table[group]["classes paired"] = str(len(pairs))
+    if not table:
+        return None
+    out = pd.DataFrame(table)
+    out.index.name = f"minus {reference}"
+    return out
+
+
+def _same_samples(a: Any, b: Any) -> bool:
+    return len(a.sample_label) == len(b.sample_label) and bool(np.array_equal(a.sample_label, b.sample_label))
+
+
+def _paired_cell(pairs: list[tuple[Any, Any]], metric: str) -> str:
+    mean, lo, hi = paired_difference([per_sample(a, metric) - per_sample(b, metric) for a, b in pairs])
+    if math.isnan(mean):
+        return "-"
+    star = " *" if lo > 0 or hi < 0 else ""
+    return f"{mean:+.3g} [{lo:.3g}, {hi:.3g}]{star}"
 
 
 CONCEPT_COLUMNS = {
