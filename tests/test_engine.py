@@ -75,7 +75,10 @@ def test_engine_trains_and_evaluates_with_ray_hidden():
 SA_TINY = {"fisher_samples_per_class": 2, "fisher_timesteps": 3}
 
 
-@pytest.mark.parametrize("method, options", [("safemax", {}), ("salun", {}), ("sa", SA_TINY)])
+@pytest.mark.parametrize(
+    "method, options",
+    [("safemax", {}), ("salun", {}), ("sa", SA_TINY), ("erasediff", {"round_steps": 2, "inner_passes": 1})],
+)
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_assets, tmp_path, method, options):
     cfg = tiny_config(tiny_assets, method=method, method_options=options)
     whole = open_session(cfg, CPU)

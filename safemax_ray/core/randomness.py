@@ -70,6 +70,21 @@ class RankRandom:
         x = torch.randint(high, (n * self.world,), generator=self.generator, device=self.device)
         return self._mine(x, n)
 
+    def antithetic(self, high: int, n: int) -> torch.Tensor:
+        """Timesteps in [0, high) drawn in antithetic pairs t, high - 1 - t over the global batch, as the
+        reference codebases draw them (half the draws, then their mirror images)."""
+        total = n * self.world
+        half = torch.randint(high, (total // 2 + 1,), generator=self.generator, device=self.device)
+        return self._mine(torch.cat([half, high - half - 1])[:total], n)
+
+    def shared_integer(self, high: int) -> int:
+        """One integer in [0, high), the same on every rank (one draw for the whole global batch)."""
+        return int(torch.randint(high, (1,), generator=self.generator, device=self.device))
+
+    def permutation(self, n: int) -> torch.Tensor:
+        """A permutation of range(n), the same on every rank (for passes over a whole set)."""
+        return torch.randperm(n, generator=self.generator, device=self.device)
+
     def choice(self, pool: torch.Tensor, n: int) -> torch.Tensor:
         """n entries of `pool` drawn uniformly with replacement (small classes still fill a batch)."""
         return pool[self.integers(len(pool), n).to(pool.device)]

@@ -92,7 +92,7 @@ def plan_runs(configs: list[UnlearnConfig], gpus: int = 1) -> Plan:
         steps = cfg.eval.sample_steps or timesteps
         forget = cfg.forget_classes()
         labels = cfg.eval.n_forget_samples * len(forget) + cfg.eval.n_retain_per_class * (num_classes - len(forget))
-        grad, fwd = method.step_rows(options, cfg.batch_size)
+        grad, fwd = method.step_rows(options, cfg.batch_size, per_class * len(forget))
         eval_rows = labels * steps * 2
         runs.append(
             RunPlan(

@@ -95,16 +95,19 @@ def _session(
         compile_in_place(model.unet)
     forget_idx, remain_idx = data.split(cfg.forget_classes())
     optimizer = torch.optim.Adam(model.unet.parameters(), lr=cfg.learning_rate(), fused=device.type == "cuda")
+    method = get_method(cfg.method)(cfg.options(), model.scheduler)
+    data, forget_idx, remain_idx = data.to(device), forget_idx.to(device), remain_idx.to(device)
+    method.attach(data, forget_idx, remain_idx)
     return Session(
         cfg=cfg,
         workload=workload,
         model=model,
         unet=model.unet,
-        method=get_method(cfg.method)(cfg.options(), model.scheduler),
+        method=method,
         optimizer=optimizer,
-        data=data.to(device),
-        forget_idx=forget_idx.to(device),
-        remain_idx=remain_idx.to(device),
+        data=data,
+        forget_idx=forget_idx,
+        remain_idx=remain_idx,
         device=device,
         rank=rank,
         world=world,
@@ -202,6 +205,8 @@ def train(session: Session, hooks: Hooks | None = None) -> dict[str, float]:
             hooks.on_checkpoint(done)
             began = time.perf_counter()
     s.state.elapsed_s += time.perf_counter() - began
+    if s.state.step == cfg.iterations:
+        s.method.finish(s.model.unet)
     return stats
 
 

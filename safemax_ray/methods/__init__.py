@@ -1,5 +1,6 @@
 """Unlearning methods behind a small registry; importing this package registers the built-ins."""
 
+from safemax_ray.methods import erasediff as _erasediff  # noqa: F401  (registers "erasediff")
 from safemax_ray.methods import safemax as _safemax  # noqa: F401  (registers "safemax")
 from safemax_ray.methods import salun as _salun  # noqa: F401  (registers "salun")
 from safemax_ray.methods import selective_amnesia as _sa  # noqa: F401  (registers "sa")

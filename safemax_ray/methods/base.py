@@ -12,6 +12,8 @@ The engine owns data, the optimiser's creation, DDP, checkpoints and timing. A m
 - `after_backward(unet)`: a gradient hook (e.g. masking), after DDP has averaged the gradients;
 - `step(unet, optimizer, batch, rng, grad_clip)`: the iteration's update(s); the default is one update
   (loss, backward, hook, clip, step), and a method with several (an inner loop, two Adam steps) owns it;
+- `attach(data, forget_idx, remain_idx)`: the data, at every start, for updates that read beyond the batch;
+- `finish(unet)`: after the last step (EMA weights into place);
 - `state_dict()` / `load_state_dict()`: what a resumed run needs instead of running `setup` again.
 """
 
@@ -96,9 +98,9 @@ class UnlearningMethod(ABC):
         self.setup_cached = False
 
     @classmethod
-    def step_rows(cls, options: MethodOptions, batch_size: int) -> tuple[int, int]:
-        """UNet rows one training step pushes through the model: (with a backward, forward only).
-        `plan` turns them into GPU time. Default: the forget and the remain batch, both trained."""
+    def step_rows(cls, options: MethodOptions, batch_size: int, forget_images: int) -> tuple[int, int]:
+        """UNet rows one training step pushes through the model on average: (with a backward, forward
+        only). `plan` turns them into GPU time. Default: the forget and the remain batch, both trained."""
         return 2 * batch_size, 0
 
     @classmethod
@@ -116,6 +118,13 @@ class UnlearningMethod(ABC):
 
     def setup(self, ctx: SetupContext) -> None:  # noqa: B027  (optional hook)
         """Once before step 0 on every rank."""
+
+    def attach(self, data: ImageData, forget_idx: torch.Tensor, remain_idx: torch.Tensor) -> None:  # noqa: B027
+        """The run's data on the training device, given at every start (a resumed run too, which skips
+        `setup`), for a method whose update reads more than its step's batch (a pass over the forget set)."""
+
+    def finish(self, unet: torch.nn.Module) -> None:  # noqa: B027  (optional hook)
+        """After the last step, before evaluation and export: e.g. put EMA weights in place."""
 
     @abstractmethod
     def loss(self, unet: UNet2DModel, batch: UnlearnBatch, rng: RankRandom) -> LossOutput:

@@ -60,7 +60,7 @@ class SalUn(UnlearningMethod):
     options: SalUnOptions
 
     @classmethod
-    def step_rows(cls, options, batch_size: int) -> tuple[int, int]:
+    def step_rows(cls, options, batch_size: int, forget_images: int) -> tuple[int, int]:
         return 2 * batch_size, batch_size  # and the pseudo label's output, without a gradient
 
     @classmethod
