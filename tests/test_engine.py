@@ -77,7 +77,13 @@ SA_TINY = {"fisher_samples_per_class": 2, "fisher_timesteps": 3}
 
 @pytest.mark.parametrize(
     "method, options",
-    [("safemax", {}), ("salun", {}), ("sa", SA_TINY), ("erasediff", {"round_steps": 2, "inner_passes": 1})],
+    [
+        ("safemax", {}),
+        ("salun", {}),
+        ("sa", SA_TINY),
+        ("erasediff", {"round_steps": 2, "inner_passes": 1}),
+        ("sfron", {}),
+    ],
 )
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_assets, tmp_path, method, options):
     cfg = tiny_config(tiny_assets, method=method, method_options=options)
@@ -100,8 +106,9 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_assets, 
     resumed.state, method_state = checkpoint.restore(tmp_path, resumed.workload, resumed.model.unet, resumed.optimizer)
     resumed.method.load_state_dict(method_state)
     assert saved == [3] and resumed.state.step == 3
-    # SA's set-up is computed by `whole`, read from the cache by `first`, and the checkpoint keeps that.
-    assert not whole.state.setup_cached and resumed.state.setup_cached == first.state.setup_cached == (method == "sa")
+    # SA's and SFR-on's set-ups are computed by `whole`, read from the cache by `first`.
+    cached = method in ("sa", "sfron")
+    assert not whole.state.setup_cached and resumed.state.setup_cached == first.state.setup_cached == cached
     train(resumed)
     assert resumed.state.step == 6
     assert torch.equal(weights(resumed), weights(whole))

@@ -97,7 +97,7 @@ def test_one_outer_update_with_its_inner_passes_is_the_authors():
     scheduler = build_scheduler(25)
     options = method_options("erasediff", {"inner_passes": 2, "erase_lambda": 0.1, "ema_decay": 0.99})
     method = EraseDiff(options, scheduler)
-    method.attach(data, forget_idx, remain_idx)
+    method.attach(data, forget_idx, remain_idx, 4)
     reference = copy.deepcopy(unet)
     per_rank = 4  # 6 forget images: batches of 4 and 2, as a loader without drop_last
     g = torch.Generator().manual_seed(5)
@@ -125,7 +125,7 @@ def test_rounds_start_every_round_steps_and_the_inner_passes_leave_the_weights()
     unet, data = _setup()
     forget_idx, remain_idx = data.split(3)
     method = EraseDiff(method_options("erasediff", {"round_steps": 2, "inner_passes": 1}), build_scheduler(25))
-    method.attach(data, forget_idx, remain_idx)
+    method.attach(data, forget_idx, remain_idx, 4)
     optimizer = torch.optim.Adam(unet.parameters(), lr=1e-3)
     before = [p.detach().clone() for p in unet.parameters()]
     method.inner_passes(unet, optimizer, 4, RankRandom(step_generator(0, 0)))
@@ -145,7 +145,7 @@ def test_the_random_label_variant_targets_the_models_own_prediction_under_one_ot
     unet, data = _setup()
     forget_idx, remain_idx = data.split(3)
     method = EraseDiff(method_options("erasediff", {"forget_target": "random_label"}), build_scheduler(25))
-    method.attach(data, forget_idx, remain_idx)
+    method.attach(data, forget_idx, remain_idx, 4)
     x0, y = data.images[forget_idx[:4]], data.labels[forget_idx[:4]]
     rng = RankRandom(step_generator(0, 0))
     x_t, t, noise = method._noised_forget(x0, rng)

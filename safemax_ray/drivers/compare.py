@@ -42,7 +42,7 @@ def plan_comparison(
         raise SafemaxError("compare needs at least one class and one method")
     configs = []
     for method in methods:
-        iterations = base.iterations * get_method(method).ITERATION_BUDGET
+        iterations = max(1, round(base.iterations * get_method(method).ITERATION_BUDGET))
         for c in classes:
             configs.append(
                 replace(

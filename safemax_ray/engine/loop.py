@@ -97,7 +97,7 @@ def _session(
     optimizer = torch.optim.Adam(model.unet.parameters(), lr=cfg.learning_rate(), fused=device.type == "cuda")
     method = get_method(cfg.method)(cfg.options(), model.scheduler)
     data, forget_idx, remain_idx = data.to(device), forget_idx.to(device), remain_idx.to(device)
-    method.attach(data, forget_idx, remain_idx)
+    method.attach(data, forget_idx, remain_idx, cfg.iterations)
     return Session(
         cfg=cfg,
         workload=workload,
@@ -151,6 +151,8 @@ def run_setup(
         sample=sample,
         cache_dir=cache_dir,
         model_id=s.workload.model_id(),
+        batch_size=s.cfg.batch_size,
+        null_label=s.model.null_label,
     )
     began = time.perf_counter()
     s.method.setup(ctx)

@@ -12,7 +12,7 @@ The engine owns data, the optimiser's creation, DDP, checkpoints and timing. A m
 - `after_backward(unet)`: a gradient hook (e.g. masking), after DDP has averaged the gradients;
 - `step(unet, optimizer, batch, rng, grad_clip)`: the iteration's update(s); the default is one update
   (loss, backward, hook, clip, step), and a method with several (an inner loop, two Adam steps) owns it;
-- `attach(data, forget_idx, remain_idx)`: the data, at every start, for updates that read beyond the batch;
+- `attach(data, forget_idx, remain_idx, iterations)`: the data and the run's length, at every start;
 - `finish(unet)`: after the last step (EMA weights into place);
 - `state_dict()` / `load_state_dict()`: what a resumed run needs instead of running `setup` again.
 """
@@ -79,6 +79,8 @@ class SetupContext:
     sample: Callable[[torch.Tensor], torch.Tensor]  # guided samples of the *base* model for the given labels
     cache_dir: str | None  # a folder shared by runs, for set-up results keyed by content
     model_id: str  # the base model's content hash (for cache keys)
+    batch_size: int  # the run's global batch (forget and remain images a step, each)
+    null_label: int
 
 
 class UnlearningMethod(ABC):
@@ -86,7 +88,7 @@ class UnlearningMethod(ABC):
     SEARCHABLE: ClassVar[tuple[str, ...]] = ()
     DEFAULT_LR: ClassVar[float] = 1e-4  # the run's lr when none is given
     # Iterations relative to SAFEMax's in the paper's protocol (`compare` multiplies the common budget).
-    ITERATION_BUDGET: ClassVar[int] = 1
+    ITERATION_BUDGET: ClassVar[float] = 1.0
     # Whether `setup` depends on the forget class; one that does not can be computed once and shared.
     SETUP_DEPENDS_ON_CLASS: ClassVar[bool] = True
 
@@ -119,9 +121,12 @@ class UnlearningMethod(ABC):
     def setup(self, ctx: SetupContext) -> None:  # noqa: B027  (optional hook)
         """Once before step 0 on every rank."""
 
-    def attach(self, data: ImageData, forget_idx: torch.Tensor, remain_idx: torch.Tensor) -> None:  # noqa: B027
-        """The run's data on the training device, given at every start (a resumed run too, which skips
-        `setup`), for a method whose update reads more than its step's batch (a pass over the forget set)."""
+    def attach(  # noqa: B027  (optional hook)
+        self, data: ImageData, forget_idx: torch.Tensor, remain_idx: torch.Tensor, iterations: int
+    ) -> None:
+        """The run's data on the training device and its length, given at every start (a resumed run
+        too, which skips `setup`): for updates that read beyond their batch (a pass over the forget set)
+        or that change over the run (a decaying weight)."""
 
     def finish(self, unet: torch.nn.Module) -> None:  # noqa: B027  (optional hook)
         """After the last step, before evaluation and export: e.g. put EMA weights in place."""
