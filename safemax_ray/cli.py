@@ -183,6 +183,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             "study": args.study,
             "objective": args.objective,
             "address": args.address,
+            "run.method": args.method,
         },
     )
     if args.plan:
@@ -398,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-class", type=int)
     p.add_argument("--study", help="study name stored with every trial's row")
     p.add_argument("--objective", choices=["score", "pareto"])
+    p.add_argument("--method", help="the method whose options are searched (default: the config's run.method)")
     p.add_argument("--results-dir")
     p.add_argument("--address", help="join a Ray cluster: 'auto' or ray://host:10001")
     _add_plan_flags(p)

@@ -127,3 +127,19 @@ def test_asha_stops_the_weaker_trial_at_its_first_rung(ray_session, tmp_path):
     assert result.best_metrics["score"] == pytest.approx(df.score.max())  # objective: score
     best = load_unlearn_config(result.best_config_path)
     assert best.forget_class == 3 and best.lr == 3e-3 and best.options().lam == 0.5
+
+
+@pytest.mark.parametrize("method", ["safemax", "salun", "sa", "erasediff", "sfron"])
+def test_every_method_has_a_default_search_that_starts_at_its_own_defaults(tiny_assets, tmp_path, method):
+    from safemax_ray.methods import get_method
+
+    path = tiny_tune(tiny_assets, tmp_path, search=None, points_to_evaluate=None)
+    cfg = load_tune_config(path, **{"run.method": method})
+    cls = get_method(method)
+    assert set(cfg.search) == {"lr", "iterations", *(f"method.{k}" for k in cls.SEARCH_SPACE)}
+    (point,) = cfg.points_to_evaluate
+    assert point["lr"] == cls.DEFAULT_LR and point["iterations"] == 200
+    for name, value in point.items():  # the defaults lie inside the ranges searched
+        spec = cfg.search[name]
+        assert spec.low <= value <= spec.high, (name, value)
+    assert cfg.trial_config(point).method == method

@@ -34,7 +34,7 @@ from safemax_ray.drivers.finish import finish_run
 from safemax_ray.drivers.preflight import preflight
 from safemax_ray.engine.outcome import Outcome, Status
 from safemax_ray.errors import SafemaxError
-from safemax_ray.methods import get_method
+from safemax_ray.methods import UnlearningMethod, get_method
 from safemax_ray.schema import apply_overrides, from_dict, read_yaml, to_dict
 
 if TYPE_CHECKING:
@@ -67,12 +67,20 @@ class SearchRange:
             raise SafemaxError(f"search.{name}: a log-scale range needs low > 0")
 
 
-def default_space() -> dict[str, SearchRange]:
+def default_space(method: type[UnlearningMethod]) -> dict[str, SearchRange]:
+    """lr and iterations, and the ranges the method declares (`SEARCH_SPACE`)."""
     return {
-        "method.lam": SearchRange(0.0, 4.0),
+        **{METHOD_PREFIX + name: SearchRange(**spec) for name, spec in method.SEARCH_SPACE.items()},
         "lr": SearchRange(1e-4, 1e-2, log=True),
         "iterations": SearchRange(50, 300, step=50),
     }
+
+
+def default_point(method: type[UnlearningMethod], space: dict[str, SearchRange]) -> dict[str, Any]:
+    """The method's own defaults, where the search starts: its lr, 200 iterations, its options."""
+    defaults = method.Options()
+    known = {"lr": method.DEFAULT_LR, "iterations": 200}
+    return {k: known[k] if k in known else getattr(defaults, k.removeprefix(METHOD_PREFIX)) for k in space}
 
 
 @dataclass
@@ -107,10 +115,8 @@ class TuneConfig:
     seed: int = 0
     results_dir: str = "safemax_results"
     address: str | None = None
-    search: dict[str, SearchRange] = field(default_factory=default_space)
-    points_to_evaluate: list[dict[str, Any]] = field(
-        default_factory=lambda: [{"method.lam": 1.0, "lr": 1e-3, "iterations": 200}]
-    )
+    search: dict[str, SearchRange] | None = None  # None: the method's default space
+    points_to_evaluate: list[dict[str, Any]] | None = None  # None: the method's defaults
     budget: Budget = field(default_factory=Budget)
     asha: AshaSettings = field(default_factory=AshaSettings)
     run: dict[str, Any] = field(default_factory=dict)  # UnlearnConfig settings shared by every trial
@@ -124,9 +130,13 @@ class TuneConfig:
             raise SafemaxError("budget.num_samples and budget.workers_per_trial must be >= 1")
         if self.budget.max_concurrent is not None and self.budget.max_concurrent < 1:
             raise SafemaxError("budget.max_concurrent must be >= 1 or null")
+        method = get_method(self.run.get("method", "safemax"))
+        if self.search is None:
+            self.search = default_space(method)
+        if self.points_to_evaluate is None:
+            self.points_to_evaluate = [default_point(method, self.search)]
         if not self.search:
             raise SafemaxError("search is empty: name at least one of lr, iterations, method.<option>")
-        method = get_method(self.run.get("method", "safemax"))
         allowed = [*RUN_PARAMS, *(METHOD_PREFIX + o for o in method.SEARCHABLE)]
         for name, spec in self.search.items():
             if name not in allowed:

@@ -86,6 +86,9 @@ class SetupContext:
 class UnlearningMethod(ABC):
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     SEARCHABLE: ClassVar[tuple[str, ...]] = ()
+    # The ranges `tune` searches when its config has no `search:` (besides lr and iterations), each as
+    # the study YAML writes one: {"low": ..., "high": ..., "log": ...} or {"choices": [...]}.
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {}
     DEFAULT_LR: ClassVar[float] = 1e-4  # the run's lr when none is given
     # Iterations relative to SAFEMax's in the paper's protocol (`compare` multiplies the common budget).
     ITERATION_BUDGET: ClassVar[float] = 1.0

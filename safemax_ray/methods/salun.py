@@ -56,6 +56,7 @@ def saliency_mask(scores: dict[str, torch.Tensor], ratio: float) -> dict[str, to
 class SalUn(UnlearningMethod):
     Options = SalUnOptions
     SEARCHABLE = ("alpha", "mask_ratio")
+    SEARCH_SPACE = {"alpha": {"low": 1e-4, "high": 1e-1, "log": True}}
     DEFAULT_LR = 1e-4  # the reference's
     options: SalUnOptions
 

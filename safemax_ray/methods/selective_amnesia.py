@@ -76,6 +76,7 @@ def fisher_diagonal(
 class SelectiveAmnesia(UnlearningMethod):
     Options = SelectiveAmnesiaOptions
     SEARCHABLE = ("ewc_lambda", "gamma")
+    SEARCH_SPACE = {"ewc_lambda": {"low": 1.0, "high": 100.0, "log": True}}
     DEFAULT_LR = 1e-4  # the reference's
     ITERATION_BUDGET = 20  # the paper: 20000 iterations against SAFEMax's 1000
     SETUP_DEPENDS_ON_CLASS = False  # the Fisher and the replay samples cover every class

@@ -69,6 +69,7 @@ def summed_error(pred: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 class SFRon(UnlearningMethod):
     Options = SFRonOptions
     SEARCHABLE = ("forget_alpha", "lambd", "threshold")
+    SEARCH_SPACE = {"forget_alpha": {"low": 1.0, "high": 30.0, "log": True}}
     DEFAULT_LR = 1e-4  # theirs
     ITERATION_BUDGET = 0.15  # 150 iterations against SAFEMax's 1000
     options: SFRonOptions
