@@ -34,8 +34,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     flags.add_setting_flags(p.add_argument_group("run"), UnlearnConfig, "", taken)
     flags.add_setting_flags(p.add_argument_group("evaluation (eval: in YAML)"), EvalConfig, "eval.", taken)
     flags.add_setting_flags(p.add_argument_group("Ray (ray: in YAML)"), RayConfig, "ray.", taken)
-    group = p.add_argument_group("method options (under method_options in YAML)")
+    group = p.add_argument_group("method options (under method_options in YAML; --OPTION sets the run's method's)")
     flags.add_option_flags(group, _method_options(), taken)
+    group = p.add_argument_group("each method's options, by name (--salun.alpha; compare sets each method's)")
+    flags.add_method_flags(group, _method_classes(), taken)
 
 
 def _add_concept_flags(p: argparse.ArgumentParser) -> None:
@@ -45,21 +47,42 @@ def _add_concept_flags(p: argparse.ArgumentParser) -> None:
     flags.add_setting_flags(group, ConceptConfig, "concept.")
 
 
+def _method_classes() -> dict[str, type]:
+    """Each available method's Options class, by method name (from the registry)."""
+    from safemax_ray.methods import available_methods, get_method
+
+    found = {}
+    for name in available_methods():
+        try:
+            found[name] = get_method(name).Options
+        except Exception:  # noqa: BLE001  (a broken plugin must not break the command; using it says why)
+            continue
+    return found
+
+
 def _method_options() -> dict[str, tuple[dataclasses.Field, Any, list[str]]]:
     """Every option that some method declares (its Options dataclass): --lam sets method_options.lam,
     and the chosen method refuses options it does not have."""
-    from safemax_ray.methods import available_methods, get_method
-
     found: dict[str, tuple[dataclasses.Field, Any, list[str]]] = {}
-    for name in available_methods():
-        try:
-            options = get_method(name).Options
-        except Exception:  # noqa: BLE001  (a broken plugin must not break the command; using it says why)
-            continue
+    for name, options in _method_classes().items():
         hints = typing.get_type_hints(options)
         for f in dataclasses.fields(options):
             found.setdefault(f.name, (f, hints[f.name], []))[2].append(name)
     return found
+
+
+def _run_config(args: argparse.Namespace, given: dict[str, Any]):
+    """The run's config from --config and the flags; --METHOD.OPTION flags must name the run's method."""
+    from safemax_ray.config import load_unlearn_config
+
+    rest, per_method = flags.method_flag_options(given)
+    cfg = load_unlearn_config(args.config, **rest)
+    for method, options in per_method.items():
+        if method != cfg.method:
+            flag = f"--{method}.{next(iter(options)).replace('_', '-')}"
+            raise SafemaxError(f"{flag} sets an option of {method}, but the run's method is {cfg.method}")
+        cfg.method_options.update(options)
+    return cfg
 
 
 def _fmt(value: Any) -> str:
@@ -125,7 +148,7 @@ BASE_WARNING = (
 
 
 def cmd_unlearn(args: argparse.Namespace) -> int:
-    from safemax_ray.config import ConceptConfig, load_unlearn_config
+    from safemax_ray.config import ConceptConfig
     from safemax_ray.drivers.unlearn import unlearn
     from safemax_ray.engine.workloads import workload_for
     from safemax_ray.schema import apply_overrides
@@ -133,7 +156,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     given = flags.overrides(args)
     concept = {k: v for k, v in given.items() if k.startswith("concept.")}
     run = {k: v for k, v in given.items() if k not in concept}
-    cfg = load_unlearn_config(args.config, forget_class=args.forget_class, output_dir=args.output_dir, **run)
+    cfg = _run_config(args, {**run, "forget_class": args.forget_class, "output_dir": args.output_dir})
     if any(v is not None for v in concept.values()):
         cfg.concept = cfg.concept or ConceptConfig()
         apply_overrides(cfg, concept)
@@ -213,10 +236,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from safemax_ray.config import load_unlearn_config
     from safemax_ray.drivers.batch import batch_configs, batch_unlearn, parse_classes, tuned_params
 
-    cfg = load_unlearn_config(args.config, **flags.overrides(args))
+    cfg = _run_config(args, flags.overrides(args))
     classes = parse_classes(args.classes)
     params = tuned_params(args.tuned_from, cfg.dataset, args.tuned_study) if args.tuned_from else None
     if args.plan:
@@ -262,9 +284,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from safemax_ray.drivers.batch import parse_classes
     from safemax_ray.drivers.compare import compare, plan_comparison
 
-    overrides = {k: v for k, v in flags.overrides(args).items() if not k.startswith("method_options.")}
-    cfg = load_unlearn_config(args.config, **overrides)
+    given, per_method = flags.method_flag_options(flags.overrides(args))
+    shared = sorted(k for k, v in given.items() if k.startswith("method_options.") and v is not None)
+    if shared:
+        name = shared[0].removeprefix("method_options.")
+        raise SafemaxError(f"compare runs several methods: give --METHOD.{name.replace('_', '-')} (e.g. --safemax.lam)")
+    cfg = load_unlearn_config(args.config, **given)
     classes, options = parse_classes(args.classes), parse_options(args.options or [])
+    for method, values in per_method.items():
+        options.setdefault(method, {}).update(values)
     if args.plan:
         return _print_plan(plan_comparison(cfg, classes, args.methods, options), args.gpus)
     result = compare(cfg, classes, args.methods, options, args.max_concurrent, console)

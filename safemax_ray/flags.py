@@ -17,6 +17,7 @@ from typing import Any
 
 SETTING_DEST = "setting__"  # argparse dest prefix; "__" stands for the dots of a nested key
 OPTION_DEST = "method_option__"
+METHOD_DEST = "method__"  # --<method>.<option>: "method__<method>__<option>"
 
 
 def add_setting_flags(group: Any, cls: type, prefix: str = "", taken: set[str] | None = None) -> None:
@@ -36,15 +37,41 @@ def add_option_flags(group: Any, options: dict[str, tuple[dataclasses.Field, Any
         _add_flag(group, name, metadata, hint, OPTION_DEST + name, taken)
 
 
+def add_method_flags(group: Any, methods: dict[str, type], taken: set[str]) -> None:
+    """--<method>.<option> for every option of every method ({name: Options class}): a flag that names
+    whose option it sets, so that methods sharing an option name (alpha) never share its flag."""
+    for method, options in methods.items():
+        hints = typing.get_type_hints(options)
+        for f in dataclasses.fields(options):
+            metadata = {**f.metadata, "flag": f"--{method}.{f.name.replace('_', '-')}", "off_flag": None}
+            metadata["off_flag"] = f"--{method}.no-{f.name.replace('_', '-')}"
+            _add_flag(group, f.name, metadata, hints[f.name], f"{METHOD_DEST}{method}__{f.name}", taken)
+
+
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags given, as {config key: value}; flags not given are None ("keep")."""
+    """The flags given, as {config key: value}; flags not given are None ("keep"). A method's own flag
+    comes back as "methods.<method>.<option>", for the command to place (`method_flag_options`)."""
     out: dict[str, Any] = {}
     for dest, value in vars(args).items():
         if dest.startswith(SETTING_DEST):
             out[dest.removeprefix(SETTING_DEST).replace("__", ".")] = value
         elif dest.startswith(OPTION_DEST):
             out["method_options." + dest.removeprefix(OPTION_DEST)] = value
+        elif dest.startswith(METHOD_DEST):
+            out["methods." + dest.removeprefix(METHOD_DEST).replace("__", ".", 1)] = value
     return out
+
+
+def method_flag_options(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(the other overrides, {method: {option: value}}) from `overrides`' output, flags given only."""
+    rest, per_method = {}, {}
+    for key, value in given.items():
+        if not key.startswith("methods."):
+            rest[key] = value
+        elif value is not None:
+            method, name = key.removeprefix("methods.").split(".", 1)
+            per_method.setdefault(method, {})[name] = value
+    return rest, per_method
 
 
 def _add_flag(group: Any, name: str, metadata: dict, hint: Any, dest: str, taken: set[str] | None) -> None:

@@ -145,3 +145,17 @@ def test_pandas_pyarrow_and_duckdb_read_the_files(tmp_path):
     assert len(pd.read_parquet(str(tmp_path / results.RUNS_DIR))) == 3
     mean_fid = duckdb.sql(f"SELECT avg(fid) AS m, count(*) AS n FROM '{pattern}'").fetchall()[0]
     assert mean_fid == (1.0, 3)
+
+
+def test_a_methods_option_lands_in_its_own_column_only():
+    """SalUn's alpha is not SAFEMax's: the typed columns are SAFEMax's, every option is in the JSON."""
+    import json
+
+    from safemax_ray.config import UnlearnConfig
+    from safemax_ray.drivers.finish import build_row
+
+    metrics = {"sample_steps": 10, "rte_s": 1.0, "peak_mem_mb": 1.0}
+    salun = build_row(UnlearnConfig(method="salun", method_options={"alpha": 0.5}), metrics, "r1", None, None, "cpu")
+    safemax = build_row(UnlearnConfig(method_options={"alpha": 2.0}), metrics, "r2", None, None, "cpu")
+    assert salun["alpha"] is None and json.loads(salun["method_options_json"])["alpha"] == 0.5
+    assert safemax["alpha"] == 2.0 and safemax["lam"] == 1.0

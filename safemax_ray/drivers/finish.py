@@ -18,6 +18,7 @@ from safemax_ray.engine.checkpoint import SAMPLES_GRID
 from safemax_ray.engine.outcome import Outcome, Status
 from safemax_ray.engine.workloads import workload_for
 from safemax_ray.identity import run_key
+from safemax_ray.methods import get_method
 from safemax_ray.results.parquet import COMMON_OPTIONS, ENDS, write_row
 from safemax_ray.schema import to_dict
 
@@ -48,7 +49,7 @@ def build_row(
         "forget_class": cfg.forget_classes()[0],
         "forget_classes": cfg.forget_label(),
         "per_class_json": json.dumps(metrics.get("per_class", {}), sort_keys=True),
-        **{name: options.get(name) for name in COMMON_OPTIONS},
+        **{name: options.get(name) if name in get_method(cfg.method).ROW_COLUMNS else None for name in COMMON_OPTIONS},
         "method_options_json": json.dumps(options, sort_keys=True),
         "lr": cfg.learning_rate(),
         "iterations": cfg.iterations,

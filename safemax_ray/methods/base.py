@@ -86,6 +86,9 @@ class SetupContext:
 class UnlearningMethod(ABC):
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     SEARCHABLE: ClassVar[tuple[str, ...]] = ()
+    # Options stored in typed Parquet columns of the same name (results/parquet.py: lam, alpha, target are
+    # SAFEMax's); every option of every method is in method_options_json.
+    ROW_COLUMNS: ClassVar[tuple[str, ...]] = ()
     # The ranges `tune` searches when its config has no `search:` (besides lr and iterations), each as
     # the study YAML writes one: {"low": ..., "high": ..., "log": ...} or {"choices": [...]}.
     SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {}

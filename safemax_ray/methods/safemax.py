@@ -89,6 +89,7 @@ class SafeMax(UnlearningMethod):
     Options = SafeMaxOptions
     SEARCHABLE = ("lam", "alpha", "target")
     SEARCH_SPACE = {"lam": {"low": 0.0, "high": 4.0}}
+    ROW_COLUMNS = ("lam", "alpha", "target")
     DEFAULT_LR = 1e-3  # 200 iterations on digits (the paper: 1e-4 for 1000 iterations on CIFAR-10)
     options: SafeMaxOptions
 

@@ -19,7 +19,8 @@ from safemax_ray.core.intervals import INTERVAL_METRICS
 from safemax_ray.errors import SafemaxError
 
 RUNS_DIR = "runs"
-# Options common enough to get typed columns of their own; every option is in method_options_json.
+# SAFEMax's options, in typed columns of their own (a method's ROW_COLUMNS says which are its); every
+# option of every method is in method_options_json, so SalUn's alpha never lands in SAFEMax's column.
 COMMON_OPTIONS = ("lam", "alpha", "target")
 ENDS = ("lo", "hi")  # an interval's columns: <metric>_lo, <metric>_hi
 SAMPLE_COLUMNS = ("sample_label", "sample_pred", "sample_entropy", "sample_noise")
