@@ -283,6 +283,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from safemax_ray.config import load_unlearn_config
     from safemax_ray.drivers.batch import parse_classes
     from safemax_ray.drivers.compare import compare, plan_comparison
+    from safemax_ray.methods import available_methods
 
     given, per_method = flags.method_flag_options(flags.overrides(args))
     shared = sorted(k for k, v in given.items() if k.startswith("method_options.") and v is not None)
@@ -291,11 +292,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise SafemaxError(f"compare runs several methods: give --METHOD.{name.replace('_', '-')} (e.g. --safemax.lam)")
     cfg = load_unlearn_config(args.config, **given)
     classes, options = parse_classes(args.classes), parse_options(args.options or [])
+    methods = args.methods or available_methods()
     for method, values in per_method.items():
         options.setdefault(method, {}).update(values)
     if args.plan:
-        return _print_plan(plan_comparison(cfg, classes, args.methods, options), args.gpus)
-    result = compare(cfg, classes, args.methods, options, args.max_concurrent, console)
+        return _print_plan(plan_comparison(cfg, classes, methods, options), args.gpus)
+    result = compare(cfg, classes, methods, options, args.max_concurrent, console)
     return _print_outcome("compare", result.batch, f"; report in {result.report.out_dir}")
 
 
@@ -447,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="several methods on the same classes, then the paper's tables and figures")
     p.add_argument("--classes", required=True, help="e.g. 0-9 or 0,2,5-7")
-    p.add_argument("--methods", nargs="+", default=["safemax", "salun", "sa"], help="methods to compare")
+    p.add_argument("--methods", nargs="+", help="methods to compare (default: every registered method)")
     p.add_argument("--options", nargs="*", help="method options as METHOD.OPTION=VALUE, e.g. sa.gamma=0.5")
     p.add_argument("--max-concurrent", type=int, help="runs at once (default: what the cluster fits)")
     _add_plan_flags(p)

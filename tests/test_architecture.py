@@ -121,3 +121,23 @@ def test_the_package_and_the_tune_callback_import_without_torch_or_diffusers():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[:2] == ["[]", "UnlearnConfig"]
+
+
+def test_no_module_outside_methods_names_a_method():
+    """Which methods exist is the registry's answer: a module outside `methods/` that spells a method's
+    name (other than SAFEMax, the package's reference method and default) would need editing for the
+    next one. "sa" is also the name of Selective Amnesia's checkpoint format, which `import`/`export`
+    (drivers/interchange.py, cli's --format) name."""
+    from safemax_ray.methods import available_methods
+
+    names = set(available_methods()) - {"safemax"}
+    formats = {PACKAGE / "drivers" / "interchange.py": {"sa"}, PACKAGE / "cli.py": {"sa"}}
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if (PACKAGE / "methods") in path.parents:
+            continue
+        allowed = formats.get(path, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names - allowed:
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
+    assert not found, found

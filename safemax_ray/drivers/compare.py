@@ -16,9 +16,7 @@ from rich.console import Console
 from safemax_ray.config import UnlearnConfig
 from safemax_ray.drivers.batch import BatchResult, run_all
 from safemax_ray.errors import SafemaxError
-from safemax_ray.methods import get_method
-
-PAPER_METHODS = ("safemax", "salun", "sa")
+from safemax_ray.methods import available_methods, get_method
 
 
 @dataclass
@@ -63,14 +61,16 @@ def plan_comparison(
 def compare(
     base: UnlearnConfig,
     classes: list[int],
-    methods: tuple[str, ...] | list[str] = PAPER_METHODS,
+    methods: tuple[str, ...] | list[str] | None = None,
     options: dict[str, dict[str, Any]] | None = None,
     max_concurrent: int | None = None,
     console: Console | None = None,
 ) -> CompareResult:
-    """Run every method on every class (what is stored already is kept), then write the report."""
+    """Run every method (default: every registered one) on every class (what is stored already is
+    kept), then write the report."""
     from safemax_ray.results.report import make_report
 
+    methods = methods or available_methods()
     batch = run_all(plan_comparison(base, classes, methods, options), max_concurrent, console)
     report = make_report(batch.results_dir, dataset=base.dataset, console=console, run_keys=batch.run_keys)
     return CompareResult(batch, report)
