@@ -12,6 +12,8 @@ import tempfile
 import pytest
 import torch
 
+from safemax_ray.core.randomness import RankRandom
+
 # Ray 2.60 writes an auth token under $HOME for a local ray.init; keep tests out of the real home.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -110,3 +112,31 @@ def tiny_flags(tiny_assets, results_dir, **extra):
     }
     flags.update(extra)
     return [x for kv in flags.items() for x in kv]
+
+
+class RecordingRandom(RankRandom):
+    """A RankRandom (one rank) that keeps every draw in order, for a reference written from a method's
+    original code to replay on the same noise, timesteps, labels and orders."""
+
+    def __init__(self, generator):
+        super().__init__(generator)
+        self.draws = []
+
+    def _keep(self, x):
+        self.draws.append(x.clone())
+        return x
+
+    def antithetic(self, high, n):
+        return self._keep(super().antithetic(high, n))
+
+    def rand(self, shape):
+        return self._keep(super().rand(shape))
+
+    def normal(self, shape):
+        return self._keep(super().normal(shape))
+
+    def uniform(self, n):
+        return self._keep(super().uniform(n))
+
+    def permutation(self, n):
+        return self._keep(super().permutation(n))

@@ -11,36 +11,13 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from conftest import RecordingRandom
 
 from safemax_ray.core.data import ImageData
 from safemax_ray.core.models import build_scheduler, build_unet
 from safemax_ray.core.randomness import RankRandom, step_generator
 from safemax_ray.methods import UnlearnBatch, method_options
 from safemax_ray.methods.erasediff import EraseDiff
-
-
-class Recording(RankRandom):
-    """A RankRandom that keeps every draw, in order, for the reference to replay."""
-
-    def __init__(self, generator):
-        super().__init__(generator)
-        self.draws = []
-
-    def _keep(self, x):
-        self.draws.append(x.clone() if isinstance(x, torch.Tensor) else x)
-        return x
-
-    def antithetic(self, high, n):
-        return self._keep(super().antithetic(high, n))
-
-    def rand(self, shape):
-        return self._keep(super().rand(shape))
-
-    def normal(self, shape):
-        return self._keep(super().normal(shape))
-
-    def permutation(self, n):
-        return self._keep(super().permutation(n))
 
 
 def _setup():
@@ -108,7 +85,7 @@ def test_one_outer_update_with_its_inner_passes_is_the_authors():
     batch = UnlearnBatch(data.images[f], data.labels[f], data.images[r], data.labels[r], 10)
 
     ours = torch.optim.Adam(unet.parameters(), lr=1e-3)
-    rng = Recording(step_generator(0, 0))
+    rng = RecordingRandom(step_generator(0, 0))
     method.step(unet, ours, batch, rng, 1.0)
     method.finish(unet)  # the EMA weights, which evaluation samples
 

@@ -10,6 +10,7 @@ one iteration as `sfron_forget` (lines 1074-1163 with README's `--method ron --u
 import copy
 
 import torch
+from conftest import RecordingRandom
 
 from safemax_ray.core.data import ImageData
 from safemax_ray.core.models import build_scheduler, build_unet
@@ -18,25 +19,6 @@ from safemax_ray.methods import SetupContext, UnlearnBatch, method_options
 from safemax_ray.methods.sfron import SFRon
 
 W = 2.0  # their cond_scale
-
-
-class Recording(RankRandom):
-    def __init__(self, generator):
-        super().__init__(generator)
-        self.draws = []
-
-    def antithetic(self, high, n):
-        return self._keep(super().antithetic(high, n))
-
-    def normal(self, shape):
-        return self._keep(super().normal(shape))
-
-    def uniform(self, n):
-        return self._keep(super().uniform(n))
-
-    def _keep(self, x):
-        self.draws.append(x.clone())
-        return x
 
 
 def _setup():
@@ -140,7 +122,7 @@ def test_one_iteration_is_theirs_both_steps():
     unet.train(), reference.train()
 
     ours, theirs = torch.optim.Adam(unet.parameters(), lr=1e-3), torch.optim.Adam(reference.parameters(), lr=1e-3)
-    rng = Recording(step_generator(0, 7))
+    rng = RecordingRandom(step_generator(0, 7))
     stats = method.step(unet, ours, batch, rng, 1.0)
     reference_iteration(reference, theirs, scheduler, batch, method.mask, rng.draws, 7, 150)
     for mine, expected in zip(unet.parameters(), reference.parameters(), strict=True):
