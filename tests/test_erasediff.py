@@ -9,6 +9,7 @@ reference."""
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import RecordingRandom
@@ -29,7 +30,9 @@ def _setup():
     return unet, data
 
 
-def reference_round(model, optimizer, scheduler, forget_x, forget_y, batch, draws, lam, passes, per_batch, mu):
+def reference_round(
+    model, optimizer, scheduler, forget_x, forget_y, batch, draws, lam, passes, per_batch, mu, eta=None
+):
     """Theirs, on their tensors: the inner passes, theta_i back, one outer update, the EMA."""
     abar = scheduler.alphas_cumprod.to(torch.float64)
 
@@ -57,7 +60,14 @@ def reference_round(model, optimizer, scheduler, forget_x, forget_y, batch, draw
     t, noise_r, t_u, noise_u = next(draws), next(draws), next(draws), next(draws)
     loss_dr = F.mse_loss(model(noised(batch.x_remain, t, noise_r), t, class_labels=batch.y_remain).sample, noise_r)
     loss_du = F.mse_loss(model(noised(batch.x_forget, t_u, noise_u), t_u, class_labels=batch.y_forget).sample, noise_u)
-    loss = loss_dr + lam * (loss_du - avg)
+    loss_q = loss_du - avg
+    if eta is not None:  # lambda_bome < 0: the dynamic lambda (lines 806-840)
+        params = list(model.parameters())
+        q_grads = torch.cat([g.flatten() for g in torch.autograd.grad(loss_q, params, retain_graph=True)])
+        dr_grads = torch.cat([g.flatten() for g in torch.autograd.grad(loss_dr, params, retain_graph=True)])
+        tmp = torch.sum(dr_grads * q_grads) / (dr_grads.norm() * q_grads.norm() + 1e-8)
+        lam = (eta - tmp).detach() if eta > tmp else 0.0
+    loss = loss_dr + lam * loss_q
     optimizer.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -68,11 +78,14 @@ def reference_round(model, optimizer, scheduler, forget_x, forget_y, batch, draw
     return ema
 
 
-def test_one_outer_update_with_its_inner_passes_is_the_authors():
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_one_outer_update_with_its_inner_passes_is_the_authors(dynamic):
     unet, data = _setup()
     forget_idx, remain_idx = data.split(3)
     scheduler = build_scheduler(25)
-    options = method_options("erasediff", {"inner_passes": 2, "erase_lambda": 0.1, "ema_decay": 0.99})
+    options = method_options(
+        "erasediff", {"inner_passes": 2, "erase_lambda": 0.1, "ema_decay": 0.99, "dynamic": dynamic, "eta": 0.5}
+    )
     method = EraseDiff(options, scheduler)
     method.attach(data, forget_idx, remain_idx, 4)
     reference = copy.deepcopy(unet)
@@ -86,12 +99,16 @@ def test_one_outer_update_with_its_inner_passes_is_the_authors():
 
     ours = torch.optim.Adam(unet.parameters(), lr=1e-3)
     rng = RecordingRandom(step_generator(0, 0))
-    method.step(unet, ours, batch, rng, 1.0)
+    stats = method.step(unet, ours, batch, rng, 1.0)
     method.finish(unet)  # the EMA weights, which evaluation samples
+    assert (float(stats["lambda"]) != pytest.approx(0.1)) if dynamic else float(stats["lambda"]) == pytest.approx(0.1)
 
     theirs = torch.optim.Adam(reference.parameters(), lr=1e-3)
     forget_x, forget_y = data.images[forget_idx], data.labels[forget_idx]
-    ema = reference_round(reference, theirs, scheduler, forget_x, forget_y, batch, rng.draws, 0.1, 2, per_rank, 0.99)
+    eta = 0.5 if dynamic else None
+    ema = reference_round(
+        reference, theirs, scheduler, forget_x, forget_y, batch, rng.draws, 0.1, 2, per_rank, 0.99, eta
+    )
     for mine, expected in zip(unet.parameters(), ema, strict=True):
         torch.testing.assert_close(mine, expected, rtol=0, atol=1e-6)
     assert ours.state_dict()["state"][0]["step"] == theirs.state_dict()["state"][0]["step"] == 5  # 2 x 2 inner + 1

@@ -12,7 +12,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-METHODS = ("erasediff", "sfron")
+# name: (method, options)
+METHODS = {
+    "erasediff": ("erasediff", {"round_steps": 1, "inner_passes": 1}),
+    "erasediff-dynamic": ("erasediff", {"round_steps": 2, "inner_passes": 1, "dynamic": True, "eta": 0.5}),
+    "sfron": ("sfron", {}),
+}
 
 
 def _free_port() -> int:
@@ -26,14 +31,14 @@ def _run(rank: int, world: int, port: int, out: str) -> None:
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
-    weights = {method: _train(rank, world, method) for method in METHODS}
+    weights = {name: _train(rank, world, name) for name in METHODS}
     if rank == 0:
         torch.save(weights, out)
     if world > 1:
         dist.destroy_process_group()
 
 
-def _train(rank: int, world: int, method: str) -> list[torch.Tensor]:
+def _train(rank: int, world: int, name: str) -> list[torch.Tensor]:
     sys.path.insert(0, os.path.dirname(__file__))
     from safemax_ray.core.data import ImageData
     from safemax_ray.core.models import build_scheduler, build_unet
@@ -50,7 +55,7 @@ def _train(rank: int, world: int, method: str) -> list[torch.Tensor]:
     )
     forget_idx, remain_idx = data.split(3)
     scheduler = build_scheduler(25)
-    options = {"erasediff": {"round_steps": 1, "inner_passes": 1}, "sfron": {}}[method]
+    method, options = METHODS[name]
     m = get_method(method)(method_options(method, options), scheduler)
     m.attach(data, forget_idx, remain_idx, 3)
 
@@ -80,11 +85,11 @@ def test_two_ranks_train_the_one_rank_model(tmp_path):
     out = str(tmp_path / "two.pt")
     mp.start_processes(_run, args=(2, _free_port(), out), nprocs=2, start_method="spawn")
     two = torch.load(out, weights_only=True)
-    for method in METHODS:
-        one = _train(0, 1, method)
-        for a, b in zip(one, two[method], strict=True):
+    for name in METHODS:
+        one = _train(0, 1, name)
+        for a, b in zip(one, two[name], strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)  # reduction order, through Adam
-        assert any(not torch.equal(a, b) for a, b in zip(one, _start(), strict=True)), method  # it trained
+        assert any(not torch.equal(a, b) for a, b in zip(one, _start(), strict=True)), name  # it trained
 
 
 def _start() -> list[torch.Tensor]:

@@ -6,7 +6,8 @@ A bi-level update in rounds of `round_steps` outer updates. Before each round th
 shared optimiser, no clipping), and the weights are restored (Adam's moments and step count are not).
 Each outer update then minimises
 
-    L = L_r + lambda * (f - mean f of the last inner pass),   lambda = 0.1
+    L = L_r + lambda * (f - mean f of the last inner pass),   lambda = 0.1, or dynamic:
+    lambda = max(eta - cos(grad L_r, grad q), 0) with q = f - mean inner f and eta = 0.1
 
 with clipping, and an EMA of the weights (0.99) is what evaluation samples. The subtracted mean is a
 constant, so the outer gradient is that of L_r + lambda f; the inner passes act through Adam's state.
@@ -39,6 +40,8 @@ FORGET_TARGETS = ("uniform", "random_label")
 @dataclass
 class EraseDiffOptions(MethodOptions):
     erase_lambda: float = option(0.1, "lambda of L_r + lambda (f - mean inner f)")
+    dynamic: bool = option(False, "lambda = max(eta - cos(grad L_r, grad q), 0) each update (their lambda_bome < 0)")
+    eta: float = option(0.1, "eta of the dynamic lambda")
     inner_passes: int = option(2, "K: passes over the forget set before each round")
     round_steps: int = option(36, "outer updates per round (theirs: until 4500 remain images, 36 at 128)")
     forget_target: str = option("uniform", "f's target: uniform (the paper's) or random_label (their code's now)")
@@ -109,8 +112,23 @@ class EraseDiff(UnlearningMethod):
         pred = unet(x_t, torch.cat([t_r, t_f]), class_labels=labels).sample.float()
         loss_r = F.mse_loss(pred[:n_r], eps_r)
         loss_f = F.mse_loss(pred[n_r:], self._forget_target(unet, x_f, t_f, noise_f, batch.y_forget, rng))
-        loss = loss_r + self.options.erase_lambda * (loss_f - self.inner_mean)
-        return LossOutput(loss, {"loss": loss.detach(), "loss_forget": loss_f.detach(), "loss_remain": loss_r.detach()})
+        q = loss_f - self.inner_mean
+        lam = self.dynamic_lambda(unet, loss_r, q) if self.options.dynamic else self.options.erase_lambda
+        loss = loss_r + lam * q
+        stats = {"loss": loss.detach(), "loss_forget": loss_f.detach(), "loss_remain": loss_r.detach()}
+        return LossOutput(loss, {**stats, "lambda": torch.as_tensor(lam, device=loss.device).detach()})
+
+    def dynamic_lambda(self, unet, loss_r: torch.Tensor, q: torch.Tensor) -> torch.Tensor | float:
+        """max(eta - cos(grad L_r, grad q), 0), both gradients over the global batch (averaged over the
+        ranks, as DDP averages the update's); 0 where q has no gradient, as theirs."""
+        params = [p for p in unet.parameters() if p.requires_grad]
+        g_q = _flat_mean(torch.autograd.grad(q, params, retain_graph=True, allow_unused=True), params)
+        q_norm = g_q.norm()
+        if q_norm == 0:
+            return 0.0
+        g_r = _flat_mean(torch.autograd.grad(loss_r, params, retain_graph=True, allow_unused=True), params)
+        cos = (g_r * g_q).sum() / (g_r.norm() * q_norm + 1e-8)
+        return (self.options.eta - cos).clamp_min(0).detach()
 
     def step(self, unet, optimizer, batch: UnlearnBatch, rng: RankRandom, grad_clip: float) -> dict[str, torch.Tensor]:
         if self.ema is None and self.options.ema_decay:  # theirs starts from the pretrained EMA: the base
@@ -162,3 +180,14 @@ class EraseDiff(UnlearningMethod):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.done, self.inner_mean = int(state["done"]), float(state["inner_mean"])
         self.ema = [t.clone() for t in state["ema"]] or None
+
+
+def _flat_mean(grads, params) -> torch.Tensor:
+    """One vector of the gradients (zeros where unused), averaged over the ranks of a run."""
+    flat = torch.cat(
+        [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params, strict=True)]
+    )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flat)
+        flat /= torch.distributed.get_world_size()
+    return flat
