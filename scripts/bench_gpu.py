@@ -113,7 +113,7 @@ def step_variant(method: str, compiled: bool, channels_last: bool = False):
         model = build_preset(args.arch, 10, 3, 32)
         if channels_last:
             model.unet.to(memory_format=torch.channels_last)
-        session = new_session(cfg, model, synthetic_data(2000), device)
+        session = new_session(cfg, model, synthetic_data(args.images), device)
 
         def warm_up() -> None:
             run_setup(session)
@@ -135,7 +135,7 @@ def reference_step(args, device: torch.device) -> dict:
     """The naive step: every draw and the noising on the CPU, fp32, host syncs every step."""
     model = build_preset(args.arch, 10, 3, 32)
     unet, scheduler = model.unet.to(device).train(), model.scheduler
-    data = synthetic_data(2000)
+    data = synthetic_data(args.images)
     optimizer = torch.optim.Adam(unet.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
 
@@ -448,6 +448,7 @@ def main() -> None:
     args = parser.parse_args()
     args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     args.arch = "digits-tiny" if args.tiny else "ddpm-cifar10"
+    args.images = 200 if args.tiny else 2000  # synthetic training images (set-ups pass over them)
     if args.tiny and not args.variant:
         args.batch, args.steps, args.warmup, args.sample_batch, args.sample_steps = 16, 3, 1, 32, 2
         args.score_images = 4
