@@ -87,6 +87,6 @@ def test_the_report_pairs_methods_sample_by_sample_and_stars_what_holds():
     table = paired_table(df)
     assert table.loc["H", "salun"] == "-0.5 [-0.5, -0.5] *"  # lower on every sample: the order holds
     assert table.loc["UA %", "salun"] == "+0 [0, 0]"  # no difference: not starred
-    assert table.loc["classes paired", "salun"] == "2"
+    assert table.loc["classes paired", "salun"] == "2 classes"
     other_samples = df.assign(sample_label=[r[::-1] for r in df["sample_label"]])
     assert paired_table(pd.concat([df.iloc[:2], other_samples.iloc[2:]])) is None  # different samples never pair

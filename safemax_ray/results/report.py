@@ -256,7 +256,7 @@ def paired_table(df: pd.DataFrame, reference: str = REFERENCE_GROUP) -> pd.DataF
         ]
         if pairs:
             table[group] = {label: _paired_cell(pairs, metric) for metric, label in PAIRED_METRICS}
-            table[group]["classes paired"] = str(len(pairs))
+            table[group]["classes paired"] = f"{len(pairs)} classes"
     if not table:
         return None
     out = pd.DataFrame(table)
