@@ -283,7 +283,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from safemax_ray.config import load_unlearn_config
     from safemax_ray.drivers.batch import parse_classes
     from safemax_ray.drivers.compare import compare, plan_comparison
-    from safemax_ray.methods import available_methods
 
     given, per_method = flags.method_flag_options(flags.overrides(args))
     shared = sorted(k for k, v in given.items() if k.startswith("method_options.") and v is not None)
@@ -292,12 +291,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise SafemaxError(f"compare runs several methods: give --METHOD.{name.replace('_', '-')} (e.g. --safemax.lam)")
     cfg = load_unlearn_config(args.config, **given)
     classes, options = parse_classes(args.classes), parse_options(args.options or [])
-    methods = args.methods or available_methods()
     for method, values in per_method.items():
         options.setdefault(method, {}).update(values)
     if args.plan:
-        return _print_plan(plan_comparison(cfg, classes, methods, options), args.gpus)
-    result = compare(cfg, classes, methods, options, args.max_concurrent, console)
+        return _print_plan(plan_comparison(cfg, classes, args.methods, options), args.gpus)
+    result = compare(cfg, classes, args.methods, options, args.max_concurrent, console)
     return _print_outcome("compare", result.batch, f"; report in {result.report.out_dir}")
 
 

@@ -43,8 +43,8 @@ def add_method_flags(group: Any, methods: dict[str, type], taken: set[str]) -> N
     for method, options in methods.items():
         hints = typing.get_type_hints(options)
         for f in dataclasses.fields(options):
-            metadata = {**f.metadata, "flag": f"--{method}.{f.name.replace('_', '-')}", "off_flag": None}
-            metadata["off_flag"] = f"--{method}.no-{f.name.replace('_', '-')}"
+            dashed = f.name.replace("_", "-")
+            metadata = {**f.metadata, "flag": f"--{method}.{dashed}", "off_flag": f"--{method}.no-{dashed}"}
             _add_flag(group, f.name, metadata, hints[f.name], f"{METHOD_DEST}{method}__{f.name}", taken)
 
 

@@ -122,7 +122,7 @@ def test_rounds_start_every_round_steps_and_the_inner_passes_leave_the_weights()
     method.attach(data, forget_idx, remain_idx, 4)
     optimizer = torch.optim.Adam(unet.parameters(), lr=1e-3)
     before = [p.detach().clone() for p in unet.parameters()]
-    method.inner_passes(unet, optimizer, 4, RankRandom(step_generator(0, 0)))
+    method.run_inner_passes(unet, optimizer, 4, RankRandom(step_generator(0, 0)))
     assert all(torch.equal(p, b) for p, b in zip(unet.parameters(), before, strict=True))  # weights back, Adam moved on
     assert optimizer.state_dict()["state"][0]["step"] == 2  # one pass over 6 images in batches of 4
     g = torch.Generator().manual_seed(5)

@@ -18,8 +18,6 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from safemax_ray.core.models import use_shared_inductor_cache
 
 SAMPLERS = ("ddpm", "ddim")
-PRECISIONS = ("autocast", "bf16", "fp32")
-COMPILE_MODES = (None, "default", "reduce-overhead")
 
 # The guided forward is one function of (x, t, labels) -> eps rows, built once per batch of chunks.
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -38,10 +36,6 @@ class Speed:
     precision: str = "autocast"
     channels_last: bool = False
     compile: str | None = None
-
-    def label(self) -> str:
-        parts = [self.precision] + (["channels_last"] if self.channels_last else [])
-        return ", ".join(parts + ([f"compiled ({self.compile})"] if self.compile else []))
 
 
 # scripts/bench_gpu.py on one H200 (2026-12-04; the 38.6M reference layout, batch 1024, 2048 UNet rows):

@@ -28,10 +28,12 @@ class CompareResult:
 def plan_comparison(
     base: UnlearnConfig,
     classes: list[int],
-    methods: tuple[str, ...] | list[str],
+    methods: tuple[str, ...] | list[str] | None = None,
     options: dict[str, dict[str, Any]] | None = None,
 ) -> list[UnlearnConfig]:
-    """One config per (method, class): `base`'s common settings, each method's own options and lr."""
+    """One config per (method, class): `base`'s common settings, each method's own options and lr;
+    `methods` None means every registered method."""
+    methods = available_methods() if methods is None else methods
     options = options or {}
     unknown = sorted(set(options) - set(methods))
     if unknown:
@@ -70,7 +72,6 @@ def compare(
     kept), then write the report."""
     from safemax_ray.results.report import make_report
 
-    methods = methods or available_methods()
     batch = run_all(plan_comparison(base, classes, methods, options), max_concurrent, console)
     report = make_report(batch.results_dir, dataset=base.dataset, console=console, run_keys=batch.run_keys)
     return CompareResult(batch, report)

@@ -31,6 +31,15 @@ from safemax_ray.core.data import ImageData
 from safemax_ray.core.randomness import RankRandom
 
 
+def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """x summed over the ranks of the run's process group (x itself on one process): for an update that
+    needs a figure of the global batch (a normaliser, a gradient's direction) inside `step`."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+    return x
+
+
 def option(default: Any, help: str) -> Any:
     """A field of an Options dataclass; `help` becomes the text of its command-line flag."""
     return field(default=default, metadata={"help": help})

@@ -31,7 +31,14 @@ import torch.nn.functional as F
 from safemax_ray.core.data import ImageData
 from safemax_ray.core.randomness import RankRandom
 from safemax_ray.errors import SafemaxError
-from safemax_ray.methods.base import LossOutput, MethodOptions, UnlearnBatch, UnlearningMethod, option
+from safemax_ray.methods.base import (
+    LossOutput,
+    MethodOptions,
+    UnlearnBatch,
+    UnlearningMethod,
+    option,
+    sum_over_ranks,
+)
 from safemax_ray.methods.registry import register_method
 
 FORGET_TARGETS = ("uniform", "random_label")
@@ -119,14 +126,14 @@ class EraseDiff(UnlearningMethod):
         return LossOutput(loss, {**stats, "lambda": torch.as_tensor(lam, device=loss.device).detach()})
 
     def dynamic_lambda(self, unet, loss_r: torch.Tensor, q: torch.Tensor) -> torch.Tensor | float:
-        """max(eta - cos(grad L_r, grad q), 0), both gradients over the global batch (averaged over the
-        ranks, as DDP averages the update's); 0 where q has no gradient, as theirs."""
+        """max(eta - cos(grad L_r, grad q), 0), both gradients over the global batch (all ranks); 0 where
+        q has no gradient, as theirs."""
         params = [p for p in unet.parameters() if p.requires_grad]
-        g_q = _flat_mean(torch.autograd.grad(q, params, retain_graph=True, allow_unused=True), params)
+        g_q = _flat_sum(torch.autograd.grad(q, params, retain_graph=True, allow_unused=True), params)
         q_norm = g_q.norm()
         if q_norm == 0:
             return 0.0
-        g_r = _flat_mean(torch.autograd.grad(loss_r, params, retain_graph=True, allow_unused=True), params)
+        g_r = _flat_sum(torch.autograd.grad(loss_r, params, retain_graph=True, allow_unused=True), params)
         cos = (g_r * g_q).sum() / (g_r.norm() * q_norm + 1e-8)
         return (self.options.eta - cos).clamp_min(0).detach()
 
@@ -134,7 +141,7 @@ class EraseDiff(UnlearningMethod):
         if self.ema is None and self.options.ema_decay:  # theirs starts from the pretrained EMA: the base
             self.ema = [p.detach().clone() for p in unet.parameters()]
         if self.done % self.options.round_steps == 0:
-            self.inner_passes(unet, optimizer, len(batch.x_forget), rng)
+            self.run_inner_passes(unet, optimizer, len(batch.x_forget), rng)
         stats = super().step(unet, optimizer, batch, rng, grad_clip)
         self.done += 1
         if self.ema is not None:
@@ -143,7 +150,7 @@ class EraseDiff(UnlearningMethod):
                     shadow.mul_(self.options.ema_decay).add_(p.detach(), alpha=1 - self.options.ema_decay)
         return stats
 
-    def inner_passes(self, unet, optimizer, per_rank: int, rng: RankRandom) -> None:
+    def run_inner_passes(self, unet, optimizer, per_rank: int, rng: RankRandom) -> None:
         """K passes over the whole forget set, an unclipped Adam step per batch, then the weights back."""
         saved = [p.detach().clone() for p in unet.parameters()]
         device = self.forget_x.device
@@ -182,12 +189,9 @@ class EraseDiff(UnlearningMethod):
         self.ema = [t.clone() for t in state["ema"]] or None
 
 
-def _flat_mean(grads, params) -> torch.Tensor:
-    """One vector of the gradients (zeros where unused), averaged over the ranks of a run."""
-    flat = torch.cat(
-        [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params, strict=True)]
+def _flat_sum(grads, params) -> torch.Tensor:
+    """One vector of the gradients (zeros where unused), summed over the ranks of a run (the cosine
+    does not see the factor between the sum and DDP's mean)."""
+    return sum_over_ranks(
+        torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params, strict=True)])
     )
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(flat)
-        flat /= torch.distributed.get_world_size()
-    return flat

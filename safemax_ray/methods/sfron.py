@@ -39,6 +39,7 @@ from safemax_ray.methods.base import (
     UnlearnBatch,
     UnlearningMethod,
     option,
+    sum_over_ranks,
 )
 from safemax_ray.methods.registry import register_method
 
@@ -154,7 +155,7 @@ class SFRon(UnlearningMethod):
         x_t, t, labels, eps = self._noised(batch.x_forget, batch.y_forget, batch.null_label, rng)
         per_sample = summed_error(unet(x_t, t, class_labels=labels).sample, eps)
         coef = 1 / (per_sample.detach().pow(self.options.lambd) + 1e-8)
-        total = _global_sum(coef.sum())
+        total = sum_over_ranks(coef.sum())
         # DDP averages the ranks' gradients: times the world size, that is the global batch's sum.
         weighted = (coef / total * per_sample).sum() * rng.world
         loss = -self._alpha() * weighted
@@ -185,11 +186,3 @@ class SFRon(UnlearningMethod):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.mask, self.done = list(state["mask"]), int(state["done"])
-
-
-def _global_sum(x: torch.Tensor) -> torch.Tensor:
-    """x summed over the ranks of a run (itself on one process)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        x = x.clone()
-        torch.distributed.all_reduce(x)
-    return x

@@ -265,7 +265,7 @@ def paired_table(df: pd.DataFrame, reference: str = REFERENCE_GROUP) -> pd.DataF
 
 
 def _same_samples(a: Any, b: Any) -> bool:
-    return len(a.sample_label) == len(b.sample_label) and bool(np.array_equal(a.sample_label, b.sample_label))
+    return bool(np.array_equal(a.sample_label, b.sample_label))
 
 
 def _paired_cell(pairs: list[tuple[Any, Any]], metric: str) -> str:
