@@ -63,11 +63,38 @@ def compute_once(
     computes = bool(all_reduce(torch.tensor(int(mine))).item())  # rank 0 decides for every rank
     if not computes:
         return saved if saved is not None else read(path), False
-    with _heartbeat(path if rank == 0 else None):
+    with _heartbeat([path] if rank == 0 and path else []):
         tensors = compute()
         if rank == 0:
             write(path, tensors)
     return tensors, True
+
+
+def compute_each(
+    paths: list[str | None],
+    compute: Callable[[list[int]], list[dict[str, torch.Tensor]]],
+    rank: int = 0,
+    claims: bool = True,
+) -> list[dict[str, torch.Tensor]]:
+    """The entries at `paths`: those there are read, the missing ones computed together by one call of
+    `compute` (given their positions) and written by rank 0. With `claims` an entry another run has
+    claimed is waited for and read, not computed twice (and computed here if its holder died); without,
+    every caller computes what it misses (ranks that compute together must decide alike)."""
+    entries = [read(p) for p in paths]
+    while missing := [i for i, e in enumerate(entries) if e is None]:
+        mine = [i for i in missing if not claims or not paths[i] or storage.is_uri(paths[i]) or _claim(paths[i])]
+        if mine:
+            with _heartbeat([paths[i] for i in mine if claims and paths[i]]):
+                for i, tensors in zip(mine, compute(mine), strict=True):
+                    entries[i] = tensors
+                    if rank == 0:
+                        write(paths[i], tensors)
+        for i in set(missing) - set(mine):
+            log.info("cache entry %s is being computed by another run; waiting for it", paths[i])
+            while _claim_alive(paths[i]):
+                time.sleep(min(HEARTBEAT_S / 4, WAIT_POLL_S))
+            entries[i] = read(paths[i])
+    return entries
 
 
 def _claim_or_wait(path: str | None) -> dict[str, torch.Tensor] | None:
@@ -106,17 +133,15 @@ def _claim_alive(path: str) -> bool:
 
 
 @contextmanager
-def _heartbeat(path: str | None) -> Iterator[None]:
-    """Hold the claim on `path` (touched every HEARTBEAT_S) until the block ends, then release it."""
-    if path is None or storage.is_uri(path):
-        yield
-        return
-    claim = Path(f"{path}.claim")
+def _heartbeat(paths: list[str]) -> Iterator[None]:
+    """Hold the claims on `paths` (touched every HEARTBEAT_S) until the block ends, then release them."""
+    claims = [Path(f"{p}.claim") for p in paths if not storage.is_uri(p)]
     done = threading.Event()
 
     def beat() -> None:
         while not done.wait(HEARTBEAT_S):
-            claim.touch(exist_ok=True)
+            for claim in claims:
+                claim.touch(exist_ok=True)
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()
@@ -125,4 +150,5 @@ def _heartbeat(path: str | None) -> Iterator[None]:
     finally:
         done.set()
         thread.join()
-        claim.unlink(missing_ok=True)
+        for claim in claims:
+            claim.unlink(missing_ok=True)

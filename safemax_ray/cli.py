@@ -210,7 +210,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         },
     )
     if args.plan:
-        return _print_plan(cfg.planned_trials(), args.gpus)
+        _print_plan(cfg.planned_trials(), args.gpus, cfg.planned_rejudges())
+        if cfg.screen:
+            from safemax_ray.drivers.plan import plan_runs
+
+            full = plan_runs(cfg.planned_trials(screened=False), args.gpus).gpu_hours()
+            console.print(f"without the screen: {full:.2f} GPU-hours", highlight=False)
+        return 0
     began = time.perf_counter()
     result = tune(cfg, console=console)
     table = Table(title=f"study {result.study}: {len(result.trials)} trials")
@@ -229,6 +235,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             "*" if row["pareto"] else "",
         )
     console.print(table)
+    if result.rank_agreement is not None:
+        console.print(f"screen vs full judgement (re-judged trials): Spearman rho {result.rank_agreement:.2f}")
     console.print(f"best: {result.best_params} -> {result.best_metrics}")
     console.print(f"best config: {result.best_config_path}  (use with: safemax-ray unlearn --config FILE)")
     console.print(f"results: {result.results_dir}/runs  wall time {time.perf_counter() - began:.0f}s")
@@ -249,8 +257,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return _print_outcome("batch", result)
 
 
-def _print_plan(configs: list, gpus: int) -> int:
-    """--plan: what the runs will cost, then stop before anything starts."""
+def _print_plan(configs: list, gpus: int, evaluations: list = ()) -> int:
+    """--plan: what the runs (and evaluations of trained runs) will cost, then stop before anything
+    starts."""
     from safemax_ray.drivers.plan import describe, plan_runs
 
     if gpus < 1:
@@ -258,7 +267,7 @@ def _print_plan(configs: list, gpus: int) -> int:
     for cfg in configs:
         cfg.require_classes("--plan")
         cfg.validate()
-    for line in describe(plan_runs(configs, gpus)):
+    for line in describe(plan_runs(configs, gpus, evaluations)):
         console.print(line, highlight=False)
     return 0
 

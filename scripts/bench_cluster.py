@@ -29,7 +29,7 @@ from safemax_ray.core.data import load_dataset
 from safemax_ray.core.models import load_model
 from safemax_ray.drivers.batch import plan, run_all
 from safemax_ray.engine import evaluate
-from safemax_ray.engine.judging import KeepImages, Share
+from safemax_ray.engine.judging import Chunk, KeepImages, Share, assemble
 
 
 def sa_config(results_dir: str, iterations: int, fisher: dict[str, int]) -> UnlearnConfig:
@@ -67,20 +67,22 @@ def scoring(tasks: int) -> None:
     cfg.eval = EvalConfig(sample_steps=50, workers=tasks)  # 200 forget samples + 30 per retained class
     data = load_dataset("digits")
     labels = evaluate.eval_labels(10, [3], cfg.eval)
-    judge = evaluate.class_judge(cfg, data, labels, torch.device("cpu"))
-    real = judge.fid_sums(data.images[data.labels != 3])
+    judge = evaluate.class_judge(cfg, data, torch.device("cpu"))
+    real = evaluate.Reference.of(judge, data, [3])
     print(f"\n2. Evaluation of one run: {len(labels)} samples, {cfg.eval.sample_steps} steps, {tasks} tasks")
     from safemax_ray.ray.evaluation import judge_on_cluster
 
     began = time.perf_counter()
     sent = judge_on_cluster(model, labels, cfg.eval, False, KeepImages())
-    in_driver = judge(sent.judgement.rows["images"], torch.arange(len(labels)))
+    images = sent.judgement.rows["images"]
+    plan = evaluate.chunks_of(labels, cfg.eval)
+    in_driver = assemble([Share.of({c: judge(images[ch.start : ch.stop], ch) for c, ch in enumerate(plan)})])
     driver_s = time.perf_counter() - began
     began = time.perf_counter()
     judged = judge_on_cluster(model, labels, cfg.eval, False, judge)
     tasks_s = time.perf_counter() - began
-    a = evaluate.result(in_driver, judge, real, "classifier")
-    b = evaluate.result(judged.judgement, judge, real, "classifier")
+    a = evaluate.result(in_driver, labels, [3], real, "classifier", cfg.eval)
+    b = evaluate.result(judged.judgement, labels, [3], real, "classifier", cfg.eval)
     worst = max(abs(getattr(a, k) - getattr(b, k)) for k in ("ua", "entropy", "fid", "retain_acc"))
     print(f"   scoring in the driver: {driver_s:6.1f} s wall, {sent.received_bytes / 1e3:9.1f} kB to the driver")
     print(f"   scoring in the tasks:  {tasks_s:6.1f} s wall, {judged.received_bytes / 1e3:9.1f} kB to the driver")
@@ -92,15 +94,12 @@ def scoring(tasks: int) -> None:
 def paper_bytes(tasks: int) -> None:
     """The same accounting (`Share.nbytes`) for the paper's protocol: 45,500 CIFAR-10 samples of
     3 x 32 x 32, ten classes, Inception's 2048 features, `tasks` evaluation tasks."""
-    n, per_task = 45_500, 45_500 // tasks
-    images = Share({0: KeepImages()(torch.zeros(n, 3, 32, 32), torch.arange(n)).rows}, {}).nbytes()
-    rows = {"logits": torch.zeros(per_task, 10), "noise": torch.zeros(per_task, dtype=torch.bool)}
-    grid = {"grid": torch.zeros(100 // tasks, 3, 32, 32), "grid_labels": torch.zeros(100 // tasks, dtype=torch.long)}
-    sums = {
-        "fid_sum": torch.zeros(2048, dtype=torch.float64),
-        "fid_outer": torch.zeros(2048, 2048, dtype=torch.float64),
-    }
-    judged = tasks * Share({0: {**rows, **grid}}, {**sums, "fid_count": torch.zeros((), dtype=torch.float64)}).nbytes()
+    n = 45_500
+    whole = Chunk(0, 0, 0, n, 0)
+    images = Share({0: KeepImages()(torch.zeros(n, 3, 32, 32), whole).rows}).nbytes()
+    rows = {"logits": torch.zeros(n, 10), "noise": torch.zeros(n, dtype=torch.bool), "features": torch.zeros(n, 2048)}
+    grid = {"grid": torch.zeros(100, 3, 32, 32), "grid_labels": torch.zeros(100, dtype=torch.long)}
+    judged = Share({0: {**rows, **grid}}).nbytes()
     print(
         f"\n   paper protocol, {tasks} tasks: images {images / 1e6:.0f} MB vs judgements {judged / 1e6:.0f} MB "
         f"({judged / images:.2f}); the Inception pass moves from the driver's CPU to the tasks' GPUs"

@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent(
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
     model = load_model(sys.argv[1])
     config = EvalConfig(n_forget_samples=6, n_retain_per_class=2, batch_size=6, sample_steps=4)
-    labels = evaluate.eval_labels(10, 3, config)  # 24 images: 4 chunks
+    labels = evaluate.eval_labels(10, 3, config)  # 24 images: 10 chunks (one per class)
     runs = {k: judge_on_cluster(model, labels, replace(config, workers=k), False, KeepImages()) for k in (1, 2, 4)}
     images = {k: run.judgement.rows["images"] for k, run in runs.items()}
     assert all(torch.equal(images[1], images[k]) for k in (2, 4)), "images depend on the split"
@@ -39,15 +39,14 @@ SCRIPT = textwrap.dedent(
     # Judged in the tasks, at any split: the figures of judging every image in the driver.
     cfg = UnlearnConfig(forget_class=3, classifier=sys.argv[2])
     data = load_dataset("digits")
-    judge = evaluate.class_judge(cfg, data, labels, torch.device("cpu"))
-    real = judge.fid_sums(data.images[data.labels != 3])
-    # Chunk by chunk, as the tasks do: KID is estimated per chunk.
-    every = torch.arange(len(labels)).split(config.batch_size)
-    judged = assemble([Share.of({c: judge(images[1][index], index) for c, index in enumerate(every)})])
-    driver = evaluate.result(judged, judge, real, "classifier").as_dict()
+    judge = evaluate.class_judge(cfg, data, torch.device("cpu"))
+    real = evaluate.Reference.of(judge, data, [3])
+    plan = evaluate.chunks_of(labels, config)
+    judged = assemble([Share.of({c: judge(images[1][ch.start : ch.stop], ch) for c, ch in enumerate(plan)})])
+    driver = evaluate.result(judged, labels, [3], real, "classifier", config).as_dict()
     for k in (1, 2, 4):
         judged = judge_on_cluster(model, labels, replace(config, workers=k), False, judge)
-        tasks = evaluate.result(judged.judgement, judge, real, "classifier").as_dict()
+        tasks = evaluate.result(judged.judgement, labels, [3], real, "classifier", config).as_dict()
         for name in ("ua", "entropy", "fid", "kid", "retain_acc", "noise_forget", "noise_retain"):
             assert abs(tasks[name] - driver[name]) <= 1e-6 * max(1.0, abs(driver[name])), (k, name, tasks, driver)
     print("nodes", len(runs[1].nodes), len(runs[4].nodes))

@@ -29,6 +29,7 @@ IMPOSSIBLE = {
     "eval.batch_size": [0, -1],
     "eval.workers": [0, -2, "some"],
     "eval.seed": [-1],
+    "eval.fid_resamples": [-1],
     "eval.base_min_acc": [-1.0, 101.0],
     "eval.eta": [-0.1, 1.5],
     "ray.num_workers": [0, -1],
@@ -144,11 +145,11 @@ def test_a_truncated_cache_entry_is_recomputed_and_the_run_finishes(tiny_assets,
         return session, evaluate_run(session, str(cache))
 
     first, first_eval = run()
-    assert _truncate_every_entry(cache) == 2  # the Fisher and the base samples
+    assert _truncate_every_entry(cache) == 11  # the Fisher and the base model's judgement of each class
     with caplog.at_level("WARNING", logger="safemax_ray"):
         again, again_eval = run()
     assert not again.state.setup_cached  # a miss, so computed again
-    assert sum("cannot be read" in r.message and "recomputing" in r.message for r in caplog.records) == 2
+    assert sum("cannot be read" in r.message and "recomputing" in r.message for r in caplog.records) == 11
     assert again_eval.metrics["base_ua"] == first_eval.metrics["base_ua"]
     third, _ = run()
     assert third.state.setup_cached  # the recomputed entries were written over the broken ones

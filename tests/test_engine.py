@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -129,67 +128,107 @@ def _model(tiny_assets):
 
 
 def test_one_and_two_workers_sample_identical_images(tiny_assets):
-    """Chunk c is seeded by (eval seed, c) and workers take whole chunks: the split changes nothing."""
+    """Chunk j of class k is seeded by (eval seed, k, j) and workers take whole chunks: the split
+    changes nothing."""
     model = _model(tiny_assets)
     config = EvalConfig(n_forget_samples=5, n_retain_per_class=2, batch_size=4, sample_steps=4)
     labels = evaluate.eval_labels(10, 3, config)
+    n = evaluate.num_chunks(labels, config)
+    assert n == 11  # class 3: 4 + 1; each retained class: 2
     one = evaluate.sample_labels(model, labels, config)
-    ranks = [Share.of(evaluate.sample_chunks(model, labels, config, list(range(r, 6, 2)))) for r in range(2)]
+    ranks = [Share.of(evaluate.sample_chunks(model, labels, config, list(range(r, n, 2)))) for r in range(2)]
 
     def gather(mine):  # what torch.distributed.all_gather_object returns, in rank order
         return ranks
 
     two = evaluate.sample_labels(model, labels, config, rank=0, world=2, gather=gather)
     assert one.shape == (23, 1, 8, 8) and torch.equal(one, two)
-    three = [Share.of(evaluate.sample_chunks(model, labels, config, list(range(r, 6, 3)))) for r in range(3)]
+    three = [Share.of(evaluate.sample_chunks(model, labels, config, list(range(r, n, 3)))) for r in range(3)]
     assert torch.equal(one, evaluate.sample_labels(model, labels, config, 2, 3, lambda mine: three))
 
 
-def _judge(tiny_assets, labels, forget=0):
+def test_a_class_draws_the_same_samples_whichever_classes_are_forgotten(tiny_assets):
+    model = _model(tiny_assets)
+    config = EvalConfig(n_forget_samples=5, n_retain_per_class=3, batch_size=4, sample_steps=3)
+    forget_3 = evaluate.sample_labels(model, evaluate.eval_labels(10, 3, config), config)
+    forget_7 = evaluate.sample_labels(model, evaluate.eval_labels(10, [7, 1], config), config)
+    # In forget_3 class 3 comes first (5 samples), then 0, 1, 2, 4, ... (3 each); in forget_7 the
+    # forgotten 7 and 1 come first, then 0, 2, 3, ...
+    assert torch.equal(forget_3[:5], evaluate.sample_labels(model, torch.full((5,), 3), config))
+    assert torch.equal(forget_3[5:8], forget_7[10:13])  # class 0, retained in both
+    assert torch.equal(forget_3[5 + 3 * 8 :], forget_7[10 + 3 * 7 :])  # class 9, the last in both
+    with pytest.raises(ValueError, match="each class's samples together"):
+        evaluate.chunks_of(torch.tensor([1, 2, 1]), config)
+
+
+def _judge(tiny_assets, forget=0):
     cfg = tiny_config(tiny_assets, forget_class=forget)
     data = load_dataset("digits")
-    return evaluate.class_judge(cfg, data, labels, CPU)
+    return evaluate.class_judge(cfg, data, CPU)
 
 
-def test_base_cache_is_keyed_by_what_fixes_the_judgement(tiny_assets, tmp_path):
-    model = _model(tiny_assets)
+class CountingSampler(evaluate.RankSampler):
+    """A one-process sampler that remembers the labels it was asked for."""
+
+    asked: list
+
+    def __call__(self, model, labels, phase, judge):
+        self.asked.append(labels.tolist())
+        return super().__call__(model, labels, phase, judge)
+
+
+def test_base_cache_is_keyed_by_what_fixes_a_class_judgement(tiny_assets, tmp_path):
     config = EvalConfig(n_forget_samples=3, n_retain_per_class=2, batch_size=4, sample_steps=3)
-    labels = evaluate.eval_labels(10, 0, config)
-    judge = _judge(tiny_assets, labels)
 
-    def path(cfg=config, lab=labels, device="cpu", judge_id="judge"):
-        return evaluate.base_cache_path(str(tmp_path), "model-id", lab, cfg, device, judge_id)
+    def path(cfg=config, label=0, count=3, device="cpu", judge_id="judge"):
+        return evaluate.base_cache_path(str(tmp_path), "model-id", label, count, cfg, device, judge_id)
 
     assert path() == path()
     others = [
         path(EvalConfig(**{**config.__dict__, "batch_size": 8})),  # other chunks: other noise
         path(EvalConfig(**{**config.__dict__, "seed": 1})),
         path(EvalConfig(**{**config.__dict__, "guidance": 1.0})),
-        path(lab=evaluate.eval_labels(10, 1, config)),
+        path(label=1),
+        path(count=2),
         path(device="cuda"),  # CUDA generators draw other numbers than CPU ones
         path(judge_id="another classifier"),
     ]
     assert path() not in others and len(set(others)) == len(others)
-    # The cache written by one worker is exactly what two workers would judge.
-    sample = evaluate.RankSampler(config, "cpu")
-    cached = evaluate.base_judgement(model, labels, sample, judge, path())
-    assert Path(path()).is_file()
-    again = evaluate.base_judgement(model, labels, sample, judge, path())
-    two = [Share.of(evaluate.sample_chunks(model, labels, config, list(range(r, 6, 2)), judge)) for r in range(2)]
+    assert path(EvalConfig(**{**config.__dict__, "n_forget_samples": 7, "fid_resamples": 3})) == path()
+
+
+def test_the_base_model_is_judged_a_class_at_a_time_and_once(tiny_assets, tmp_path):
+    """Runs forgetting 0, then 1, then [0, 1] sample each (class, count) of the base model once; what
+    the cache gives is bit for bit what sampling on one or two workers gives."""
+    model = _model(tiny_assets)
+    config = EvalConfig(n_forget_samples=3, n_retain_per_class=2, batch_size=4, sample_steps=3)
+    judge = _judge(tiny_assets)
+    sampler = CountingSampler(config, "cpu")
+    sampler.asked = []
+    cache = lambda label, n: evaluate.base_cache_path(str(tmp_path), "m", label, n, config, "cpu", "j")  # noqa: E731
+    judged = {}
+    for forget in (0, 1, [0, 1]):
+        labels = evaluate.eval_labels(10, forget, config)
+        judged[str(forget)] = evaluate.base_judgement(model, labels, sampler, judge, cache)
+    assert sampler.asked == [
+        [0] * 3 + [c for c in range(1, 10) for _ in range(2)],  # forget 0: everything
+        [1] * 3 + [0] * 2,  # forget 1: class 1 as forgotten, class 0 as retained; the rest was cached
+    ]  # forget [0, 1]: all cached, nothing sampled
+    assert len(list(tmp_path.glob("judged-base-*.safetensors"))) == 12  # 0 and 1 at 3 and at 2; 2-9 at 2
+    labels = evaluate.eval_labels(10, 1, config)
+    n = evaluate.num_chunks(labels, config)
+    two = [Share.of(evaluate.sample_chunks(model, labels, config, list(range(r, n, 2)), judge)) for r in range(2)]
     split = evaluate.judge_labels(model, labels, config, judge, 0, 2, lambda mine: two)
-    for other in (again, split):
-        assert other.rows.keys() == cached.rows.keys() and other.sums.keys() == cached.sums.keys()
-        for k in cached.rows:  # bit for bit; a chunk with under 2 retained samples has no KID (nan)
-            torch.testing.assert_close(other.rows[k], cached.rows[k], rtol=0, atol=0, equal_nan=True)
-        assert all(torch.allclose(other.sums[k], cached.sums[k], rtol=1e-12) for k in cached.sums)
+    for k, cached in judged["1"].rows.items():  # bit for bit
+        torch.testing.assert_close(split.rows[k], cached, rtol=0, atol=0)
+    assert torch.equal(judged["[0, 1]"].rows["logits"][:3], judged["0"].rows["logits"][:3])
 
 
 def test_a_judge_sees_the_classifier_and_the_fid_features(tiny_assets):
     """The judge's identity (part of the base cache key) changes with what scores the samples."""
-    labels = evaluate.eval_labels(10, 0, EvalConfig())
-    judge = _judge(tiny_assets, labels)
+    judge = _judge(tiny_assets)
     cfg = tiny_config(tiny_assets)
-    assert evaluate.judge_id(cfg, judge) == evaluate.judge_id(cfg, _judge(tiny_assets, labels))
+    assert evaluate.judge_id(cfg, judge) == evaluate.judge_id(cfg, _judge(tiny_assets))
     assert evaluate.judge_id(replace(cfg, classifier=None), judge) != evaluate.judge_id(cfg, judge)
 
 

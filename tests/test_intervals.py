@@ -90,3 +90,25 @@ def test_the_report_pairs_methods_sample_by_sample_and_stars_what_holds():
     assert table.loc["classes paired", "salun"] == "2 classes"
     other_samples = df.assign(sample_label=[r[::-1] for r in df["sample_label"]])
     assert paired_table(pd.concat([df.iloc[:2], other_samples.iloc[2:]])) is None  # different samples never pair
+
+
+def test_fid_interval_resamples_within_classes_around_the_point_value():
+    from safemax_ray.core.intervals import frechet_interval
+    from safemax_ray.core.metrics import feature_sums, frechet_from_sums
+
+    g = torch.Generator().manual_seed(0)
+    real = feature_sums(torch.randn(400, 4, generator=g, dtype=torch.float64))
+    # Each class's samples all alike: any resample within classes is the same set, so the interval is
+    # the point; resampling across classes would change the mix and the FID.
+    alike = torch.cat([torch.full((30, 4), 0.5), torch.full((20, 4), -1.0)]).double()
+    strata = torch.tensor([0] * 30 + [1] * 20)
+    point = frechet_from_sums(real, feature_sums(alike))
+    lo, hi = frechet_interval(real, alike, strata, resamples=50)
+    assert lo == pytest.approx(point, abs=1e-6) and hi == pytest.approx(point, abs=1e-6)
+    fake = torch.randn(300, 4, generator=g, dtype=torch.float64) * 1.2 + 0.3
+    strata = torch.arange(300) % 3
+    point = frechet_from_sums(real, feature_sums(fake))
+    lo, hi = frechet_interval(real, fake, strata, resamples=400)
+    assert lo < point < hi and hi - lo < point
+    assert (lo, hi) == frechet_interval(real, fake, strata, resamples=400)  # a fixed seed
+    assert all(math.isnan(v) for v in frechet_interval(real, fake, strata, resamples=0))

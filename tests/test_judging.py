@@ -63,22 +63,25 @@ def _one_place(images, labels, forget, classifier, data, threshold):
 
 @pytest.mark.parametrize("chunk", [7, 16, 200])
 def test_chunks_judged_apart_give_the_figures_of_scoring_every_image_at_once(tiny_assets, chunk):
-    cfg = UnlearnConfig(forget_class=[2, 5], classifier=tiny_assets[1], eval=EvalConfig(n_forget_samples=12))
+    cfg = UnlearnConfig(
+        forget_class=[2, 5], classifier=tiny_assets[1], eval=EvalConfig(n_forget_samples=12, batch_size=chunk)
+    )
     data = load_dataset("digits")
     labels = evaluate.eval_labels(10, cfg.forget_classes(), cfg.eval)
     # Stand-ins for samples: real digits of each label, half of them drowned in noise.
     g = torch.Generator().manual_seed(1)
     images = torch.stack([data.images[data.labels == c][i % 20] for i, c in enumerate(labels.tolist())])
     images[::2] = (images[::2] + torch.randn(images[::2].shape, generator=g)).clamp(-1, 1)
-    judge = evaluate.class_judge(cfg, data, labels, CPU)
-    index = torch.arange(len(labels))
-    shares = [Share.of({c: judge(images[part], part)}) for c, part in enumerate(index.split(chunk))]
+    judge = evaluate.class_judge(cfg, data, CPU)
+    plan = evaluate.chunks_of(labels, cfg.eval)
+    shares = [Share.of({c: judge(images[ch.start : ch.stop], ch)}) for c, ch in enumerate(plan)]
     judged = assemble(shares[::-1])  # the shares arrive in any order
-    real_sums = judge.fid_sums(data.images[~torch.isin(data.labels, torch.tensor([2, 5]))])
-    figures = evaluate.result(judged, judge, real_sums, "classifier")
+    real = evaluate.Reference.of(judge, data, [2, 5])
+    figures = evaluate.result(judged, labels, [2, 5], real, "classifier", cfg.eval)
     expected = _one_place(images, labels, [2, 5], judge.classifier, data, judge.noise_threshold)
     for name, value in expected.items():
-        assert getattr(figures, name) == pytest.approx(value, rel=1e-6, abs=1e-6), name
+        assert getattr(figures, name) == pytest.approx(value, rel=1e-5, abs=1e-5), name
+    assert figures.intervals["fid"][0] < figures.fid < figures.intervals["fid"][1]
     # Only the grid's images travel: each class's first 10 samples, in sample order.
     assert judged.rows["grid_labels"].tolist() == [c for c in [2, 5, 0, 1, 3, 4, 6, 7, 8, 9] for _ in range(10)]
     grid_index = torch.cat([(labels == c).nonzero().squeeze(1)[:10] for c in [2, 5, 0, 1, 3, 4, 6, 7, 8, 9]])
@@ -86,11 +89,36 @@ def test_chunks_judged_apart_give_the_figures_of_scoring_every_image_at_once(tin
 
 
 def test_a_judgement_survives_the_cache_format():
-    judged = Judgement({"logits": torch.randn(5, 3), "noise": torch.rand(5) < 0.5}, {"fid_sum": torch.ones(3)})
+    judged = Judgement({"logits": torch.randn(5, 3), "noise": torch.rand(5) < 0.5, "features": torch.randn(5, 4)})
     back = Judgement.from_tensors(judged.tensors())
-    assert back.rows.keys() == judged.rows.keys() and back.sums.keys() == judged.sums.keys()
+    assert back.rows.keys() == judged.rows.keys()
     assert all(torch.equal(back.rows[k], judged.rows[k]) for k in judged.rows)
-    assert torch.equal(back.sums["fid_sum"], judged.sums["fid_sum"])
+
+
+def test_kid_over_subsets_is_torchmetrics_kid():
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from safemax_ray.core.metrics import kid
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(50, 8, generator=g), 0.7 * torch.randn(40, 8, generator=g) + 0.2
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    # torchmetrics draws its subsets from the global generator, in its own order: compare what the
+    # subsets estimate, over many of them.
+    torch.manual_seed(0)
+    many = KernelInceptionDistance(feature=Identity(), subsets=2000, subset_size=30, sync_on_compute=False)
+    many.update(real, real=True)
+    many.update(fake, real=False)
+    theirs_mean, theirs_std = (float(v) for v in many.compute())
+    ours_mean, ours_std = kid(fake, real, subsets=2000, subset_size=30)
+    assert ours_mean == pytest.approx(theirs_mean, rel=0.02) and ours_std == pytest.approx(theirs_std, rel=0.1)
+    assert kid(fake, real, subsets=7, subset_size=30) == kid(fake, real, subsets=7, subset_size=30)  # fixed seed
+    assert kid(fake, real[:40], subset_size=1000)[1] < 1e-12  # subsets as large as both sides: all, every time
+    assert math.isnan(kid(fake[:1], real)[0])
 
 
 def test_kid_is_torchmetrics_unbiased_mmd_and_tells_distributions_apart():

@@ -21,9 +21,13 @@ def test_the_paper_protocol_plan_counts_every_row(monkeypatch):
     assert safemax.eval_rows == (500 + 9 * 5000) * 1000 * 2  # guided: two rows per image and step
     assert salun.setup_rows == (2 * 5000, 0)  # the saliency over the class's 5000 images
     assert sa.setup_rows == (5000 * 1000, 5000 * 1000 * 2) and sa.setup_key  # Fisher: 500 a class, all t
-    # SA's set-up is charged once for the ten classes, the base samples once per class.
+    # SA's set-up is charged once for the ten classes; the base model's samples of a class once for each
+    # sample count it is judged at (500 forgotten, 5000 retained): 55,000 images, not 10 x 45,500.
     shared = plan.shared()
-    assert len(shared) == 1 + 10
+    assert len(shared) == 1 + 20
+    base = sum({key: rows for r in plan.runs for key, rows in r.base.items()}.values())
+    assert base == 10 * (500 + 5000) * 1000 * 2
+    assert plan.gpu_hours() <= 46
     expected_ms = sum(r.run_ms for r in plan.runs) + sum(shared.values()) + 10 * 2 * 5000 * TRAIN_ROW_MS
     assert plan.gpu_hours() == pytest.approx(expected_ms / 3.6e6)
     assert plan.gpu_hours() / 8 <= plan.wall_hours() <= plan.gpu_hours()
@@ -45,3 +49,19 @@ def test_compare_batch_and_tune_print_the_plan_and_stop(monkeypatch, capsys):
     assert main(["tune", "--config", "tune_configs/digits.yaml", "--plan", "--gpus", "2"]) == 0
     assert "on 2 GPU(s)" in " ".join(capsys.readouterr().out.split())
     assert main(["compare", "--classes", "0", "--plan", "--gpus", "0"]) == 2
+
+
+def test_a_screened_study_plans_its_screen_and_its_rejudged_trials(monkeypatch, capsys):
+    monkeypatch.chdir(__import__("pathlib").Path(__file__).parent.parent)
+    from safemax_ray.drivers.tune import load_tune_config
+
+    cfg = load_tune_config("tune_configs/cifar10.yaml")
+    screened = plan_runs(cfg.planned_trials(), 8, cfg.planned_rejudges())
+    full = plan_runs(cfg.planned_trials(screened=False), 8)
+    (trial, *_), rejudges = screened.runs, [r for r in screened.runs if r.method == "re-judge"]
+    assert trial.eval_rows == (200 + 9 * 500) * 100 * 2 and len(rejudges) == cfg.screen.rejudge == 4
+    assert rejudges[0].eval_rows == full.runs[0].eval_rows and rejudges[0].train_rows == (0, 0)
+    assert screened.gpu_hours() < full.gpu_hours() / 3
+    assert main(["tune", "--config", "tune_configs/cifar10.yaml", "--plan", "--gpus", "8"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "re-judge 4" in out and f"without the screen: {full.gpu_hours():.2f} GPU-hours" in out

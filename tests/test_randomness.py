@@ -26,7 +26,9 @@ def test_steps_and_chunks_get_distinct_replayable_streams():
 
     assert torch.equal(draw(step_generator(0, 5)), draw(step_generator(0, 5)))
     assert not torch.equal(draw(step_generator(0, 5)), draw(step_generator(0, 6)))
-    assert not torch.equal(draw(step_generator(0, 5)), draw(chunk_generator(0, 5)))
+    assert not torch.equal(draw(step_generator(0, 5)), draw(chunk_generator(0, 5, 0)))
+    assert not torch.equal(draw(chunk_generator(0, 5, 0)), draw(chunk_generator(0, 5, 1)))
+    assert not torch.equal(draw(chunk_generator(0, 5, 0)), draw(chunk_generator(0, 6, 0)))
 
 
 def test_choice_stays_in_the_pool():

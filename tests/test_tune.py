@@ -65,6 +65,10 @@ def test_the_pareto_search_tries_the_given_point_first_and_keeps_three_objective
         ({"search": {"method.null_drop": {"low": 0.0, "high": 0.5}}}, "search.method.null_drop cannot be searched"),
         ({"search": {"method.target": {"choices": []}}}, "non-empty choices"),
         ({"asha": {"enabled": True}, "objective": "pareto"}, "ASHA"),
+        ({"screen": {"rejudge": 1}}, "screen.rejudge must be between 2"),
+        ({"screen": {"rejudge": 3}}, r"budget.num_samples \(2\)"),
+        ({"screen": {"sample_steps": 0, "rejudge": 2}}, "eval.sample_steps must be >= 1"),
+        ({"screen": {"rejudge": 2}, "objective": "pareto"}, "screen: needs objective: score"),
     ],
 )
 def test_bad_tune_config_is_refused_by_name(tiny_assets, tmp_path, change, message):
@@ -127,6 +131,41 @@ def test_asha_stops_the_weaker_trial_at_its_first_rung(ray_session, tmp_path):
     assert result.best_metrics["score"] == pytest.approx(df.score.max())  # objective: score
     best = load_unlearn_config(result.best_config_path)
     assert best.forget_class == 3 and best.lr == 3e-3 and best.options().lam == 0.5
+
+
+@pytest.mark.slow  # a study of three trials on Ray, two of them judged again
+def test_a_screened_study_rejudges_its_best_trials_and_prints_their_rank_agreement(ray_session, tmp_path):
+    """Trials judged with 4 sampling steps; the best two by that score judged again with the full
+    10-step evaluation: their rows carry the full judgement, the best is chosen among them."""
+    path = tmp_path / "tune.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "study": "screened",
+                "forget_class": 3,
+                "results_dir": str(tmp_path),
+                "search": {"lr": {"choices": [3e-3, 1e-3, 1e-9]}},
+                "points_to_evaluate": [{"lr": 3e-3}, {"lr": 1e-9}, {"lr": 1e-3}],
+                "budget": {"num_samples": 3, "max_concurrent": 1, "workers_per_trial": 1},
+                "screen": {"sample_steps": 4, "n_forget_samples": 4, "rejudge": 2},
+                "run": {
+                    "iterations": 4,
+                    "batch_size": 16,
+                    "eval": {"n_forget_samples": 8, "n_retain_per_class": 2, "sample_steps": 10},
+                    "ray": {"checkpoint_every": 4},
+                },
+            }
+        )
+    )
+    result = tune(load_tune_config(path))
+    df = read_dataframe(str(tmp_path)).sort_values("score", ascending=False)
+    assert len(df) == 3 and sorted(df.sample_steps) == [4, 10, 10]
+    full = df[df.sample_steps == 10]
+    assert (full.n_forget_samples == 8).all() and (df[df.sample_steps == 4].n_forget_samples == 4).all()
+    assert df[df.sample_steps == 4].lr.tolist() == [3e-3]  # at 4 steps the worst, so not judged again
+    assert abs(result.rank_agreement) == pytest.approx(1.0)  # two trials: ranked right (1) or wrong (-1)
+    assert result.best_metrics["score"] == pytest.approx(full.score.max())
+    assert load_unlearn_config(result.best_config_path).eval.sample_steps == 10  # the full evaluation
 
 
 @pytest.mark.parametrize("method", ["safemax", "salun", "sa", "erasediff", "sfron"])

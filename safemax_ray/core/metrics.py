@@ -4,8 +4,8 @@ UA    = 100 - percent of forget-class samples the classifier labels as the forge
 H     = mean natural-log entropy of the classifier's softmax on forget-class samples (max ln K).
 FID   = Frechet distance between features of retained-class samples and real retained-class images,
         from feature sums that add across chunks (so no process needs every image).
-KID   = unbiased squared MMD (cubic polynomial kernel) between the same features, per chunk against a
-        fixed set of real images; its mean and standard deviation over chunks.
+KID   = unbiased squared MMD (cubic polynomial kernel) between the same features, over random subsets
+        of both sides (torchmetrics' way); its mean and standard deviation over the subsets.
 """
 
 from __future__ import annotations
@@ -64,22 +64,41 @@ def kid_mmd(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(within_x + within_y - 2 * k_xy.mean())
 
 
+def moments(sums: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and the (unbiased) covariance of a feature set given by `feature_sums`."""
+    n = sums["fid_count"]
+    if n < 2:
+        raise ValueError(f"FID needs at least 2 samples on each side, got {int(n)}")
+    mean = sums["fid_sum"] / n
+    return mean, (sums["fid_outer"] - n * torch.outer(mean, mean)) / (n - 1)
+
+
 def frechet_from_sums(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor]) -> float:
     """The Frechet distance between two feature sets given by `feature_sums` (added over any chunks);
     the same arithmetic as torchmetrics' FrechetInceptionDistance.compute."""
-
-    def moments(s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        n = s["fid_count"]
-        if n < 2:
-            raise ValueError(f"FID needs at least 2 samples on each side, got {int(n)}")
-        mean = s["fid_sum"] / n
-        return mean, (s["fid_outer"] - n * torch.outer(mean, mean)) / (n - 1)
-
     (mu1, sigma1), (mu2, sigma2) = moments(real), moments(fake)
     a = (mu1 - mu2).square().sum()
     b = sigma1.trace() + sigma2.trace()
     c = torch.linalg.eigvals(sigma1 @ sigma2).sqrt().real.sum()
     return float(a + b - 2 * c)
+
+
+def kid(
+    fake: torch.Tensor, real: torch.Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """KID as torchmetrics' KernelInceptionDistance computes it: `kid_mmd` of `subsets` random pairs of
+    subsets of `subset_size` fake and real features (fewer where a side has fewer), drawn without
+    replacement with a fixed seed; their mean and standard deviation. nan for fewer than 2 on a side."""
+    size = min(subset_size, len(fake), len(real))
+    if size < 2:
+        return float("nan"), float("nan")
+    g = torch.Generator().manual_seed(seed)
+
+    def subset(features: torch.Tensor) -> torch.Tensor:
+        return features[torch.randperm(len(features), generator=g)[:size]]
+
+    scores = torch.tensor([kid_mmd(subset(fake), subset(real)) for _ in range(subsets)], dtype=torch.float64)
+    return float(scores.mean()), float(scores.std(unbiased=False))
 
 
 class InceptionFeatures(nn.Module):

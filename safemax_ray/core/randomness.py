@@ -2,8 +2,10 @@
 
 Training step s draws its whole global batch from one generator seeded by (seed, s); every rank draws the
 global tensor and keeps its own rows, so 1 or N workers see the same numbers and a resumed run redraws
-exactly what the uninterrupted run drew, with no generator state to save. Evaluation chunk c is sampled
-from a generator seeded by (eval seed, c), so any split of the chunks over workers gives the same images.
+exactly what the uninterrupted run drew, with no generator state to save. An evaluation's samples of
+class k come in chunks, the j-th sampled from a generator seeded by (eval seed, k, j), so any split of
+the chunks over workers gives the same images, and a class's samples are the same whichever other
+classes an evaluation draws.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> 
     return seeded_generator(device, 1, seed, step)
 
 
-def chunk_generator(seed: int, chunk: int, device: torch.device | str = "cpu") -> torch.Generator:
-    return seeded_generator(device, 2, seed, chunk)
+def chunk_generator(seed: int, label: int, part: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return seeded_generator(device, 3, seed, label, part)
 
 
 @dataclass

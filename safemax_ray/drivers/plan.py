@@ -4,8 +4,8 @@ For each run: the UNet rows of training, of the method's set-up and of the evalu
 through the UNet; guided sampling pushes two per image and step), and projected GPU time from per-row
 figures measured on one H200 (`scripts/bench_gpu.py`: the 38.6M reference CIFAR-10 UNet, bf16,
 compiled, as long evaluations sample by default). A set-up that does not depend on the forget class
-(Selective Amnesia's Fisher) and the base model's evaluation samples (one set per class) are charged
-once, as the cache shares them.
+(Selective Amnesia's Fisher) and the base model's evaluation samples (one set per class and sample
+count: engine/evaluate.py) are charged once, as the cache shares them.
 
 The wall time on N GPUs is a list schedule: the shared set-ups first, then the runs, longest first, each
 on the GPU that frees up first (a run trains and is evaluated on one GPU; spreading a run's evaluation
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from safemax_ray.config import UnlearnConfig
+from safemax_ray.engine import evaluate
 from safemax_ray.methods import get_method
 
 # scripts/bench_gpu.py on one H200, 2026-12-04 (the 38.6M reference layout; 65.2 and 67.0 ms in two runs).
@@ -40,8 +41,7 @@ class RunPlan:
     eval_rows: int
     setup_rows: tuple[int, int]
     setup_key: str | None  # shared set-ups have a key; the run that starts first computes it
-    base_key: str  # the base model's samples for this run's labels: computed once per key
-    base_rows: int
+    base: dict[str, int]  # the base model's samples of each class this run judges: key -> rows, once per key
 
     @property
     def run_ms(self) -> float:
@@ -57,7 +57,7 @@ class Plan:
     def shared(self) -> dict[str, float]:
         """ms of each distinct shared set-up, and of each distinct base-sample set."""
         out = {r.setup_key: _ms(r.setup_rows) for r in self.runs if r.setup_key}
-        out.update({r.base_key: r.base_rows * FORWARD_ROW_MS for r in self.runs})
+        out.update({key: rows * FORWARD_ROW_MS for r in self.runs for key, rows in r.base.items()})
         return out
 
     def gpu_hours(self) -> float:
@@ -77,38 +77,42 @@ def _ms(rows: tuple[int, int]) -> float:
     return rows[0] * TRAIN_ROW_MS + rows[1] * FORWARD_ROW_MS
 
 
-def plan_runs(configs: list[UnlearnConfig], gpus: int = 1) -> Plan:
-    """The cost of `configs` (class runs), from their settings alone: no file has to exist."""
+def plan_runs(configs: list[UnlearnConfig], gpus: int = 1, evaluations: list[UnlearnConfig] = ()) -> Plan:
+    """The cost of `configs` (class runs), and of `evaluations` (judging a trained run again, as a
+    study's screen re-judges its best trials), from their settings alone: no file has to exist."""
     notes: set[str] = set()
-    runs = []
     read: dict[tuple, tuple[int, int, int]] = {}  # the runs of a plan share a few models and datasets
-    for cfg in configs:
-        method = get_method(cfg.method)
-        options = cfg.options()
-        where = (cfg.model, cfg.dataset, cfg.data_root, cfg.image_size)
-        if where not in read:
-            read[where] = _model_and_data(cfg, notes)
-        timesteps, num_classes, per_class = read[where]
-        steps = cfg.eval.sample_steps or timesteps
-        forget = cfg.forget_classes()
-        labels = cfg.eval.n_forget_samples * len(forget) + cfg.eval.n_retain_per_class * (num_classes - len(forget))
-        grad, fwd = method.step_rows(options, cfg.batch_size, per_class * len(forget))
-        eval_rows = labels * steps * 2
-        runs.append(
-            RunPlan(
-                label=f"{cfg.method} class {cfg.forget_label()}",
-                method=cfg.method,
-                train_rows=(grad * cfg.iterations, fwd * cfg.iterations),
-                eval_rows=eval_rows,
-                setup_rows=method.setup_rows(options, per_class * len(forget), num_classes, steps, timesteps),
-                setup_key=None
-                if method.SETUP_DEPENDS_ON_CLASS
-                else json.dumps([cfg.method, cfg.model, vars(options)], sort_keys=True, default=str),
-                base_key=json.dumps([cfg.model, forget, vars(cfg.eval)], sort_keys=True, default=str),
-                base_rows=eval_rows,
-            )
-        )
+    runs = [_run_plan(cfg, read, notes) for cfg in configs]
+    runs += [_run_plan(cfg, read, notes, evaluation_only=True) for cfg in evaluations]
     return Plan(runs, gpus, sorted(notes))
+
+
+def _run_plan(cfg: UnlearnConfig, read: dict, notes: set[str], evaluation_only: bool = False) -> RunPlan:
+    method = get_method(cfg.method)
+    options = cfg.options()
+    where = (cfg.model, cfg.dataset, cfg.data_root, cfg.image_size)
+    if where not in read:
+        read[where] = _model_and_data(cfg, notes)
+    timesteps, num_classes, per_class = read[where]
+    steps = cfg.eval.sample_steps or timesteps
+    forget = cfg.forget_classes()
+    counts = {c: cfg.eval.n_forget_samples if c in forget else cfg.eval.n_retain_per_class for c in range(num_classes)}
+    grad, fwd = method.step_rows(options, cfg.batch_size, per_class * len(forget))
+    noise = evaluate.noise_settings(cfg.eval)
+    trains = 0 if evaluation_only else cfg.iterations
+    return RunPlan(
+        label=f"{cfg.method} class {cfg.forget_label()}",
+        method="re-judge" if evaluation_only else cfg.method,
+        train_rows=(grad * trains, fwd * trains),
+        eval_rows=sum(counts.values()) * steps * 2,
+        setup_rows=(0, 0)
+        if evaluation_only
+        else method.setup_rows(options, per_class * len(forget), num_classes, steps, timesteps),
+        setup_key=None
+        if method.SETUP_DEPENDS_ON_CLASS or evaluation_only
+        else json.dumps([cfg.method, cfg.model, vars(options)], sort_keys=True, default=str),
+        base={json.dumps([cfg.model, c, n, noise], sort_keys=True): n * steps * 2 for c, n in counts.items()},
+    )
 
 
 def _model_and_data(cfg: UnlearnConfig, notes: set[str]) -> tuple[int, int, int]:
@@ -145,9 +149,9 @@ def describe(plan: Plan) -> list[str]:
         evals = sum(r.eval_rows for r in mine)
         hours = (sum(r.run_ms for r in mine) + sum(_ms(r.setup_rows) for r in setups)) / 3.6e6
         lines.append(f"{method:<10}{len(mine):>6}{train:>14.3g}{setup:>14.3g}{evals:>14.3g}{hours:>9.1f}")
-    bases = {r.base_key: r.base_rows for r in plan.runs}
+    bases = {key: rows for r in plan.runs for key, rows in r.base.items()}  # a class's samples, once
     lines.append(
-        f"{'base':<10}{len(bases):>6}{'':>14}{'':>14}{sum(bases.values()):>14.3g}"
+        f"{'base sets':<10}{len(bases):>6}{'':>14}{'':>14}{sum(bases.values()):>14.3g}"
         f"{sum(bases.values()) * FORWARD_ROW_MS / 3.6e6:>9.1f}"
     )
     total, wall = plan.gpu_hours(), plan.wall_hours()

@@ -11,8 +11,13 @@ the next point from the finished trials' final figures, starting from the paper'
 front over (UA up, H up, FID down). ASHA can stop weak trials early on the score; intermediate reports
 then carry a cheap probe score (small forget and retained samples, no FID term).
 
-Afterwards every trial becomes a Parquet row (with trial_id, study, score, pareto) and the best
-configuration is written as a YAML file that `safemax-ray unlearn --config` accepts.
+A study may judge its trials with a cheaper screen (`screen:` fewer samples and/or sampling steps); its
+best `screen.rejudge` trials are then judged again with the full evaluation, the study prints how well
+the screen ranked them (Spearman's rho against the full judgement), and the best is chosen among them.
+
+Afterwards every trial becomes a Parquet row (with trial_id, study, score, pareto; a row's evaluation
+settings say whether the screen or the full evaluation judged it) and the best configuration is
+written as a YAML file that `safemax-ray unlearn --config` accepts.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import yaml
 from rich.console import Console
 
 from safemax_ray import storage
-from safemax_ray.config import UnlearnConfig
+from safemax_ray.config import EvalConfig, UnlearnConfig
 from safemax_ray.core.objective import PARETO_OBJECTIVES, pareto_mask
 from safemax_ray.drivers.finish import finish_run
 from safemax_ray.drivers.preflight import preflight
@@ -106,6 +111,28 @@ class AshaSettings:
 
 
 @dataclass
+class ScreenSettings:
+    """A cheaper judgement for the trials: what it changes of the run's `eval` settings, and how many of
+    the best trials are judged again with the full evaluation."""
+
+    n_forget_samples: int | None = None
+    n_retain_per_class: int | None = None
+    sample_steps: int | None = None
+    rejudge: int = 3
+
+    def applied(self, settings: EvalConfig) -> EvalConfig:
+        fields = ("n_forget_samples", "n_retain_per_class", "sample_steps")
+        return replace(settings, **{k: getattr(self, k) for k in fields if getattr(self, k) is not None})
+
+    def validate(self, num_samples: int) -> None:
+        if not 2 <= self.rejudge <= num_samples:
+            raise SafemaxError(
+                f"screen.rejudge must be between 2 (a rank agreement needs two trials) and "
+                f"budget.num_samples ({num_samples}), got {self.rejudge}"
+            )
+
+
+@dataclass
 class TuneConfig:
     """A search, as written in tune_configs/*.yaml."""
 
@@ -120,6 +147,7 @@ class TuneConfig:
     budget: Budget = field(default_factory=Budget)
     asha: AshaSettings = field(default_factory=AshaSettings)
     run: dict[str, Any] = field(default_factory=dict)  # UnlearnConfig settings shared by every trial
+    screen: ScreenSettings | None = None  # None: every trial judged with the run's full evaluation
 
     def validate(self) -> None:
         if self.objective not in ("score", "pareto"):
@@ -148,7 +176,11 @@ class TuneConfig:
         for key in ("forget_class", "results_dir", "study", *(k for k in self.search if k in RUN_PARAMS)):
             if key in self.run:
                 raise SafemaxError(f"run.{key} is set by the search itself; set it at the top level or in search")
-        trial = self.trial_config(self.first_point())
+        if self.screen is not None:
+            if self.objective != "score":
+                raise SafemaxError("screen: needs objective: score (the re-judged trials are the best by score)")
+            self.screen.validate(self.budget.num_samples)
+        trial = self.trial_config(self.first_point(), screened=True)
         trial.require_classes("tune trials")
         trial.validate()
 
@@ -158,14 +190,21 @@ class TuneConfig:
             return dict(self.points_to_evaluate[0])
         return {k: (v.choices[0] if v.choices is not None else v.low) for k, v in self.search.items()}
 
-    def planned_trials(self) -> list[UnlearnConfig]:
+    def planned_trials(self, screened: bool = True) -> list[UnlearnConfig]:
         """For `--plan`: every trial at the first point, with the largest iteration count searched."""
-        return [
-            self.trial_config({**self.first_point(), "iterations": _max_iterations(self)})
-        ] * self.budget.num_samples
+        point = {**self.first_point(), "iterations": _max_iterations(self)}
+        return [self.trial_config(point, screened)] * self.budget.num_samples
 
-    def trial_config(self, params: dict[str, Any]) -> UnlearnConfig:
+    def planned_rejudges(self) -> list[UnlearnConfig]:
+        """For `--plan`: the full evaluations of the re-judged trials (none without a screen)."""
+        point = {**self.first_point(), "iterations": _max_iterations(self)}
+        return [self.trial_config(point)] * (self.screen.rejudge if self.screen else 0)
+
+    def trial_config(self, params: dict[str, Any], screened: bool = False) -> UnlearnConfig:
+        """The run a trial at `params` makes; `screened`: judged with the screen, where there is one."""
         cfg = from_dict(UnlearnConfig, dict(self.run), where="run")
+        if screened and self.screen is not None:
+            cfg.eval = self.screen.applied(cfg.eval)
         cfg.forget_class, cfg.study, cfg.results_dir = self.forget_class, self.study, self.results_dir
         for name, value in params.items():
             if name.startswith(METHOD_PREFIX):
@@ -190,6 +229,7 @@ class TuneResult:
     trials: list[dict[str, Any]]  # one Parquet row per finished trial
     results_dir: str
     stopped: dict[str, str] = field(default_factory=dict)  # trial id -> why it has no row
+    rank_agreement: float | None = None  # Spearman's rho of screen and full scores on the re-judged trials
 
 
 def load_tune_config(path: str | Path | None = None, **overrides: Any) -> TuneConfig:
@@ -248,7 +288,7 @@ def _trial(
 
     cfg = from_dict(TuneConfig, tune_cfg)
     outcome = train_and_evaluate(
-        cfg.trial_config(params),
+        cfg.trial_config(params, screened=True),
         name=f"{cfg.study}-{ray.tune.get_context().get_trial_id()}",
         storage_path=storage_path,
         use_gpu=use_gpu,
@@ -323,7 +363,33 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
         if not finished:
             errors = [str(r.error) for r in grid if r.error is not None]
             raise SafemaxError(f"no trial of study {cfg.study} finished; first error: {errors[:1]}")
-        return _record(cfg, finished, grid, results_dir, study_dir, use_gpu, console)
+        cache_dir = storage.join(results_dir, "cache")
+        rejudged = _rejudge(cfg, finished, use_gpu, cache_dir) if cfg.screen else {}
+        return _record(cfg, finished, grid, results_dir, study_dir, use_gpu, console, rejudged)
+
+
+def _rejudge(cfg: TuneConfig, finished, use_gpu: bool, cache_dir: str) -> dict[int, dict[str, Any]]:
+    """The best `screen.rejudge` trials by screen score judged again with the full evaluation, on the
+    cluster: their position in `finished` -> their metrics."""
+    from ray.train import Checkpoint
+
+    from safemax_ray.engine.workloads import workload_for
+    from safemax_ray.ray.evaluation import evaluate_checkpoint
+
+    ranked = sorted(range(len(finished)), key=lambda i: finished[i].metrics["score"], reverse=True)
+    out = {}
+    for i in ranked[: cfg.screen.rejudge]:
+        full = cfg.trial_config({k: finished[i].config[k] for k in cfg.search})
+        checkpoint = Checkpoint(finished[i].metrics["checkpoint_path"])
+        out[i] = evaluate_checkpoint(workload_for(full), checkpoint, dict(finished[i].metrics), use_gpu, cache_dir)
+    return out
+
+
+def rank_agreement(screen: list[float], full: list[float]) -> float:
+    """Spearman's rho between two judgements' scores of the same trials (nan where one is constant)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(screen, full).statistic)
 
 
 def _paths(cfg: UnlearnConfig) -> dict[str, Any]:
@@ -343,34 +409,51 @@ def _local_cpus(cfg: TuneConfig) -> int:
 
 
 def _record(
-    cfg: TuneConfig, finished, grid, results_dir: str, study_dir: str, use_gpu: bool, console: Console
+    cfg: TuneConfig,
+    finished,
+    grid,
+    results_dir: str,
+    study_dir: str,
+    use_gpu: bool,
+    console: Console,
+    rejudged: dict[int, dict[str, Any]],
 ) -> TuneResult:
-    """One Parquet row per finished trial, the Pareto flags, and the best config as YAML."""
+    """One Parquet row per finished trial (a re-judged trial's with its full judgement), the Pareto
+    flags, the screen's rank agreement, and the best config as YAML."""
     from ray.train import Checkpoint
 
     from safemax_ray.ray.run import outcome_of
 
-    points = [[r.metrics[m] for m, _ in PARETO_OBJECTIVES] for r in finished]
+    judged = [rejudged.get(i, r.metrics) for i, r in enumerate(finished)]
+    points = [[m[name] for name, _ in PARETO_OBJECTIVES] for m in judged]
     front = pareto_mask(points, [d for _, d in PARETO_OBJECTIVES])
     rows = []
-    for result, on_front in zip(finished, front, strict=True):
+    for i, (result, metrics, on_front) in enumerate(zip(finished, judged, front, strict=True)):
         params = {k: result.config[k] for k in cfg.search}
         trial_id = result.metrics.get("trial_id") or Path(result.path).name
         run_id = f"{cfg.study}-{trial_id}"
-        outcome = Outcome(Status.FINISHED, result.metrics, Checkpoint(result.metrics["checkpoint_path"]))
+        outcome = Outcome(Status.FINISHED, metrics, Checkpoint(result.metrics["checkpoint_path"]))
         row, _ = finish_run(
-            cfg.trial_config(params),
+            cfg.trial_config(params, screened=i not in rejudged),
             outcome,
             run_id,
             storage.join(results_dir, "models", run_id),
             "cuda" if use_gpu else "cpu",
             trial_id=trial_id,
-            score=float(result.metrics["score"]),
+            score=float(metrics["score"]),
             pareto=bool(on_front),
         )
         rows.append({**row, "params": params})
-    # The best: the highest score (in pareto mode, the highest score on the front).
+    agreement = None
+    if rejudged:
+        agreement = rank_agreement(
+            [finished[i].metrics["score"] for i in rejudged], [m["score"] for m in rejudged.values()]
+        )
+        console.log(f"screen vs full judgement on the {len(rejudged)} re-judged trials: Spearman rho {agreement:.2f}")
+    # The best: the highest score (in pareto mode, on the front; with a screen, of the re-judged trials).
     candidates = [r for r in rows if r["pareto"]] if cfg.objective == "pareto" else rows
+    if rejudged:
+        candidates = [rows[i] for i in rejudged]
     best = max(candidates, key=lambda r: r["score"])
     best_cfg = cfg.trial_config(best["params"])
     best_path = storage.join(study_dir, "best_config.yaml")
@@ -387,4 +470,5 @@ def _record(
         rows,
         results_dir,
         stopped,
+        agreement,
     )

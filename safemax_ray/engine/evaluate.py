@@ -1,12 +1,14 @@
 """Judging a model the paper's way: sample with guidance, classify, compute UA, H, FID and accuracy.
 
-The labels to sample are cut into fixed-size chunks (`eval.batch_size`); chunk c is sampled from a
-generator seeded by (eval seed, c). Workers take whole chunks (rank r takes chunks r, r + N, ...), so one
-worker or many, Train workers or Ray tasks, produce the same images bit for bit, and the base model's
-cached samples always share the unlearned model's noise. Each chunk is judged where it is drawn
-(engine/judging.py) and only its judgement travels. The base model's judgement is cached under a key
-that names everything that fixes it: the model's content, the labels, the evaluation settings, the
-device type and the judge.
+Each class's samples (consecutive in the labels) are cut into fixed-size chunks (`eval.batch_size`);
+chunk j of class k is sampled from a generator seeded by (eval seed, k, j). Workers take whole chunks
+(rank r takes chunks r, r + N, ...), so one worker or many, Train workers or Ray tasks, produce the same
+images bit for bit, the base model's samples share the unlearned model's noise, and a class's samples
+are the same whichever classes are forgotten. Each chunk is judged where it is drawn
+(engine/judging.py) and only its judgement travels. The base model's judgement is cached a class at a
+time, under a key that names everything that fixes it: the model's content, the class and its sample
+count, the evaluation settings, the device type and the judge; so a comparison of ten forget classes
+samples each class of the base model once per role (forgotten, retained), not once per forget class.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from safemax_ray import cache, storage
 from safemax_ray.config import EvalConfig, UnlearnConfig
 from safemax_ray.core.classifier import Classifier, FeatureExtractor, classifier_fingerprint, load_classifier
 from safemax_ray.core.data import ImageData
-from safemax_ray.core.intervals import bootstrap_mean_interval, proportion_interval
+from safemax_ray.core.intervals import bootstrap_mean_interval, frechet_interval, proportion_interval
 from safemax_ray.core.metrics import (
     InceptionFeatures,
     accuracy,
     entropies,
+    feature_sums,
     frechet_from_sums,
+    kid,
     mean_entropy,
     percent,
     unlearning_accuracy,
@@ -40,9 +44,19 @@ from safemax_ray.core.noise import calibrate as calibrate_noise
 from safemax_ray.core.objective import score as objective_score
 from safemax_ray.core.randomness import chunk_generator
 from safemax_ray.core.sampling import default_speed, guided_forward, sample
-from safemax_ray.engine.judging import ChunkJudge, ClassJudge, Judgement, KeepImages, Share, assemble, classify
+from safemax_ray.engine.judging import (
+    GRID_KEYS,
+    Chunk,
+    ChunkJudge,
+    ClassJudge,
+    Judgement,
+    KeepImages,
+    Share,
+    assemble,
+    classify,
+    join,
+)
 
-KID_REFERENCE = 1000  # real images each chunk's KID is measured against (torchmetrics' subset size)
 GatherObjects = Callable[[Any], list[Any]]  # every rank's object, in rank order
 OnStep = Callable[[int, int], None]  # (guided steps done, total) on this rank
 
@@ -54,6 +68,7 @@ class Sampler(Protocol):
     model's cache key therefore names."""
 
     device_type: str
+    world: int  # processes that call it together (each must make the same calls)
 
     def __call__(self, model: DiffusionModel, labels: torch.Tensor, phase: str, judge: ChunkJudge) -> Judgement: ...
 
@@ -79,8 +94,8 @@ class EvalResult:
     ua: float  # %
     entropy: float  # nats
     fid: float
-    kid: float  # KID: mean over chunks of the unbiased squared MMD against fixed real images
-    kid_std: float  # its standard deviation over chunks (torchmetrics' kid_std)
+    kid: float  # KID: mean over random subsets of the unbiased squared MMD (torchmetrics' way)
+    kid_std: float  # its standard deviation over the subsets (torchmetrics' kid_std)
     retain_acc: float  # % of retained-class samples labelled as their class
     fid_features: str  # "classifier" or "inception"
     noise_forget: float  # % of forget-class samples that are noise (core/noise.py: no classifier)
@@ -108,8 +123,27 @@ def eval_labels(num_classes: int, forget: int | list[int], config: EvalConfig) -
     ).long()
 
 
+def class_groups(labels: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(class, start, stop) of each run of one class in `labels`; a class may form one run only."""
+    classes, counts = torch.unique_consecutive(labels, return_counts=True)
+    if len(set(classes.tolist())) < len(classes):
+        raise ValueError("evaluation labels must list each class's samples together")
+    stops = counts.cumsum(0).tolist()
+    return [(int(c), stop - int(n), stop) for c, n, stop in zip(classes, counts, stops, strict=True)]
+
+
+def chunks_of(labels: torch.Tensor, config: EvalConfig) -> list[Chunk]:
+    """The sampling chunks of `labels`: each class's samples cut into chunks of `eval.batch_size`."""
+    size = config.batch_size
+    return [
+        Chunk(label, offset // size, start + offset, min(start + offset + size, stop), offset)
+        for label, start, stop in class_groups(labels)
+        for offset in range(0, stop - start, size)
+    ]
+
+
 def num_chunks(labels: torch.Tensor, config: EvalConfig) -> int:
-    return math.ceil(len(labels) / config.batch_size)
+    return len(chunks_of(labels, config))
 
 
 def sample_chunks(
@@ -121,7 +155,7 @@ def sample_chunks(
     on_step: OnStep | None = None,
 ) -> dict[int, Judgement]:
     """The judgement of each of the given chunks of `labels` (their images, by default), each chunk
-    drawn from its own (eval seed, chunk) generator and judged on the model's device."""
+    drawn from its own (eval seed, class, part) generator and judged on the model's device."""
     device = next(model.unet.parameters()).device
     judge = (judge or KeepImages()).to(device)
     steps = config.sample_steps or model.num_train_timesteps
@@ -134,14 +168,14 @@ def sample_chunks(
         if on_step is not None:
             on_step(done, total)
 
-    out = {}
+    plan, out = chunks_of(labels, config), {}
     for c in chunks:
-        index = torch.arange(c * config.batch_size, min((c + 1) * config.batch_size, len(labels)))
-        generator = chunk_generator(config.seed, c, device)
+        chunk = plan[c]
+        generator = chunk_generator(config.seed, chunk.label, chunk.part, device)
         images = sample(
             model.unet,
             model.scheduler,
-            labels[index],
+            labels[chunk.start : chunk.stop],
             model.null_label,
             generator,
             config.guidance,
@@ -151,7 +185,7 @@ def sample_chunks(
             eta=config.eta,
             forward=forward,
         )
-        out[c] = judge(images, index)
+        out[c] = judge(images, chunk)
     return out
 
 
@@ -187,44 +221,53 @@ def sample_labels(
     return judge_labels(model, labels, config, KeepImages(), rank, world, gather).rows["images"]
 
 
-def class_judge(cfg: UnlearnConfig, data: ImageData, labels: torch.Tensor, device: torch.device) -> ClassJudge:
+def class_judge(cfg: UnlearnConfig, data: ImageData, device: torch.device) -> ClassJudge:
     """The judge of a class run's samples: its classifier, the FID features (Inception where
     `eval.fid_weights` names the weights, else the classifier's own) and the dataset's noise threshold."""
     classifier = load_eval_classifier(cfg, data.num_classes)
     features = InceptionFeatures(cfg.eval.fid_weights) if cfg.eval.fid_weights else FeatureExtractor(classifier)
-    threshold = calibrate_noise(data.images)
-    forget = cfg.forget_classes()
-    kid_real = kid_real_images(data, forget)
-    return ClassJudge(classifier, features, labels, forget, threshold, kid_real).to(device)
-
-
-def kid_real_images(data: ImageData, forget: list[int]) -> torch.Tensor:
-    """The real retained-class images KID compares every chunk with: KID_REFERENCE of them (all, if
-    fewer), chosen with a fixed seed, so every run of the same data uses the same ones."""
-    retained = (~torch.isin(data.labels.cpu(), torch.tensor(forget))).nonzero().squeeze(1)
-    pick = torch.randperm(len(retained), generator=torch.Generator().manual_seed(0))[:KID_REFERENCE]
-    return data.images.cpu()[retained[pick.sort().values]]
+    return ClassJudge(classifier, features, calibrate_noise(data.images)).to(device)
 
 
 def judge_id(cfg: UnlearnConfig, judge: ClassJudge) -> str:
     """What fixes a judgement besides the samples: the classifier, the FID features and the threshold."""
     fid = content_hash([cfg.eval.fid_weights]) if cfg.eval.fid_weights else "classifier"
-    kid = f"kid{len(judge.kid_real)}"
-    return json.dumps([classifier_fingerprint(cfg.classifier), fid, judge.noise_threshold, judge.grid_per_class, kid])
+    return json.dumps([classifier_fingerprint(cfg.classifier), fid, judge.noise_threshold, judge.grid_per_class])
 
 
-def result(judged: Judgement, judge: ClassJudge, real_sums: dict[str, torch.Tensor], features: str) -> EvalResult:
-    """UA (% of forget samples not labelled as their class), H, FID and accuracy on the rest, noise rates."""
-    labels, logits, noise = judge.labels, judged.rows["logits"], judged.rows["noise"]
-    is_forget = torch.isin(labels, torch.tensor(judge.forget))
-    kids = judged.rows["kid"][~judged.rows["kid"].isnan()]  # chunks with 2+ retained samples
+@dataclass
+class Reference:
+    """The real retained-class images' FID features: their sums (FID) and the features (KID)."""
+
+    features: torch.Tensor
+    sums: dict[str, torch.Tensor]
+
+    @classmethod
+    def of(cls, judge: ClassJudge, data: ImageData, forget: list[int]) -> Reference:
+        retained = ~torch.isin(data.labels, torch.tensor(forget, device=data.labels.device))
+        features = judge.features_of(data.images[retained].cpu()).cpu()
+        return cls(features, feature_sums(features))
+
+
+def result(
+    judged: Judgement, labels: torch.Tensor, forget: list[int], real: Reference, features: str, config: EvalConfig
+) -> EvalResult:
+    """UA (% of forget samples not labelled as their class), H, FID, KID and accuracy on the rest, noise
+    rates, and their intervals."""
+    logits, noise = judged.rows["logits"], judged.rows["noise"]
+    is_forget = torch.isin(labels, torch.tensor(forget))
+    fake = judged.rows["features"][~is_forget].double()
+    kid_mean, kid_std = kid(fake, real.features)
     return EvalResult(
-        intervals=intervals(labels, logits, noise, is_forget),
+        intervals={
+            **intervals(labels, logits, noise, is_forget),
+            "fid": frechet_interval(real.sums, fake, labels[~is_forget], config.fid_resamples),
+        },
         ua=unlearning_accuracy(logits[is_forget], labels[is_forget]),
         entropy=mean_entropy(logits[is_forget]),
-        fid=frechet_from_sums(real_sums, judged.sums),
-        kid=float(kids.mean()) if len(kids) else math.nan,
-        kid_std=float(kids.std(unbiased=False)) if len(kids) else math.nan,
+        fid=frechet_from_sums(real.sums, feature_sums(fake)),
+        kid=kid_mean,
+        kid_std=kid_std,
         retain_acc=accuracy(logits[~is_forget], labels[~is_forget]),
         fid_features=features,
         noise_forget=percent(noise[is_forget]),
@@ -235,7 +278,7 @@ def result(judged: Judgement, judge: ClassJudge, real_sums: dict[str, torch.Tens
                 "entropy": mean_entropy(logits[labels == c]),
                 "noise": percent(noise[labels == c]),
             }
-            for c in judge.forget
+            for c in forget
         },
     )
 
@@ -275,18 +318,19 @@ def load_eval_classifier(cfg: UnlearnConfig, num_classes: int) -> Classifier:
 
 
 def metrics(
-    cfg: UnlearnConfig, data: ImageData, judge: ClassJudge, judged: Judgement, base: Judgement
+    cfg: UnlearnConfig, data: ImageData, judge: ClassJudge, labels: torch.Tensor, judged: Judgement, base: Judgement
 ) -> dict[str, Any]:
-    """The unlearned and the base model's figures (same labels, same noise): UA, H, FID, accuracy for
-    both, the base model's own check, and the search objective. The real images' FID features are
+    """The unlearned and the base model's figures (same labels, same noise): UA, H, FID, KID, accuracy
+    for both, the base model's own check, and the search objective. The real images' FID features are
     computed here, on the judge's device."""
-    real = data.images[~torch.isin(data.labels, torch.tensor(judge.forget, device=data.labels.device))].cpu()
-    real_sums = judge.fid_sums(real)
+    forget = cfg.forget_classes()
+    real = Reference.of(judge, data, forget)
     features = "inception" if cfg.eval.fid_weights else "classifier"
-    unlearned, before = result(judged, judge, real_sums, features), result(base, judge, real_sums, features)
+    unlearned = result(judged, labels, forget, real, features, cfg.eval)
+    before = result(base, labels, forget, real, features, cfg.eval)
     out: dict[str, Any] = unlearned.as_dict()
     out.update({f"base_{k}": v for k, v in before.as_dict().items() if k not in ("fid_features", "per_class")})
-    out["samples"] = per_sample(judge.labels, judged)
+    out["samples"] = per_sample(labels, judged)
     out["base_ok"] = base_check(before, cfg.eval)
     out["score"] = objective_score(out, data.num_classes)
     out["sample_steps"] = cfg.eval.sample_steps or _train_steps(cfg)
@@ -306,12 +350,20 @@ def base_check(base: EvalResult, config: EvalConfig) -> bool:
 
 
 def base_cache_path(
-    cache_dir: str, model_id: str, labels: torch.Tensor, config: EvalConfig, device_type: str, judge_id: str
+    cache_dir: str, model_id: str, label: int, count: int, config: EvalConfig, device_type: str, judge_id: str
 ) -> str:
-    fixed = ("guidance", "sample_steps", "batch_size", "seed", "sampler", "eta")
-    noise = {k: v for k, v in asdict(config).items() if k in fixed}
-    key = json.dumps([model_id, labels.tolist(), noise, device_type, judge_id], sort_keys=True)
+    """The cache entry of the base model's judgement of `count` samples of class `label`."""
+    key = json.dumps([model_id, label, count, noise_settings(config), device_type, judge_id], sort_keys=True)
     return storage.join(cache_dir, f"judged-base-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors")
+
+
+def noise_settings(config: EvalConfig) -> dict[str, Any]:
+    """The evaluation settings that fix which images a model draws for given labels."""
+    fixed = ("guidance", "sample_steps", "batch_size", "seed", "sampler", "eta")
+    return {k: v for k, v in asdict(config).items() if k in fixed}
+
+
+CachePath = Callable[[int, int], str]  # (class, sample count) -> its cache entry
 
 
 def base_judgement(
@@ -319,17 +371,26 @@ def base_judgement(
     labels: torch.Tensor,
     sample: Sampler,
     judge: ChunkJudge,
-    cache_path: str | None,
+    cache_path: CachePath | None,
     rank: int = 0,
 ) -> Judgement:
-    """The base model's judgement for `labels`, from the cache or sampled by `sample` (and cached by rank 0)."""
-    cached = cache.read(cache_path)
-    if cached is not None:
-        return Judgement.from_tensors(cached)
-    judged = sample(model, labels, "sample base", judge)
-    if rank == 0:
-        cache.write(cache_path, judged.tensors())
-    return judged
+    """The base model's judgement for `labels`, a class at a time: each class's from the cache where it
+    is there, the missing classes sampled together by `sample` and cached by rank 0. A sampler that is
+    alone (`world` 1) waits for a class another run is sampling rather than sampling it twice; ranks
+    that sample together each read the cache and so decide alike."""
+    groups = class_groups(labels)
+    paths = [cache_path(label, stop - start) if cache_path else None for label, start, stop in groups]
+
+    def compute(missing: list[int]) -> list[dict[str, torch.Tensor]]:
+        wanted = torch.cat([labels[groups[i][1] : groups[i][2]] for i in missing])
+        judged = sample(model, wanted, "sample base", judge)
+        counts = [groups[i][2] - groups[i][1] for i in missing]
+        per_sample = {k: v for k, v in judged.rows.items() if k not in GRID_KEYS}  # no grid of the base
+        parts = {k: v.split(counts) for k, v in per_sample.items()}
+        return [{k: parts[k][n] for k in parts} for n in range(len(missing))]
+
+    entries = cache.compute_each(paths, compute, rank, claims=sample.world == 1)
+    return join([Judgement.from_tensors(e) for e in entries])
 
 
 def probe(

@@ -1,7 +1,7 @@
 """Evaluation spread over the cluster: a run's sampling chunks become Ray tasks on every GPU (or CPU)
 the cluster offers, not only on the run's own Train workers.
 
-Chunk c is sampled from a generator seeded by (eval seed, c) (engine/evaluate.py), so the images are the
+Chunk j of class k is sampled from a generator seeded by (eval seed, k, j) (engine/evaluate.py), so the images are the
 same whichever task samples which chunk. Each task judges its chunks on its own device (classifier
 logits, noise flags, FID feature sums: engine/judging.py) and returns those, not the images; the
 driver joins them. The model and the judge travel through the object store, so nodes need no shared
@@ -109,6 +109,7 @@ class ClusterSampler:
     config: EvalConfig
     use_gpu: bool
     on_progress: OnProgress | None = None
+    world: int = 1  # one caller: the driver
     nodes: set[str] = field(default_factory=set)
     received_bytes: int = 0
 

@@ -96,26 +96,29 @@ class ClassWorkload(Workload):
     def load_weights(self, unet: torch.nn.Module, folder: Path) -> None:
         unet.load_state_dict(load_model(folder).unet.state_dict())
 
-    def base_cache_path(self, cache_dir: str, labels: torch.Tensor, device_type: str, judge: ClassJudge) -> str:
+    def base_cache_path(self, cache_dir: str, device_type: str, judge: ClassJudge) -> evaluate.CachePath:
+        """Where the base model's judgement of n samples of a class is cached."""
         judge_id = evaluate.judge_id(self.cfg, judge)
-        return evaluate.base_cache_path(cache_dir, self.model_id(), labels, self.cfg.eval, device_type, judge_id)
+        model_id, settings = self.model_id(), self.cfg.eval
+        return lambda label, n: evaluate.base_cache_path(cache_dir, model_id, label, n, settings, device_type, judge_id)
 
     def evaluate(
         self, model: DiffusionModel, data: ImageData, sample: evaluate.Sampler, cache_dir: str | None, rank: int = 0
     ) -> Evaluation:
         """Sample the base and the unlearned model on identical noise, each chunk judged where it is
-        drawn (the base's judgement from the cache when it has it); on rank 0 the figures: UA, H, FID,
-        accuracy, noise rates. The grid's samples are the only images that travel."""
+        drawn (the base's judgement of each class from the cache when it has it); on rank 0 the
+        figures: UA, H, FID, KID, accuracy, noise rates. The grid's samples are the only images that
+        travel."""
         model.unet.eval()
         labels = evaluate.eval_labels(data.num_classes, self.cfg.forget_classes(), self.cfg.eval)
         device = next(model.unet.parameters()).device
-        judge = evaluate.class_judge(self.cfg, data, labels, device)
-        cache = self.base_cache_path(cache_dir, labels, sample.device_type, judge) if cache_dir else None
+        judge = evaluate.class_judge(self.cfg, data, device)
+        cache = self.base_cache_path(cache_dir, sample.device_type, judge) if cache_dir else None
         base = DiffusionModel(self.load_base().unet.to(device).eval(), model.scheduler)
         base_judged = evaluate.base_judgement(base, labels, sample, judge, cache, rank)
         del base
         judged = sample(model, labels, "sample unlearned", judge)
-        metrics = evaluate.metrics(self.cfg, data, judge, judged, base_judged) if rank == 0 else {}
+        metrics = evaluate.metrics(self.cfg, data, judge, labels, judged, base_judged) if rank == 0 else {}
         return Evaluation(metrics, judged.rows["grid"], judged.rows["grid_labels"])
 
     def export(self, checkpoint_folder: Path, out: Path) -> None:
