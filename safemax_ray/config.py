@@ -45,9 +45,6 @@ class EvalConfig:
     )
     seed: int = setting(1234, "the evaluation noise, the same for the base and the unlearned model", "--eval-seed")
     fid_weights: str | None = setting(None, "Inception weights file (FID for image datasets other than digits)")
-    fid_resamples: int = setting(
-        200, "bootstrap replicates of FID's 95%% interval (0: none; each costs an N x D x D product)"
-    )
     base_min_acc: float = setting(80.0, "%% the base model must reach on its own samples, else UA and H mean nothing")
 
     def validate(self) -> None:
@@ -65,8 +62,6 @@ class EvalConfig:
             raise SafemaxError(f"eval.batch_size must be >= 1, got {self.batch_size}")
         if self.seed < 0:
             raise SafemaxError(f"eval.seed must be >= 0, got {self.seed}")
-        if self.fid_resamples < 0:
-            raise SafemaxError(f"eval.fid_resamples must be >= 0 (0: no FID interval), got {self.fid_resamples}")
         if self.workers not in ("auto", "train") and not (isinstance(self.workers, int) and self.workers >= 1):
             raise SafemaxError(f"eval.workers must be 'auto', 'train' or a number >= 1, got {self.workers!r}")
         if not 0 <= self.base_min_acc <= 100:

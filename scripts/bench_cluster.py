@@ -81,8 +81,8 @@ def scoring(tasks: int) -> None:
     began = time.perf_counter()
     judged = judge_on_cluster(model, labels, cfg.eval, False, judge)
     tasks_s = time.perf_counter() - began
-    a = evaluate.result(in_driver, labels, [3], real, "classifier", cfg.eval)
-    b = evaluate.result(judged.judgement, labels, [3], real, "classifier", cfg.eval)
+    a = evaluate.result(in_driver, labels, [3], real, "classifier")
+    b = evaluate.result(judged.judgement, labels, [3], real, "classifier")
     worst = max(abs(getattr(a, k) - getattr(b, k)) for k in ("ua", "entropy", "fid", "retain_acc"))
     print(f"   scoring in the driver: {driver_s:6.1f} s wall, {sent.received_bytes / 1e3:9.1f} kB to the driver")
     print(f"   scoring in the tasks:  {tasks_s:6.1f} s wall, {judged.received_bytes / 1e3:9.1f} kB to the driver")

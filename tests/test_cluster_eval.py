@@ -43,10 +43,10 @@ SCRIPT = textwrap.dedent(
     real = evaluate.Reference.of(judge, data, [3])
     plan = evaluate.chunks_of(labels, config)
     judged = assemble([Share.of({c: judge(images[1][ch.start : ch.stop], ch) for c, ch in enumerate(plan)})])
-    driver = evaluate.result(judged, labels, [3], real, "classifier", config).as_dict()
+    driver = evaluate.result(judged, labels, [3], real, "classifier").as_dict()
     for k in (1, 2, 4):
         judged = judge_on_cluster(model, labels, replace(config, workers=k), False, judge)
-        tasks = evaluate.result(judged.judgement, labels, [3], real, "classifier", config).as_dict()
+        tasks = evaluate.result(judged.judgement, labels, [3], real, "classifier").as_dict()
         for name in ("ua", "entropy", "fid", "kid", "retain_acc", "noise_forget", "noise_retain"):
             assert abs(tasks[name] - driver[name]) <= 1e-6 * max(1.0, abs(driver[name])), (k, name, tasks, driver)
     print("nodes", len(runs[1].nodes), len(runs[4].nodes))

@@ -29,7 +29,6 @@ IMPOSSIBLE = {
     "eval.batch_size": [0, -1],
     "eval.workers": [0, -2, "some"],
     "eval.seed": [-1],
-    "eval.fid_resamples": [-1],
     "eval.base_min_acc": [-1.0, 101.0],
     "eval.eta": [-0.1, 1.5],
     "ray.num_workers": [0, -1],

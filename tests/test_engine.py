@@ -194,7 +194,7 @@ def test_base_cache_is_keyed_by_what_fixes_a_class_judgement(tiny_assets, tmp_pa
         path(judge_id="another classifier"),
     ]
     assert path() not in others and len(set(others)) == len(others)
-    assert path(EvalConfig(**{**config.__dict__, "n_forget_samples": 7, "fid_resamples": 3})) == path()
+    assert path(EvalConfig(**{**config.__dict__, "n_forget_samples": 7, "base_min_acc": 3.0})) == path()
 
 
 def test_the_base_model_is_judged_a_class_at_a_time_and_once(tiny_assets, tmp_path):

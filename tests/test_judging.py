@@ -77,7 +77,7 @@ def test_chunks_judged_apart_give_the_figures_of_scoring_every_image_at_once(tin
     shares = [Share.of({c: judge(images[ch.start : ch.stop], ch)}) for c, ch in enumerate(plan)]
     judged = assemble(shares[::-1])  # the shares arrive in any order
     real = evaluate.Reference.of(judge, data, [2, 5])
-    figures = evaluate.result(judged, labels, [2, 5], real, "classifier", cfg.eval)
+    figures = evaluate.result(judged, labels, [2, 5], real, "classifier")
     expected = _one_place(images, labels, [2, 5], judge.classifier, data, judge.noise_threshold)
     for name, value in expected.items():
         assert getattr(figures, name) == pytest.approx(value, rel=1e-5, abs=1e-5), name

@@ -4,11 +4,10 @@ Proportions (UA, retained accuracy, the noise rates) get the exact Clopper-Pears
 binomial; the mean entropy H a percentile bootstrap over the forget-class samples with a fixed seed, so
 the same samples always give the same interval. Either says how far the figure moves with which samples
 the evaluation happened to draw: not with the training run's seed, and not the classifier's own error.
-FID's interval is a bootstrap too: the generated samples' features resampled within each class (so
-the class mix stays the protocol's), the real images' statistics held fixed. FID is biased upward in
-the number of distinct samples and a resample repeats some, so its replicates sit above the point by
-that extra bias; the interval is shifted back by the replicates' mean excess (a bias-corrected
-percentile interval).
+FID's interval is the delta method's: FID's first-order response to each generated sample (its
+influence function), its variance within each class (the protocol fixes the samples per class), the
+real images' statistics held fixed. It says how far FID moves with which samples were drawn, to first
+order; it does not cover FID's own upward bias at a finite sample count, nor the real images' sampling.
 Two models judged on the same noise pair sample by sample: `paired_difference` bootstraps their
 per-sample differences, far tighter than two separate intervals.
 """
@@ -16,6 +15,7 @@ per-sample differences, far tighter than two separate intervals.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -51,39 +51,38 @@ def bootstrap_mean_interval(
 
 
 def frechet_interval(
-    real_sums: dict[str, torch.Tensor],
-    features: torch.Tensor,
-    strata: torch.Tensor,
-    resamples: int,
-    level: float = LEVEL,
-    seed: int = SEED,
+    real_sums: dict[str, torch.Tensor], features: torch.Tensor, strata: torch.Tensor, level: float = LEVEL
 ) -> tuple[float, float]:
-    """Bias-corrected percentile bootstrap interval of the FID between fixed real statistics
-    (`feature_sums`) and generated `features` (N, D), each replicate resampling the features within
-    each stratum (class).
-    Each replicate costs an N x D x D product and a D x D symmetric eigendecomposition (what the
-    paper's 2048 Inception features make expensive); nan for no resamples."""
-    if resamples == 0:
-        return math.nan, math.nan
+    """95% interval of the FID between fixed real statistics (`feature_sums`) and the generated
+    `features` (N, D), drawn a fixed number per stratum (class): the FID plus or minus z standard errors,
+    the standard error from FID's influence function (the delta method), its variance taken within each
+    stratum. Costs one D x D eigendecomposition and one N x D x D product; nan where the generated
+    covariance is singular (N <= D), where FID has no first-order expansion."""
     f = features.double()
+    n, d = f.shape
+    if n <= d:
+        return math.nan, math.nan
     mu1, sigma1 = moments(real_sums)
-    values, vectors = torch.linalg.eigh(sigma1)
-    root1 = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.t()  # sigma1^(1/2)
-    rng = np.random.default_rng(seed)
-    groups = [(strata == s).nonzero().squeeze(1).numpy() for s in strata.unique()]
-    replicates = []
-    for _ in range(resamples):
-        picks = np.concatenate([g[rng.integers(len(g), size=len(g))] for g in groups])
-        w = torch.from_numpy(np.bincount(picks, minlength=len(f))).double()
-        mu2 = (w @ f) / len(f)
-        sigma2 = ((f * w[:, None]).t() @ f - len(f) * torch.outer(mu2, mu2)) / (len(f) - 1)
-        # tr sqrt(sigma1 sigma2) = sum of sqrt eigenvalues of sigma1^(1/2) sigma2 sigma1^(1/2) (symmetric)
-        cross = torch.linalg.eigvalsh(root1 @ sigma2 @ root1).clamp(min=0).sqrt().sum()
-        replicates.append(float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * cross))
+    mu2, sigma2 = moments(feature_sums(f))
+    root1 = _sqrtm(sigma1)
+    values, vectors = torch.linalg.eigh(root1 @ sigma2 @ root1)
+    if values.min() <= 1e-10 * values.max():
+        return math.nan, math.nan
+    # dFID = 2 (mu2 - mu1) . dmu2 + tr(A dSigma2), A = I - R M^(-1/2) R, R = sigma1^(1/2), M = R sigma2 R
+    a = torch.eye(d, dtype=torch.float64) - root1 @ (vectors * values.rsqrt()) @ vectors.t() @ root1
+    centred = f - mu2
+    influence = 2 * centred @ (mu2 - mu1) + ((centred @ a) * centred).sum(1)
+    groups = [influence[strata == s] for s in strata.unique()]
+    variance = sum((len(g) / n) ** 2 * g.var() / len(g) for g in groups if len(g) > 1)
     point = frechet_from_sums(real_sums, feature_sums(f))
-    bias = float(np.mean(replicates)) - point
-    lo, hi = _percentiles(np.asarray(replicates), level)
-    return lo - bias, hi - bias
+    half = NormalDist().inv_cdf(0.5 + level / 2) * math.sqrt(float(variance))
+    return point - half, point + half
+
+
+def _sqrtm(sigma: torch.Tensor) -> torch.Tensor:
+    """The symmetric square root of a covariance (negative rounding noise clipped to 0)."""
+    values, vectors = torch.linalg.eigh(sigma)
+    return (vectors * values.clamp(min=0).sqrt()) @ vectors.t()
 
 
 def paired_difference(

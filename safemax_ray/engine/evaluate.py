@@ -249,9 +249,7 @@ class Reference:
         return cls(features, feature_sums(features))
 
 
-def result(
-    judged: Judgement, labels: torch.Tensor, forget: list[int], real: Reference, features: str, config: EvalConfig
-) -> EvalResult:
+def result(judged: Judgement, labels: torch.Tensor, forget: list[int], real: Reference, features: str) -> EvalResult:
     """UA (% of forget samples not labelled as their class), H, FID, KID and accuracy on the rest, noise
     rates, and their intervals."""
     logits, noise = judged.rows["logits"], judged.rows["noise"]
@@ -261,7 +259,7 @@ def result(
     return EvalResult(
         intervals={
             **intervals(labels, logits, noise, is_forget),
-            "fid": frechet_interval(real.sums, fake, labels[~is_forget], config.fid_resamples),
+            "fid": frechet_interval(real.sums, fake, labels[~is_forget]),
         },
         ua=unlearning_accuracy(logits[is_forget], labels[is_forget]),
         entropy=mean_entropy(logits[is_forget]),
@@ -326,8 +324,8 @@ def metrics(
     forget = cfg.forget_classes()
     real = Reference.of(judge, data, forget)
     features = "inception" if cfg.eval.fid_weights else "classifier"
-    unlearned = result(judged, labels, forget, real, features, cfg.eval)
-    before = result(base, labels, forget, real, features, cfg.eval)
+    unlearned = result(judged, labels, forget, real, features)
+    before = result(base, labels, forget, real, features)
     out: dict[str, Any] = unlearned.as_dict()
     out.update({f"base_{k}": v for k, v in before.as_dict().items() if k not in ("fid_features", "per_class")})
     out["samples"] = per_sample(labels, judged)
