@@ -282,13 +282,16 @@ def test_the_fid_column_names_its_features_and_never_mixes_them_silently():
 
 def test_intervals_table_shows_each_figure_with_its_interval(results_dir):
     df = report.load_runs(results_dir)
-    df = df.assign(ua_lo=df["ua"] - 1.0, ua_hi=df["ua"] + 1.0)
+    df = df.assign(ua_lo=df["ua"] - 1.0, ua_hi=df["ua"] + 1.0, fid_lo=df["fid"] / 2, fid_hi=df["fid"] * 2)
     for name in ("entropy", "retain_acc", "noise_forget"):
         df = df.assign(**{f"{name}_lo": np.nan, f"{name}_hi": np.nan})
     table = report.tables(df)["intervals"]
     ua = df[(df["group"] == "safemax") & (df["forget_class"] == 1)]["ua"].item()
     assert table.loc[1, ("safemax", "UA %")] == f"{ua - 1:.3g}-{ua + 1:.3g}"
     assert table.loc[1, ("safemax", "H")] == "-"  # no interval stored
+    fid = df[(df["group"] == "safemax") & (df["forget_class"] == 1)]["fid"].item()
+    (fid_label,) = [label for label in table.columns.get_level_values("metric") if label.startswith("FID")][:1]
+    assert table.loc[1, ("safemax", fid_label)] == f"{fid / 2:.3g}-{fid * 2:.3g}"
 
 
 def test_a_cifar10_run_without_inception_weights_says_its_fid_is_not_the_papers():

@@ -204,7 +204,7 @@ def _has_intervals(df: pd.DataFrame) -> bool:
 def interval_table(df: pd.DataFrame) -> pd.DataFrame:
     """Each figure's 95% interval per forget class and group, "lo-hi" (core/intervals.py: which samples
     the evaluation drew, not the training seed); the quality table's std row is the spread over classes."""
-    metrics = tuple((column, label) for column, label in QUALITY_METRICS if column not in ("fid", "kid"))
+    metrics = tuple((column, label) for column, label in QUALITY_METRICS if column != "kid")  # KID: its std
     groups = sorted(df[GROUP].unique())
     columns = pd.MultiIndex.from_tuples([(g, label) for g in groups for _, label in metrics], names=[GROUP, "metric"])
     classes = sorted(int(c) for c in df["forget_class"].unique())
