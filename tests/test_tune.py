@@ -97,11 +97,12 @@ def test_shipped_tune_configs_load():
     assert cifar.points_to_evaluate[0] == {"method.lam": 1.0, "lr": 1e-4, "iterations": 1000}
 
 
-def test_asha_stops_the_weaker_trial_at_its_first_rung(ray_session, tmp_path):
+def test_asha_stops_the_weaker_trial_and_the_screen_is_checked_in_full(ray_session, tmp_path):
     """The whole study on Ray: Optuna proposes, each trial runs on its Ray Train worker, ASHA decides,
-    finished trials become rows and the best a usable config. On the shipped digits model, 4 steps at
-    lr 3e-3 already move class 3 towards noise (probe score 0.65) while lr 1e-9 leaves the model as it
-    was (4e-5): ASHA keeps the first trial and stops the second at step 4."""
+    the finished trials (judged by the 4-step screen) are judged again with the full 10-step evaluation,
+    become rows, and the best a usable config. On the shipped digits model, 4 steps at lr 3e-3 already
+    move class 3 towards noise (probe score 0.65) while lr 1e-9 leaves the model as it was (4e-5): ASHA
+    keeps the first trial, stops the second at step 4 and keeps the third (lr 2e-3, above the median)."""
     path = tmp_path / "tune.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -109,10 +110,15 @@ def test_asha_stops_the_weaker_trial_at_its_first_rung(ray_session, tmp_path):
                 "study": "asha",
                 "forget_class": 3,
                 "results_dir": str(tmp_path),
-                "search": {"lr": {"choices": [3e-3, 1e-9]}, "method.lam": {"low": 0.0, "high": 2.0}},
-                "points_to_evaluate": [{"lr": 3e-3, "method.lam": 0.5}, {"lr": 1e-9, "method.lam": 1.0}],
-                "budget": {"num_samples": 2, "max_concurrent": 1, "workers_per_trial": 1},
+                "search": {"lr": {"choices": [3e-3, 1e-9, 2e-3]}, "method.lam": {"low": 0.0, "high": 2.0}},
+                "points_to_evaluate": [
+                    {"lr": 3e-3, "method.lam": 0.5},
+                    {"lr": 1e-9, "method.lam": 1.0},
+                    {"lr": 2e-3, "method.lam": 1.5},
+                ],
+                "budget": {"num_samples": 3, "max_concurrent": 1, "workers_per_trial": 1},
                 "asha": {"enabled": True, "grace_period": 4, "reduction_factor": 2.0, "probe_samples": 8},
+                "screen": {"sample_steps": 4, "n_forget_samples": 4, "rejudge": 2},
                 "run": {
                     "iterations": 8,
                     "batch_size": 16,
@@ -123,49 +129,28 @@ def test_asha_stops_the_weaker_trial_at_its_first_rung(ray_session, tmp_path):
         )
     )
     result = tune(load_tune_config(path))
-    df = read_dataframe(str(tmp_path))
-    assert len(df) == 1 and df.lr.iloc[0] == 3e-3 and df.lam.iloc[0] == 0.5 and df.iterations.iloc[0] == 8
-    assert df.study.iloc[0] == "asha" and df.trial_id.notna().all() and df.pareto.all()  # alone on its front
+    df = read_dataframe(str(tmp_path)).sort_values("lr")
+    assert df.lr.tolist() == [2e-3, 3e-3] and df.lam.tolist() == [1.5, 0.5] and (df.iterations == 8).all()
+    assert df.study.eq("asha").all() and df.trial_id.notna().all()
     assert list(result.stopped.values()) == ["stopped early at step 4"]
-    assert result.best_params == {"lr": 3e-3, "method.lam": 0.5}
-    assert result.best_metrics["score"] == pytest.approx(df.score.max())  # objective: score
-    best = load_unlearn_config(result.best_config_path)
-    assert best.forget_class == 3 and best.lr == 3e-3 and best.options().lam == 0.5
-
-
-@pytest.mark.slow  # a study of three trials on Ray, two of them judged again
-def test_a_screened_study_rejudges_its_best_trials_and_prints_their_rank_agreement(ray_session, tmp_path):
-    """Trials judged with 4 sampling steps; the best two by that score judged again with the full
-    10-step evaluation: their rows carry the full judgement, the best is chosen among them."""
-    path = tmp_path / "tune.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "study": "screened",
-                "forget_class": 3,
-                "results_dir": str(tmp_path),
-                "search": {"lr": {"choices": [3e-3, 1e-3, 1e-9]}},
-                "points_to_evaluate": [{"lr": 3e-3}, {"lr": 1e-9}, {"lr": 1e-3}],
-                "budget": {"num_samples": 3, "max_concurrent": 1, "workers_per_trial": 1},
-                "screen": {"sample_steps": 4, "n_forget_samples": 4, "rejudge": 2},
-                "run": {
-                    "iterations": 4,
-                    "batch_size": 16,
-                    "eval": {"n_forget_samples": 8, "n_retain_per_class": 2, "sample_steps": 10},
-                    "ray": {"checkpoint_every": 4},
-                },
-            }
-        )
-    )
-    result = tune(load_tune_config(path))
-    df = read_dataframe(str(tmp_path)).sort_values("score", ascending=False)
-    assert len(df) == 3 and sorted(df.sample_steps) == [4, 10, 10]
-    full = df[df.sample_steps == 10]
-    assert (full.n_forget_samples == 8).all() and (df[df.sample_steps == 4].n_forget_samples == 4).all()
-    assert df[df.sample_steps == 4].lr.tolist() == [3e-3]  # at 4 steps the worst, so not judged again
+    # Both finished trials were judged again in full: their rows say so, the best is chosen on that.
+    assert (df.sample_steps == 10).all() and (df.n_forget_samples == 8).all()
     assert abs(result.rank_agreement) == pytest.approx(1.0)  # two trials: ranked right (1) or wrong (-1)
-    assert result.best_metrics["score"] == pytest.approx(full.score.max())
-    assert load_unlearn_config(result.best_config_path).eval.sample_steps == 10  # the full evaluation
+    assert result.best_metrics["score"] == pytest.approx(df.score.max())  # objective: score
+    best_row = df[df.score == df.score.max()].iloc[0]
+    assert result.best_params == {"lr": best_row.lr, "method.lam": best_row.lam}
+    best = load_unlearn_config(result.best_config_path)
+    assert best.forget_class == 3 and best.lr == best_row.lr and best.eval.sample_steps == 10
+
+
+def test_without_a_screen_trials_are_judged_with_the_run_settings(tiny_assets, tmp_path):
+    plain = load_tune_config(tiny_tune(tiny_assets, tmp_path))
+    point = plain.first_point()
+    assert plain.trial_config(point, screened=True) == plain.trial_config(point) and not plain.planned_rejudges()
+    screened = load_tune_config(tiny_tune(tiny_assets, tmp_path, screen={"sample_steps": 3, "rejudge": 2}))
+    trial = screened.trial_config(point, screened=True)
+    assert trial.eval.sample_steps == 3 and trial.eval.n_forget_samples == 8  # only what the screen sets
+    assert screened.trial_config(point).eval.sample_steps is None and len(screened.planned_rejudges()) == 2
 
 
 @pytest.mark.parametrize("method", ["safemax", "salun", "sa", "erasediff", "sfron"])
