@@ -4,6 +4,7 @@ import json
 import sys
 import textwrap
 
+import pyarrow.parquet as pq
 import pytest
 
 from safemax_ray.errors import SafemaxError
@@ -160,6 +161,10 @@ def test_out_of_tree_method_with_setup_and_gradient_hook_runs_end_to_end(tiny_as
     row = read_dataframe(str(results)).iloc[0]
     assert row.method == "frozen_input" and row.setup_s > 0 and row.num_workers == 2
     assert json.loads(row.method_options_json) == {"frozen": "conv_in"}
+    # Its option has a typed column of its own in the row it wrote (this process does not know the method,
+    # so reading the folder leaves that column out).
+    (written,) = (results / "runs").glob("*.parquet")
+    assert pq.read_table(written).column("frozen_input_frozen").to_pylist() == ["conv_in"]
     base, after = load_model(tiny_assets[0]).unet, load_model(row.model_path).unet
     for (name, p0), p1 in zip(base.named_parameters(), after.parameters(), strict=True):
         if name.startswith("conv_in"):

@@ -4,6 +4,7 @@ import os
 from datetime import datetime, timezone
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -67,7 +68,7 @@ def test_write_and_read_back(tmp_path):
     results.write_row(str(tmp_path), make_row("a", 0))
     results.write_row(str(tmp_path), make_row("b", 1, score=0.7, pareto=True, trial_id="t1"))
     table = results.read_results(str(tmp_path))
-    assert table.schema == results.SCHEMA
+    assert table.schema == results.schema()
     df = table.to_pandas().sort_values("run_id")
     assert list(df.run_id) == ["a", "b"]
     assert df.score.iloc[1] == 0.7 and bool(df.pareto.iloc[1]) is True
@@ -148,7 +149,8 @@ def test_pandas_pyarrow_and_duckdb_read_the_files(tmp_path):
 
 
 def test_a_methods_option_lands_in_its_own_column_only():
-    """SalUn's alpha is not SAFEMax's: the typed columns are SAFEMax's, every option is in the JSON."""
+    """SalUn's alpha is not SAFEMax's: each method's options have typed columns of their own (the bare
+    lam/alpha/target are SAFEMax's), and every option is in the JSON too."""
     import json
 
     from safemax_ray.config import UnlearnConfig
@@ -159,3 +161,8 @@ def test_a_methods_option_lands_in_its_own_column_only():
     safemax = build_row(UnlearnConfig(method_options={"alpha": 2.0}), metrics, "r2", None, None, "cpu")
     assert salun["alpha"] is None and json.loads(salun["method_options_json"])["alpha"] == 0.5
     assert safemax["alpha"] == 2.0 and safemax["lam"] == 1.0
+    assert salun["salun_alpha"] == 0.5 and "safemax_alpha" not in salun and safemax["safemax_alpha"] == 2.0
+    assert "salun_alpha" not in safemax and salun["salun_mask_ratio"] == 0.5
+    types = {f.name: f.type for f in results.option_fields()}
+    assert types["salun_alpha"] == pa.float64() and types["safemax_target"] == pa.string()
+    assert types["erasediff_dynamic"] == pa.bool_() and types["sa_fisher_samples_per_class"] == pa.int64()

@@ -19,7 +19,7 @@ from safemax_ray.engine.outcome import Outcome, Status
 from safemax_ray.engine.workloads import workload_for
 from safemax_ray.identity import run_key
 from safemax_ray.methods import get_method
-from safemax_ray.results.parquet import COMMON_OPTIONS, ENDS, write_row
+from safemax_ray.results.parquet import COMMON_OPTIONS, ENDS, option_columns, write_row
 from safemax_ray.schema import to_dict
 
 METRICS = ("ua", "entropy", "fid", "kid", "kid_std", "retain_acc", "noise_forget", "noise_retain")
@@ -38,7 +38,7 @@ def build_row(
     score: float | None = None,
     pareto: bool | None = None,
 ) -> dict[str, Any]:
-    """A Parquet row (results.parquet.SCHEMA) from a run's config and the metrics its workers reported."""
+    """A Parquet row (results.parquet.schema()) from a run's config and the metrics its workers reported."""
     options = to_dict(cfg.options())
     return {
         "run_id": run_id,
@@ -51,6 +51,7 @@ def build_row(
         "per_class_json": json.dumps(metrics.get("per_class", {}), sort_keys=True),
         **{name: options.get(name) if name in get_method(cfg.method).ROW_COLUMNS else None for name in COMMON_OPTIONS},
         "method_options_json": json.dumps(options, sort_keys=True),
+        **option_columns(cfg.method, options),
         "lr": cfg.learning_rate(),
         "iterations": cfg.iterations,
         "batch_size": cfg.batch_size,

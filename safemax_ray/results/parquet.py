@@ -9,6 +9,9 @@ hidden temporary file that readers skip. The folder reads as one table in pandas
 from __future__ import annotations
 
 import io
+import json
+import typing
+from dataclasses import fields
 from typing import Any
 
 import pyarrow as pa
@@ -19,8 +22,9 @@ from safemax_ray.core.intervals import INTERVAL_METRICS
 from safemax_ray.errors import SafemaxError
 
 RUNS_DIR = "runs"
-# SAFEMax's options, in typed columns of their own (a method's ROW_COLUMNS says which are its); every
-# option of every method is in method_options_json, so SalUn's alpha never lands in SAFEMax's column.
+# SAFEMax's options under their bare names, as rows have always had them (a method's ROW_COLUMNS says
+# which are its); every option of every method also has a typed column of its own, `<method>_<option>`
+# (`option_fields`), so a query for SalUn's alpha (`salun_alpha`) never sees SAFEMax's.
 COMMON_OPTIONS = ("lam", "alpha", "target")
 ENDS = ("lo", "hi")  # an interval's columns: <metric>_lo, <metric>_hi
 SAMPLE_COLUMNS = ("sample_label", "sample_pred", "sample_entropy", "sample_noise")
@@ -117,14 +121,41 @@ ADDED_LATER = (
 )
 
 
+_ARROW_TYPES = {float: pa.float64(), int: pa.int64(), bool: pa.bool_(), str: pa.string()}
+
+
+def option_fields() -> list[pa.Field]:
+    """A typed column for each option of each registered method, `<method>_<option>` (null in the rows
+    of other methods); an option of another type than a number, flag or string is stored as JSON."""
+    from safemax_ray.methods import available_methods, get_method
+
+    out = []
+    for method in available_methods():
+        options = get_method(method).Options
+        hints = typing.get_type_hints(options)
+        out += [pa.field(f"{method}_{f.name}", _ARROW_TYPES.get(hints[f.name], pa.string())) for f in fields(options)]
+    return out
+
+
+def option_columns(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A run's own option columns: `<method>_<option>` for each of its options."""
+    plain = (float, int, bool, str, type(None))
+    return {f"{method}_{k}": v if isinstance(v, plain) else json.dumps(v) for k, v in options.items()}
+
+
+def schema() -> pa.Schema:
+    """The rows' schema: SCHEMA and the option columns of the methods registered now."""
+    return pa.schema([*SCHEMA, *option_fields()])
+
+
 def validate_row(row: dict[str, Any]) -> pa.Table:
-    """The row as a one-line table in SCHEMA, or an error naming the missing or extra columns."""
-    names = set(SCHEMA.names)
-    missing = [f.name for f in SCHEMA if not f.nullable and row.get(f.name) is None]
-    extra = sorted(set(row) - names)
+    """The row as a one-line table in `schema()`, or an error naming the missing or extra columns."""
+    target = schema()
+    missing = [f.name for f in target if not f.nullable and row.get(f.name) is None]
+    extra = sorted(set(row) - set(target.names))
     if missing or extra:
         raise SafemaxError(f"result row does not fit the schema: missing {missing}, unknown {extra}")
-    return pa.Table.from_pylist([{name: row.get(name) for name in SCHEMA.names}], schema=SCHEMA)
+    return pa.Table.from_pylist([{name: row.get(name) for name in target.names}], schema=target)
 
 
 def write_row(results_dir: str, row: dict[str, Any]) -> str:
@@ -153,23 +184,26 @@ def _write_new(path: str, table: pa.Table, what: str) -> str:
 
 
 def read_results(results_dir: str) -> pa.Table:
-    """All rows under `results_dir` as one table in SCHEMA (empty if there are none)."""
+    """All rows under `results_dir` as one table in `schema()` (empty if there are none); the option
+    columns of a method no longer installed are left out."""
+    target = schema()
     files = storage.list_files(storage.join(results_dir, RUNS_DIR), ".parquet")
     if not files:
-        return SCHEMA.empty_table()
+        return target.empty_table()
+    later = [*ADDED_LATER, *(f.name for f in option_fields())]
     tables = []
     for path in files:
         table = pq.read_table(io.BytesIO(storage.read_bytes(path)))
-        for name in ADDED_LATER:
+        for name in later:
             if name not in table.column_names:
-                table = table.append_column(SCHEMA.field(name), pa.nulls(len(table), SCHEMA.field(name).type))
-        missing = sorted(set(SCHEMA.names) - set(table.column_names))
+                table = table.append_column(target.field(name), pa.nulls(len(table), target.field(name).type))
+        missing = sorted(set(target.names) - set(table.column_names))
         if missing:
             raise SafemaxError(
                 f"{path} was written by an older safemax_ray (no column {', '.join(missing)}); "
                 "move it out of the results folder or use another --results-dir"
             )
-        tables.append(table.select(SCHEMA.names).cast(SCHEMA))
+        tables.append(table.select(target.names).cast(target))
     return pa.concat_tables(tables)
 
 
