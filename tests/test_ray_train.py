@@ -60,3 +60,7 @@ def test_auto_evaluation_tasks_count_the_cores_not_the_logical_cpus(ray_session)
     tasks, why = eval_workers("auto", 100, use_gpu=False)
     assert tasks == min(4, os.cpu_count()) and why == "one per core of this machine"
     assert eval_workers(3, 2, use_gpu=False) == (2, "eval.workers, at most one per chunk (2)")
+    # A small evaluation is not worth a second task; an asked-for number is kept whatever the work.
+    assert eval_workers("auto", 100, False, image_steps=220) == (1, f"{why}, at most one per 10000 image-steps (220)")
+    assert eval_workers("auto", 100, False, image_steps=47_000)[0] == tasks
+    assert eval_workers(3, 100, False, image_steps=220)[0] == 3

@@ -41,10 +41,16 @@ class ClusterJudgement:
     received_bytes: int = 0  # what the tasks sent back to the caller
 
 
-def eval_workers(setting: int | str, chunks: int, use_gpu: bool) -> tuple[int, str]:
+# A task costs a worker process and the model's transfer, seconds on a CPU: below this many guided
+# image-steps of sampling a task (~10 s of the digits model on one core), fewer tasks finish sooner.
+MIN_TASK_IMAGE_STEPS = 10_000
+
+
+def eval_workers(setting: int | str, chunks: int, use_gpu: bool, image_steps: int | None = None) -> tuple[int, str]:
     """Tasks to start, and why: the number asked for, or for "auto" one per GPU of the cluster, or one
-    per CPU core the tasks can really use. A local Ray declares more logical CPUs than the machine has
-    cores (ray/cluster.py), so on a cluster of this machine alone the cores count, not the logical CPUs."""
+    per CPU core the tasks can really use, and at most one per MIN_TASK_IMAGE_STEPS of `image_steps`
+    (images times sampling steps). A local Ray declares more logical CPUs than the machine has cores
+    (ray/cluster.py), so on a cluster of this machine alone the cores count, not the logical CPUs."""
     if setting != "auto":
         n, why = int(setting), "eval.workers"
     elif use_gpu:
@@ -58,6 +64,9 @@ def eval_workers(setting: int | str, chunks: int, use_gpu: bool) -> tuple[int, s
             if alone
             else (logical, "one per CPU of the cluster")
         )
+    if setting == "auto" and image_steps is not None and image_steps // MIN_TASK_IMAGE_STEPS < min(n, chunks):
+        k = max(1, image_steps // MIN_TASK_IMAGE_STEPS)
+        return k, f"{why}, at most one per {MIN_TASK_IMAGE_STEPS} image-steps ({image_steps})"
     k = max(1, min(n, chunks))
     return k, f"{why}, at most one per chunk ({chunks})" if k < n else why
 
@@ -81,7 +90,7 @@ def judge_on_cluster(
     """The judgement of all samples for `labels`, the chunks dealt round-robin to `config.workers`
     tasks that sample and judge them."""
     n = evaluate.num_chunks(labels, config)
-    k, why = eval_workers(config.workers, n, use_gpu)
+    k, why = eval_workers(config.workers, n, use_gpu, len(labels) * (config.sample_steps or model.num_train_timesteps))
     log.info("evaluation: %d sampling task(s) for %d chunk(s) (%s)", k, n, why)
     parts, shared_judge = ray.put(to_parts(model)), ray.put(judge)
     # SPREAD: chunks go to every node of the cluster, not first to fill the one the caller runs on.
