@@ -59,6 +59,10 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "ray_session" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    # Files with slow tests first: xdist deals whole files (--dist loadfile) in this order, so the many
+    # short files fill the end on both workers instead of one long file running alone at the end.
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: a file's tests keep their order
 
 
 @pytest.fixture(scope="session")
