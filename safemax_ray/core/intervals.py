@@ -62,8 +62,9 @@ def frechet_interval(
     n, d = f.shape
     if n <= d:
         return math.nan, math.nan
+    fake_sums = feature_sums(f)  # an N x D x D product: once
     mu1, sigma1 = moments(real_sums)
-    mu2, sigma2 = moments(feature_sums(f))
+    mu2, sigma2 = moments(fake_sums)
     root1 = _sqrtm(sigma1)
     values, vectors = torch.linalg.eigh(root1 @ sigma2 @ root1)
     if values.min() <= 1e-10 * values.max():
@@ -74,7 +75,7 @@ def frechet_interval(
     influence = 2 * centred @ (mu2 - mu1) + ((centred @ a) * centred).sum(1)
     groups = [influence[strata == s] for s in strata.unique()]
     variance = sum((len(g) / n) ** 2 * g.var() / len(g) for g in groups if len(g) > 1)
-    point = frechet_from_sums(real_sums, feature_sums(f))
+    point = frechet_from_sums(real_sums, fake_sums)
     half = NormalDist().inv_cdf(0.5 + level / 2) * math.sqrt(float(variance))
     return point - half, point + half
 

@@ -192,13 +192,14 @@ class TuneConfig:
 
     def planned_trials(self, screened: bool = True) -> list[UnlearnConfig]:
         """For `--plan`: every trial at the first point, with the largest iteration count searched."""
-        point = {**self.first_point(), "iterations": _max_iterations(self)}
-        return [self.trial_config(point, screened)] * self.budget.num_samples
+        return [self.trial_config(self._planned_point(), screened)] * self.budget.num_samples
 
     def planned_rejudges(self) -> list[UnlearnConfig]:
         """For `--plan`: the full evaluations of the re-judged trials (none without a screen)."""
-        point = {**self.first_point(), "iterations": _max_iterations(self)}
-        return [self.trial_config(point)] * (self.screen.rejudge if self.screen else 0)
+        return [self.trial_config(self._planned_point())] * (self.screen.rejudge if self.screen else 0)
+
+    def _planned_point(self) -> dict[str, Any]:
+        return {**self.first_point(), "iterations": _max_iterations(self)}
 
     def trial_config(self, params: dict[str, Any], screened: bool = False) -> UnlearnConfig:
         """The run a trial at `params` makes; `screened`: judged with the screen, where there is one."""
@@ -333,12 +334,9 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
                 reduction_factor=cfg.asha.reduction_factor,
             )
         storage_path = storage.join(cfg.results_dir, "ray")
+        cache_dir = storage.join(results_dir, "cache")
         trainable = ray_tune.with_parameters(
-            _trial,
-            tune_cfg=to_dict(cfg),
-            use_gpu=use_gpu,
-            cache_dir=storage.join(results_dir, "cache"),
-            storage_path=storage_path,
+            _trial, tune_cfg=to_dict(cfg), use_gpu=use_gpu, cache_dir=cache_dir, storage_path=storage_path
         )
         console.log(
             f"study {cfg.study}: {cfg.budget.num_samples} trials, {concurrency} at a time, "
@@ -363,7 +361,6 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
         if not finished:
             errors = [str(r.error) for r in grid if r.error is not None]
             raise SafemaxError(f"no trial of study {cfg.study} finished; first error: {errors[:1]}")
-        cache_dir = storage.join(results_dir, "cache")
         rejudged = _rejudge(cfg, finished, use_gpu, cache_dir) if cfg.screen else {}
         return _record(cfg, finished, grid, results_dir, study_dir, use_gpu, console, rejudged)
 
@@ -390,6 +387,16 @@ def rank_agreement(screen: list[float], full: list[float]) -> float:
     from scipy.stats import spearmanr
 
     return float(spearmanr(screen, full).statistic)
+
+
+def _screen_agreement(finished, rejudged: dict[int, dict[str, Any]], console: Console) -> float | None:
+    """Spearman's rho of the re-judged trials' screen and full scores (None without a screen), logged."""
+    if not rejudged:
+        return None
+    screen = [finished[i].metrics["score"] for i in rejudged]
+    agreement = rank_agreement(screen, [m["score"] for m in rejudged.values()])
+    console.log(f"screen vs full judgement on the {len(rejudged)} re-judged trials: Spearman rho {agreement:.2f}")
+    return agreement
 
 
 def _paths(cfg: UnlearnConfig) -> dict[str, Any]:
@@ -444,12 +451,7 @@ def _record(
             pareto=bool(on_front),
         )
         rows.append({**row, "params": params})
-    agreement = None
-    if rejudged:
-        agreement = rank_agreement(
-            [finished[i].metrics["score"] for i in rejudged], [m["score"] for m in rejudged.values()]
-        )
-        console.log(f"screen vs full judgement on the {len(rejudged)} re-judged trials: Spearman rho {agreement:.2f}")
+    agreement = _screen_agreement(finished, rejudged, console)
     # The best: the highest score (in pareto mode, on the front; with a screen, of the re-judged trials).
     candidates = [r for r in rows if r["pareto"]] if cfg.objective == "pareto" else rows
     if rejudged:
