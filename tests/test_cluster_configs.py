@@ -493,7 +493,8 @@ def test_entrypoints_match_between_rayjob_and_raycronjob():
 
 def test_entrypoints_parse_with_the_real_cli():
     """The CLI's `batch` flags must accept what the manifests pass."""
-    from safemax_ray import cli, flags
+    from safemax_ray import cli
+    from safemax_ray.cli import flags
 
     parser = cli.build_parser()
     for rel, entry in [

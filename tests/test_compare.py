@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from safemax_ray.cli import parse_options
+from safemax_ray.cli.compare import parse_options
 from safemax_ray.config import UnlearnConfig, load_unlearn_config
 from safemax_ray.drivers.compare import compare, plan_comparison
 from safemax_ray.errors import SafemaxError

@@ -85,19 +85,21 @@ def test_run_key_tracks_everything_that_changes_a_result(tiny_assets, tmp_path):
 def test_method_flags_name_their_method_and_never_collide(tmp_path):
     """--salun.alpha is SalUn's alpha, --safemax.alpha SAFEMax's; a run refuses another method's flag,
     and compare refuses the flat form, which would not say whose option it is."""
-    from safemax_ray import cli, flags
+    from safemax_ray import cli
+    from safemax_ray.cli import compare as compare_command
+    from safemax_ray.cli import flags, settings
 
     parser = cli.build_parser()
     args = parser.parse_args(["unlearn", "--method", "salun", "--salun.alpha", "0.01"])
-    cfg = cli._run_config(args, flags.overrides(args))
+    cfg = settings.run_config(args, flags.overrides(args))
     assert cfg.method == "salun" and cfg.method_options == {"alpha": 0.01}
     args = parser.parse_args(["unlearn", "--salun.alpha", "0.01"])
     with pytest.raises(SafemaxError, match=r"--salun.alpha sets an option of salun, but the run's method is safemax"):
-        cli._run_config(args, flags.overrides(args))
+        settings.run_config(args, flags.overrides(args))
     args = parser.parse_args(["compare", "--classes", "0", "--safemax.alpha", "2", "--salun.alpha", "0.5"])
     rest, per_method = flags.method_flag_options(flags.overrides(args))
     assert per_method == {"safemax": {"alpha": 2.0}, "salun": {"alpha": 0.5}}
     assert not any(k.startswith("methods.") for k in rest)
     args = parser.parse_args(["compare", "--classes", "0", "--alpha", "2", "--plan"])
     with pytest.raises(SafemaxError, match="compare runs several methods: give --METHOD.alpha"):
-        cli.cmd_compare(args)
+        compare_command.run(args)
