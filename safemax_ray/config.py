@@ -15,14 +15,14 @@ from typing import Any
 from safemax_ray.core.sampling import SAMPLERS
 from safemax_ray.errors import SafemaxError
 from safemax_ray.methods import get_method, method_options
-from safemax_ray.schema import apply_overrides, from_dict, read_yaml, setting
+from safemax_ray.schema import Settings, apply_overrides, check_fields, from_dict, read_yaml, setting
 
 DATASETS = ("digits", "cifar10", "imagefolder")
 MOVED_TO_OPTIONS = {"lam", "alpha", "target", "null_drop"}  # top-level keys before method options existed
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Settings):
     """How a model is judged: guided DDPM sampling, then the classifier and FID.
 
     The defaults fit the embedded digits model on 2 CPU cores; the paper's CIFAR-10 protocol is
@@ -69,7 +69,7 @@ class EvalConfig:
 
 
 @dataclass
-class RayConfig:
+class RayConfig(Settings):
     """Where and how wide the Ray Train job runs."""
 
     num_workers: int = setting(1, "Ray Train workers (DDP)")
@@ -118,7 +118,7 @@ DEFAULT_REMAIN_PROMPTS = (
 
 
 @dataclass
-class ConceptConfig:
+class ConceptConfig(Settings):
     """A concept to forget from a text-to-image pipeline, in place of a class of a class-conditional model.
 
     The run's "classes" are prompts: the concept's first (they are forgotten), then the remain prompts.
@@ -184,7 +184,7 @@ CONCEPT_IS_ONE_RUN = (
 
 
 @dataclass
-class UnlearnConfig:
+class UnlearnConfig(Settings):
     """One unlearning run: which class, which method, its hyperparameters, and where results go."""
 
     forget_class: int | list[int] = 0  # a class, or a list of classes to forget together in one model
@@ -210,6 +210,7 @@ class UnlearnConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> None:
+        check_fields(self, "config")  # a field set after the config was built
         if self.concept is not None:
             self.concept.validate()
         self.eval.validate()

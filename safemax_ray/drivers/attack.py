@@ -17,7 +17,7 @@ from safemax_ray.core.models import SHIPPED_MODEL
 from safemax_ray.engine.attack import AttackSettings
 from safemax_ray.errors import SafemaxError
 from safemax_ray.results.parquet import read_dataframe, write_attack
-from safemax_ray.schema import from_dict
+from safemax_ray.schema import checked, from_dict
 
 DEFAULT_SHOTS = (1, 5, 10, 50)
 DEFAULT_STEPS = (0, 10, 50, 100, 500)
@@ -85,6 +85,7 @@ def _task(kind: str, model_path: str, cfg: dict, shots: int, steps: list[int], s
     return [{"kind": kind, "shots": shots, "steps_to_recover": recovered, **r} for r in rows]
 
 
+@checked
 def attack(
     target: str,
     results_dir: str = "safemax_results",

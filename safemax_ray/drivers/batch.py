@@ -27,7 +27,7 @@ from safemax_ray.config import UnlearnConfig
 from safemax_ray.errors import SafemaxError
 from safemax_ray.identity import run_key
 from safemax_ray.results.parquet import read_dataframe, read_row
-from safemax_ray.schema import from_dict, to_dict
+from safemax_ray.schema import checked, from_dict, to_dict
 
 
 def parse_classes(spec: str) -> list[int]:
@@ -130,6 +130,7 @@ def _one_run(config: dict[str, Any], use_gpu: bool, batch_id: str) -> dict[str, 
     return row
 
 
+@checked
 def batch_unlearn(
     base: UnlearnConfig,
     classes: list[int],

@@ -17,6 +17,7 @@ from safemax_ray.config import UnlearnConfig
 from safemax_ray.drivers.batch import BatchResult, run_all
 from safemax_ray.errors import SafemaxError
 from safemax_ray.methods import available_methods, get_method
+from safemax_ray.schema import checked
 
 
 @dataclass
@@ -60,6 +61,7 @@ def plan_comparison(
     return configs
 
 
+@checked
 def compare(
     base: UnlearnConfig,
     classes: list[int],

@@ -40,7 +40,7 @@ from safemax_ray.drivers.preflight import preflight
 from safemax_ray.engine.outcome import Outcome, Status
 from safemax_ray.errors import SafemaxError
 from safemax_ray.methods import UnlearningMethod, get_method
-from safemax_ray.schema import apply_overrides, from_dict, read_yaml, to_dict
+from safemax_ray.schema import Settings, apply_overrides, check_fields, checked, from_dict, read_yaml, to_dict
 
 if TYPE_CHECKING:
     from ray.tune.search.optuna import OptunaSearch
@@ -50,7 +50,7 @@ METHOD_PREFIX = "method."
 
 
 @dataclass
-class SearchRange:
+class SearchRange(Settings):
     """A numeric range (low, high; log scale; grid step) or a list of choices."""
 
     low: float | None = None
@@ -89,7 +89,7 @@ def default_point(method: type[UnlearningMethod], space: dict[str, SearchRange])
 
 
 @dataclass
-class Budget:
+class Budget(Settings):
     num_samples: int = 8
     max_concurrent: int | None = None  # None: as many as the cluster's resources fit
     workers_per_trial: int = 2
@@ -103,7 +103,7 @@ class Budget:
 
 
 @dataclass
-class AshaSettings:
+class AshaSettings(Settings):
     enabled: bool = False
     grace_period: int = 50  # iterations before a trial may be stopped
     reduction_factor: float = 2.0
@@ -111,7 +111,7 @@ class AshaSettings:
 
 
 @dataclass
-class ScreenSettings:
+class ScreenSettings(Settings):
     """A cheaper judgement for the trials: what it changes of the run's `eval` settings, and how many of
     the best trials are judged again with the full evaluation."""
 
@@ -133,7 +133,7 @@ class ScreenSettings:
 
 
 @dataclass
-class TuneConfig:
+class TuneConfig(Settings):
     """A search, as written in tune_configs/*.yaml."""
 
     study: str = "safemax-search"
@@ -150,6 +150,7 @@ class TuneConfig:
     screen: ScreenSettings | None = None  # None: every trial judged with the run's full evaluation
 
     def validate(self) -> None:
+        check_fields(self, "tune config")  # a field set after the config was built
         if self.objective not in ("score", "pareto"):
             raise SafemaxError(f"objective must be 'score' or 'pareto', got {self.objective!r}")
         if self.asha.enabled and self.objective != "score":
@@ -300,6 +301,7 @@ def _trial(
     ray.tune.report({**outcome.metrics, "checkpoint_path": outcome.checkpoint.path})
 
 
+@checked
 def tune(config: TuneConfig | dict | str | Path, console: Console | None = None) -> TuneResult:
     """Run the search; returns the best parameters and one row per trial (also written as Parquet)."""
     import ray
@@ -311,13 +313,13 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
 
     if isinstance(config, (str, Path)):
         config = load_tune_config(config)
-    elif isinstance(config, dict):
+    else:
         config = from_dict(TuneConfig, config)
         config.validate()
     console = console or Console(quiet=True)
-    checked = preflight(config.trial_config(config.first_point()))
+    first = preflight(config.trial_config(config.first_point()))
     # Trials run elsewhere: they get the paths preflight made absolute.
-    cfg = replace(config, results_dir=checked.results_dir, run={**config.run, **_paths(checked)})
+    cfg = replace(config, results_dir=first.results_dir, run={**config.run, **_paths(first)})
     results_dir = cfg.results_dir
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     study_dir = storage.join(results_dir, "studies", f"{cfg.study}-{stamp}-{uuid.uuid4().hex[:4]}")

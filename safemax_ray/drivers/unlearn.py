@@ -19,7 +19,7 @@ from safemax_ray.config import UnlearnConfig, load_unlearn_config
 from safemax_ray.drivers.finish import finish_run
 from safemax_ray.drivers.preflight import preflight
 from safemax_ray.engine.outcome import Outcome
-from safemax_ray.schema import from_dict
+from safemax_ray.schema import checked, from_dict
 
 
 @dataclass
@@ -46,6 +46,7 @@ def new_run_id(cfg: UnlearnConfig) -> str:
     return f"{cfg.method}-c{cfg.forget_label()}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
+@checked
 def unlearn(
     config: UnlearnConfig | dict | str | Path, console: Console | None = None, show_progress: bool = False
 ) -> UnlearnResult:

@@ -25,12 +25,13 @@ from safemax_ray.core.noise import noise_rate
 from safemax_ray.core.randomness import RankRandom, seeded_generator, step_generator
 from safemax_ray.core.sampling import denoise_from, sample
 from safemax_ray.engine.judging import classify
+from safemax_ray.schema import Settings
 
 RECOVERED_AT = 50.0  # forget-class accuracy (%) at which the class counts as back
 
 
 @dataclass
-class AttackSettings:
+class AttackSettings(Settings):
     lr: float = 1e-4
     batch_size: int = 16
     null_drop: float = 0.1

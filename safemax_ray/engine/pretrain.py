@@ -26,10 +26,11 @@ from safemax_ray.core.data import ImageData
 from safemax_ray.core.diffusion import drop_labels
 from safemax_ray.core.models import PRESET_FILE, DiffusionModel, build_preset, build_scheduler
 from safemax_ray.errors import SafemaxError
+from safemax_ray.schema import Settings
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(Settings):
     steps: int = 3000
     batch_size: int = 128
     lr: float = 1e-3

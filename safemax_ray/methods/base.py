@@ -29,6 +29,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from safemax_ray.core.data import ImageData
 from safemax_ray.core.randomness import RankRandom
+from safemax_ray.schema import Settings
 
 
 def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +47,7 @@ def option(default: Any, help: str) -> Any:
 
 
 @dataclass
-class MethodOptions:
+class MethodOptions(Settings):
     """A method's hyperparameters; subclasses add fields and checks."""
 
     def validate(self) -> None:
