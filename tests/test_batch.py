@@ -14,7 +14,8 @@ from safemax_ray.config import UnlearnConfig
 from safemax_ray.drivers.batch import parse_classes, plan, tuned_params
 from safemax_ray.errors import SafemaxError
 from safemax_ray.identity import run_key
-from safemax_ray.results.parquet import RUNS_DIR, read_dataframe, write_row
+from safemax_ray.results import layout
+from safemax_ray.results.parquet import read_dataframe, write_row
 
 
 def test_parse_classes():
@@ -76,7 +77,7 @@ def test_interrupted_batch_resumes_and_stores_every_class_once(tiny_assets, tmp_
     from safemax_ray.cli import main
 
     results = tmp_path / "results"
-    runs = results / RUNS_DIR
+    runs = results / layout.RUNS
 
     def interrupt_after_the_first_row():
         deadline = time.monotonic() + 300
@@ -125,11 +126,13 @@ def test_a_batch_computes_a_shared_set_up_once(tiny_assets, tmp_path, ray_sessio
         method_options={"fisher_samples_per_class": 2, "fisher_timesteps": 3},
     )
     base.eval.n_forget_samples, base.eval.n_retain_per_class, base.eval.sample_steps = 4, 2, 3
+    base.ray.storage_path = str(tmp_path / "ray-storage")  # Ray's storage where the user says
     result = batch_unlearn(base, [1, 2], max_concurrent=2)
+    assert len(list((tmp_path / "ray-storage").glob("batch-*"))) == 2 and not (tmp_path / "_ray").exists()
     assert len(result.done) == 2 and not result.failed
     computed = [row for row in result.done if not row["setup_cached"]]
     assert len(computed) == 1 and computed[0]["setup_s"] > 0
-    assert not list((tmp_path / "cache").glob("*.claim"))
+    assert not list((tmp_path / "_cache").glob("*.claim"))
 
 
 def test_a_retried_run_task_returns_the_row_its_first_attempt_wrote(tmp_path):
@@ -181,7 +184,7 @@ def test_a_run_whose_task_dies_is_started_again_and_resumes_from_its_checkpoint(
         # Ray Train lists a run's checkpoints in this file once one is registered; a new trainer of the
         # same name reads it
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not list((tmp_path / "ray").glob("batch-*/checkpoint_manager_*")):
+        while time.monotonic() < deadline and not list((tmp_path / "_ray").glob("batch-*/checkpoint_manager_*")):
             time.sleep(0.05)
         pids = _run_tasks()
         for pid in pids:
@@ -195,7 +198,7 @@ def test_a_run_whose_task_dies_is_started_again_and_resumes_from_its_checkpoint(
     assert killed, "the run's task was not found"
     assert not result.failed and len(result.done) == 1
     assert result.done[0]["resumed_from_step"] >= 5  # not started over
-    assert len(list((tmp_path / "ray").glob("batch-*"))) == 1  # one Ray Train run, resumed by name
+    assert len(list((tmp_path / "_ray").glob("batch-*"))) == 1  # one Ray Train run, resumed by name
 
 
 def _run_tasks() -> list[int]:

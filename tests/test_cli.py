@@ -98,7 +98,7 @@ def test_divergence_is_one_line_and_leaves_nothing(tiny_assets, ray_session, tmp
     assert code == 2 and "training diverged at step" in out and "--lr, now 1000" in out
     assert len([line for line in out.splitlines() if "error" in line.lower()]) == 1, out
     assert "Traceback" not in out and "WorkerHealthCheck" not in out
-    assert read_dataframe(str(tmp_path)).empty and not (tmp_path / "models").exists()
+    assert read_dataframe(str(tmp_path)).empty and not (tmp_path / "_models").exists()
 
 
 def _no_ray(monkeypatch):

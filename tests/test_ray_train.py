@@ -35,7 +35,7 @@ def test_killed_worker_resumes_to_the_weights_of_an_uninterrupted_run(
     # controller registered before the crash (Ray Train registers reports asynchronously) and stops at 8.
     assert result.metrics["resumed_from_step"] in (2, 4)
     assert result.metrics["step"] == 8 and result.row["iterations"] == 8
-    states = sorted((tmp_path / "ray").glob(f"{result.run_id}/checkpoint_*/train_state.pt"))
+    states = sorted((tmp_path / "_ray").glob(f"{result.run_id}/checkpoint_*/train_state.pt"))
     final = torch.load(states[-1], weights_only=True)
     assert {int(s["step"]) for s in final["optimizer"]["state"].values()} == {8}  # Adam counted 8 updates
     assert torch.equal(weights(result.model_path), weights(finished_run.model_path))

@@ -182,7 +182,7 @@ def test_make_report_writes_tables_and_images(results_dir, tmp_path):
     buffer = io.StringIO()
     console = Console(file=buffer, width=200, force_terminal=False)
     result = report.make_report(results_dir, console=console)
-    assert result.out_dir == tmp_path / "results" / "report"
+    assert result.out_dir == tmp_path / "results" / "_report"
     names = sorted(p.name for p in result.files)
     assert names == sorted(
         ["quality.md", "quality.csv", "cost.md", "cost.csv", "ratios.md", "ratios.csv"]

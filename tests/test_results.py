@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from safemax_ray.errors import SafemaxError
+from safemax_ray.results import layout
 from safemax_ray.results import parquet as results
 
 
@@ -125,14 +126,14 @@ def test_a_crash_mid_write_leaves_no_row(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         results.write_row(str(tmp_path), make_row("crash"))
     monkeypatch.undo()
-    runs = tmp_path / results.RUNS_DIR
+    runs = tmp_path / layout.RUNS
     assert list(runs.iterdir()) == []  # the temporary file is gone too
     assert results.read_results(str(tmp_path)).num_rows == 0
 
 
 def test_leftover_temporary_files_are_ignored_by_readers(tmp_path):
     results.write_row(str(tmp_path), make_row("ok"))
-    (tmp_path / results.RUNS_DIR / ".ok2.parquet.tmp123").write_bytes(b"PAR1 half a file")
+    (tmp_path / layout.RUNS / ".ok2.parquet.tmp123").write_bytes(b"PAR1 half a file")
     assert results.read_dataframe(str(tmp_path)).run_id.tolist() == ["ok"]
 
 
@@ -141,9 +142,9 @@ def test_pandas_pyarrow_and_duckdb_read_the_files(tmp_path):
 
     for i in range(3):
         results.write_row(str(tmp_path), make_row(f"run{i}", i, fid=float(i)))
-    pattern = str(tmp_path / results.RUNS_DIR / "*.parquet")
-    assert pq.read_table(str(tmp_path / results.RUNS_DIR)).num_rows == 3
-    assert len(pd.read_parquet(str(tmp_path / results.RUNS_DIR))) == 3
+    pattern = str(tmp_path / layout.RUNS / "*.parquet")
+    assert pq.read_table(str(tmp_path / layout.RUNS)).num_rows == 3
+    assert len(pd.read_parquet(str(tmp_path / layout.RUNS))) == 3
     mean_fid = duckdb.sql(f"SELECT avg(fid) AS m, count(*) AS n FROM '{pattern}'").fetchall()[0]
     assert mean_fid == (1.0, 3)
 
@@ -166,3 +167,28 @@ def test_a_methods_option_lands_in_its_own_column_only():
     types = {f.name: f.type for f in results.option_fields()}
     assert types["salun_alpha"] == pa.float64() and types["safemax_target"] == pa.string()
     assert types["erasediff_dynamic"] == pa.bool_() and types["sa_fisher_samples_per_class"] == pa.int64()
+
+
+def test_a_folder_in_the_earlier_layout_is_moved_once_and_its_models_still_found(tmp_path, caplog):
+    """Before this layout, models/, cache/, ray/, studies/, report/ and attacks/ sat where dataset readers
+    look: the first driver on the folder renames them, rows keep naming models/ and are still served."""
+    row = make_row("old")
+    model = tmp_path / "models" / "old"
+    row["model_path"] = str(model)
+    results.write_row(str(tmp_path), row)
+    (model / "unet").mkdir(parents=True)
+    (model / "unet" / "config.json").write_text("{}")
+    for name in ("cache", "ray", "studies", "report"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "something.json").write_text("{}")
+    (tmp_path / "attacks").mkdir()
+    pq.write_table(pa.table({"attack_id": ["a"]}), tmp_path / "attacks" / "a.parquet")
+    with pytest.raises(Exception):
+        pd.read_parquet(tmp_path)
+    with caplog.at_level("WARNING"):
+        moved = layout.move_earlier_layout(str(tmp_path))
+    assert len(moved) == 6 and "moved to this version's layout" in caplog.text
+    assert list(pd.read_parquet(tmp_path).run_id) == ["old"]
+    assert list(pd.read_parquet(layout.attacks_dir(str(tmp_path))).attack_id) == ["a"]
+    assert layout.stored_model(str(tmp_path), str(model)) == str(tmp_path / "_models" / "old")
+    assert layout.move_earlier_layout(str(tmp_path)) == []  # once

@@ -123,12 +123,13 @@ def test_asha_stops_the_weaker_trial_and_the_screen_is_checked_in_full(ray_sessi
                     "iterations": 8,
                     "batch_size": 16,
                     "eval": {"n_forget_samples": 8, "n_retain_per_class": 2, "sample_steps": 10},
-                    "ray": {"checkpoint_every": 4},
+                    "ray": {"checkpoint_every": 4, "storage_path": str(tmp_path / "ray-storage")},
                 },
             }
         )
     )
     result = tune(load_tune_config(path))
+    assert list((tmp_path / "ray-storage").glob("asha-*/checkpoint_*")) and not (tmp_path / "_ray").exists()
     df = read_dataframe(str(tmp_path)).sort_values("lr")
     assert df.lr.tolist() == [2e-3, 3e-3] and df.lam.tolist() == [1.5, 0.5] and (df.iterations == 8).all()
     assert df.study.eq("asha").all() and df.trial_id.notna().all()

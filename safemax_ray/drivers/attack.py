@@ -16,6 +16,7 @@ from safemax_ray.config import UnlearnConfig
 from safemax_ray.core.models import SHIPPED_MODEL
 from safemax_ray.engine.attack import AttackSettings
 from safemax_ray.errors import SafemaxError
+from safemax_ray.results import layout
 from safemax_ray.results.parquet import read_dataframe, write_attack
 from safemax_ray.schema import checked, from_dict
 
@@ -57,7 +58,7 @@ def resolve_target(target: str, results_dir: str, forget_class: int | None) -> T
         raise SafemaxError(f"run {target} forgot classes {cfg.forget_label()}: attack one class at a time")
     if forget_class is not None and [forget_class] != cfg.forget_classes():
         raise SafemaxError(f"run {target} forgot class {cfg.forget_label()}, not {forget_class}")
-    return Target(row.model_path, cfg, target)
+    return Target(layout.stored_model(results_dir, row.model_path), cfg, target)
 
 
 def _task(kind: str, model_path: str, cfg: dict, shots: int, steps: list[int], settings: dict, use_gpu: bool):

@@ -26,6 +26,7 @@ from safemax_ray import storage
 from safemax_ray.config import UnlearnConfig
 from safemax_ray.errors import SafemaxError
 from safemax_ray.identity import run_key
+from safemax_ray.results import layout
 from safemax_ray.results.parquet import read_dataframe, read_row
 from safemax_ray.schema import checked, from_dict, to_dict
 
@@ -115,16 +116,16 @@ def _one_run(config: dict[str, Any], use_gpu: bool, batch_id: str) -> dict[str, 
     written = read_row(cfg.results_dir, run_id)
     if written is not None:
         return written
-    output = storage.join(cfg.results_dir, "models", run_id)
+    output = storage.join(layout.models_dir(cfg.results_dir), run_id)
     if not storage.is_uri(output) and Path(output).exists():
         # Left by a run killed before its row was written: not a result, so it is redone.
         shutil.rmtree(output)
     outcome = train_and_evaluate(
         cfg,
         name=f"batch-{run_id}-{batch_id}",
-        storage_path=storage.join(cfg.results_dir, "ray"),
+        storage_path=layout.ray_storage(cfg.results_dir, cfg.ray.storage_path),
         use_gpu=use_gpu,
-        cache_dir=storage.join(cfg.results_dir, "cache"),
+        cache_dir=layout.cache_dir(cfg.results_dir),
     )
     row, _ = finish_run(cfg, outcome, run_id, output, "cuda" if use_gpu else "cpu")
     return row
@@ -175,7 +176,7 @@ class SharedSetups:
             name = get_method(cfg.method).setup_cache_name(
                 workload_for(cfg).model_id(), cfg.options(), cfg.seed, device
             )
-            self.paths[id(cfg)] = storage.join(cfg.results_dir, "cache", name) if name else None
+            self.paths[id(cfg)] = storage.join(layout.cache_dir(cfg.results_dir), name) if name else None
         self.computing: dict[Any, str] = {}  # in-flight run -> the set-up it computes
 
     def next_runnable(self, queue: list[UnlearnConfig]) -> UnlearnConfig | None:

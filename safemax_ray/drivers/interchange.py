@@ -14,6 +14,7 @@ from safemax_ray.core.concat_unet import ConcatClassUNet
 from safemax_ray.core.models import PRESET_FILE, load_model, save_model
 from safemax_ray.core.sa_checkpoint import ReferenceConfig, read_checkpoint, write_checkpoint
 from safemax_ray.errors import SafemaxError
+from safemax_ray.results import layout
 
 FORMATS = ("sa",)  # Selective Amnesia's list layout, shared by SalUn, EraseDiff and SFR-on
 
@@ -56,7 +57,7 @@ def _model_folder(target: str, results_dir: str) -> str:
     match = rows[rows.run_id == target]
     if match.empty:
         raise SafemaxError(f"{target!r} is neither a model folder nor a run id stored under {results_dir}")
-    return str(match.model_path.iloc[0])
+    return layout.stored_model(results_dir, str(match.model_path.iloc[0]))
 
 
 def _preset(folder: str) -> str:

@@ -12,6 +12,7 @@ from safemax_ray import storage
 from safemax_ray.config import UnlearnConfig
 from safemax_ray.engine.workloads import workload_for
 from safemax_ray.errors import SafemaxError
+from safemax_ray.results import layout
 
 
 def absolute(path: str) -> str:
@@ -41,6 +42,7 @@ def preflight(cfg: UnlearnConfig) -> UnlearnConfig:
     cfg.validate()
     workload_for(cfg).check()
     check_writable_folder(cfg.results_dir, "results folder")
+    layout.move_earlier_layout(cfg.results_dir)
     if cfg.ray.storage_path:
         check_writable_folder(cfg.ray.storage_path, "Ray storage path")
     if cfg.output_dir:

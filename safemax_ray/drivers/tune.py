@@ -40,6 +40,7 @@ from safemax_ray.drivers.preflight import preflight
 from safemax_ray.engine.outcome import Outcome, Status
 from safemax_ray.errors import SafemaxError
 from safemax_ray.methods import UnlearningMethod, get_method
+from safemax_ray.results import layout
 from safemax_ray.schema import Settings, apply_overrides, check_fields, checked, from_dict, read_yaml, to_dict
 
 if TYPE_CHECKING:
@@ -322,7 +323,7 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
     cfg = replace(config, results_dir=first.results_dir, run={**config.run, **_paths(first)})
     results_dir = cfg.results_dir
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    study_dir = storage.join(results_dir, "studies", f"{cfg.study}-{stamp}-{uuid.uuid4().hex[:4]}")
+    study_dir = storage.join(layout.studies_dir(results_dir), f"{cfg.study}-{stamp}-{uuid.uuid4().hex[:4]}")
     with connected(cfg.address, _local_cpus(cfg)):
         use_gpu = cluster_has_gpus() if cfg.budget.use_gpu is None else cfg.budget.use_gpu
         concurrency = max_concurrent(cfg, ray.cluster_resources(), use_gpu)
@@ -335,8 +336,8 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
                 grace_period=cfg.asha.grace_period,
                 reduction_factor=cfg.asha.reduction_factor,
             )
-        storage_path = storage.join(cfg.results_dir, "ray")
-        cache_dir = storage.join(results_dir, "cache")
+        storage_path = layout.ray_storage(results_dir, first.ray.storage_path)
+        cache_dir = layout.cache_dir(results_dir)
         trainable = ray_tune.with_parameters(
             _trial, tune_cfg=to_dict(cfg), use_gpu=use_gpu, cache_dir=cache_dir, storage_path=storage_path
         )
@@ -446,7 +447,7 @@ def _record(
             cfg.trial_config(params, screened=i not in rejudged),
             outcome,
             run_id,
-            storage.join(results_dir, "models", run_id),
+            storage.join(layout.models_dir(results_dir), run_id),
             "cuda" if use_gpu else "cpu",
             trial_id=trial_id,
             score=float(metrics["score"]),

@@ -19,6 +19,7 @@ from safemax_ray.config import UnlearnConfig, load_unlearn_config
 from safemax_ray.drivers.finish import finish_run
 from safemax_ray.drivers.preflight import preflight
 from safemax_ray.engine.outcome import Outcome
+from safemax_ray.results import layout
 from safemax_ray.schema import checked, from_dict
 
 
@@ -61,7 +62,7 @@ def unlearn(
     cfg = preflight(coerce_config(config))
     console = console or Console(quiet=not show_progress)
     run_id = new_run_id(cfg)
-    output_dir = cfg.output_dir or storage.join(cfg.results_dir, "models", run_id)
+    output_dir = cfg.output_dir or storage.join(layout.models_dir(cfg.results_dir), run_id)
     with connected(cfg.ray.address, cfg.ray.num_cpus):
         use_gpu = cluster_has_gpus() if cfg.ray.use_gpu is None else cfg.ray.use_gpu
         actor = ProgressActor.remote() if show_progress else None
@@ -70,9 +71,9 @@ def unlearn(
             return train_and_evaluate(
                 cfg,
                 name=run_id,
-                storage_path=cfg.ray.storage_path or storage.join(cfg.results_dir, "ray"),
+                storage_path=layout.ray_storage(cfg.results_dir, cfg.ray.storage_path),
                 use_gpu=use_gpu,
-                cache_dir=storage.join(cfg.results_dir, "cache"),
+                cache_dir=layout.cache_dir(cfg.results_dir),
                 progress=actor,
                 on_progress=(lambda phase, i, n: actor.update.remote(phase, i, n, None)) if actor else None,
             )

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 from safemax_ray import storage
 from safemax_ray.core.intervals import INTERVAL_METRICS
 from safemax_ray.errors import SafemaxError
+from safemax_ray.results import layout
 
-RUNS_DIR = "runs"
 # SAFEMax's options under their bare names, as rows have always had them (a method's ROW_COLUMNS says
 # which are its); every option of every method also has a typed column of its own, `<method>_<option>`
 # (`option_fields`), so a query for SalUn's alpha (`salun_alpha`) never sees SAFEMax's.
@@ -160,13 +160,13 @@ def validate_row(row: dict[str, Any]) -> pa.Table:
 
 def write_row(results_dir: str, row: dict[str, Any]) -> str:
     """Write one run's row atomically; refuses to overwrite an existing run."""
-    path = storage.join(results_dir, RUNS_DIR, f"{row['run_id']}.parquet")
+    path = storage.join(layout.runs_dir(results_dir), f"{row['run_id']}.parquet")
     return _write_new(path, validate_row(row), f"a result for run {row['run_id']}")
 
 
 def read_row(results_dir: str, run_id: str) -> dict[str, Any] | None:
     """The row of run `run_id`, or None when it has none (yet)."""
-    path = storage.join(results_dir, RUNS_DIR, f"{run_id}.parquet")
+    path = storage.join(layout.runs_dir(results_dir), f"{run_id}.parquet")
     if not storage.exists(path):
         return None
     return pq.read_table(io.BytesIO(storage.read_bytes(path))).to_pylist()[0]
@@ -187,7 +187,7 @@ def read_results(results_dir: str) -> pa.Table:
     """All rows under `results_dir` as one table in `schema()` (empty if there are none); the option
     columns of a method no longer installed are left out."""
     target = schema()
-    files = storage.list_files(storage.join(results_dir, RUNS_DIR), ".parquet")
+    files = storage.list_files(layout.runs_dir(results_dir), ".parquet")
     if not files:
         return target.empty_table()
     later = [*ADDED_LATER, *(f.name for f in option_fields())]
@@ -211,7 +211,6 @@ def read_dataframe(results_dir: str):
     return read_results(results_dir).to_pandas()
 
 
-ATTACKS_DIR = "attacks"
 ATTACK_SCHEMA = pa.schema(
     [
         pa.field("attack_id", pa.string(), nullable=False),
@@ -242,12 +241,12 @@ def write_attack(results_dir: str, attack_id: str, rows: list[dict[str, Any]]) -
     table = pa.Table.from_pylist(
         [{name: row.get(name) for name in ATTACK_SCHEMA.names} for row in rows], schema=ATTACK_SCHEMA
     )
-    path = storage.join(results_dir, ATTACKS_DIR, f"{attack_id}.parquet")
+    path = storage.join(layout.attacks_dir(results_dir), f"{attack_id}.parquet")
     return _write_new(path, table, f"attack {attack_id}")
 
 
 def read_attacks(results_dir: str):
     """Every stored attack row as a DataFrame (empty if none)."""
-    files = storage.list_files(storage.join(results_dir, ATTACKS_DIR), ".parquet")
+    files = storage.list_files(layout.attacks_dir(results_dir), ".parquet")
     tables = [pq.read_table(io.BytesIO(storage.read_bytes(f))).cast(ATTACK_SCHEMA) for f in files]
     return (pa.concat_tables(tables) if tables else ATTACK_SCHEMA.empty_table()).to_pandas()

@@ -28,6 +28,7 @@ from safemax_ray import storage
 from safemax_ray.core.intervals import paired_difference
 from safemax_ray.engine.checkpoint import FORGET_GRID
 from safemax_ray.errors import SafemaxError
+from safemax_ray.results import layout
 from safemax_ray.results import parquet as results
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def load_runs(
     df = results.read_dataframe(results_dir)
     if df.empty:
         raise SafemaxError(
-            f"no results under {storage.join(results_dir, results.RUNS_DIR)}; "
+            f"no results under {layout.runs_dir(results_dir)}; "
             "run an unlearning job that writes to this results folder first"
         )
 
@@ -599,7 +600,7 @@ def make_report(
     if out_dir is None:
         if storage.is_uri(results_dir):
             raise SafemaxError(f"results folder {results_dir} is a URI; pass a local out_dir for the report")
-        out_dir = Path(results_dir.removeprefix("file://")) / "report"
+        out_dir = Path(layout.report_dir(results_dir.removeprefix("file://")))
     runs = load_runs(results_dir, method=method, dataset=dataset, study=study, run_keys=run_keys)
     built = tables(runs)
     folder = _local_out_dir(out_dir)
