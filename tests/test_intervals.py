@@ -67,7 +67,7 @@ def test_a_paired_difference_sees_what_two_separate_intervals_cannot():
 def test_the_report_pairs_methods_sample_by_sample_and_stars_what_holds():
     import pandas as pd
 
-    from safemax_ray.results.report import paired_table
+    from safemax_ray.results.tables import paired_table
 
     def row(group, cls, entropy_shift):
         label = np.array([cls] * 50 + [c for c in range(10) if c != cls] * 5)

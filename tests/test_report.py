@@ -1,4 +1,4 @@
-"""safemax_ray.results.report on a small fake results folder: real numbers, filters, latest-wins, files."""
+"""The report (safemax_ray.results: loading, tables, figures, writing, report) on a small fake results folder: real numbers, filters, latest-wins, files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rich.console import Console
 
 from safemax_ray.errors import SafemaxError
 from safemax_ray.results import parquet as results
-from safemax_ray.results import report
+from safemax_ray.results import figures, loading, report, tables, writing
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -96,7 +96,7 @@ def expected(method: str, study: str, index: int) -> list[float]:
 
 
 def test_load_runs_groups_and_latest_wins(results_dir):
-    df = report.load_runs(results_dir)
+    df = loading.load_runs(results_dir)
     assert len(df) == 6
     assert sorted(df["group"].unique()) == ["safemax", "sweep"]  # study label beats method name
     row = df[(df["group"] == "safemax") & (df["forget_class"] == 1)]
@@ -105,7 +105,7 @@ def test_load_runs_groups_and_latest_wins(results_dir):
 
 
 def test_quality_and_cost_tables_match_numpy(results_dir):
-    t = report.tables(report.load_runs(results_dir))
+    t = tables.tables(loading.load_runs(results_dir))
     quality, cost = t["quality"], t["cost"]
     assert list(quality.index) == [0, 1, 2, "mean", "std"]
     assert list(cost.index) == [0, 1, 2, "mean", "std"]
@@ -128,13 +128,13 @@ def test_quality_and_cost_tables_match_numpy(results_dir):
 
 def test_summary_rows_are_nan_safe(results_dir, tmp_path):
     # A group that ran only class 0 has a mean equal to that value and a NaN std, not 0 or an error.
-    df = report.load_runs(results_dir)
+    df = loading.load_runs(results_dir)
     df = df[~((df["group"] == "sweep") & (df["forget_class"] > 0))]
-    quality = report.tables(df)["quality"]
+    quality = tables.tables(df)["quality"]
     assert np.isnan(quality.loc[1, ("sweep", "UA %")])
     assert quality.loc["mean", ("sweep", "UA %")] == pytest.approx(99.0)
     assert np.isnan(quality.loc["std", ("sweep", "UA %")])
-    assert "| 1 | " in report.to_markdown(quality) and " - |" in report.to_markdown(quality)
+    assert "| 1 | " in writing.to_markdown(quality) and " - |" in writing.to_markdown(quality)
 
 
 def test_cost_ratios_count_only_set_ups_that_were_computed():
@@ -145,30 +145,30 @@ def test_cost_ratios_count_only_set_ups_that_were_computed():
         for c, (s, cached) in enumerate([(100.0, False), (2.0, True), (3.0, True)])
     ]
     df = pd.DataFrame(rows).assign(group=lambda d: d["method"])
-    ratios = report.cost_ratios(df)
+    ratios = tables.cost_ratios(df)
     assert ratios.loc["sa", "set-up s"] == pytest.approx(100.0)
     assert ratios.loc["safemax", "set-up s"] == pytest.approx(0.5)  # no setup_cached column value: computed
     assert ratios.loc["sa", "RTE + set-up / safemax"] == pytest.approx(3100.0 / (np.mean([300, 320, 290]) + 0.5))
 
 
 def test_filters(results_dir):
-    assert set(report.load_runs(results_dir, method="salun")["group"]) == {"sweep"}
-    assert set(report.load_runs(results_dir, study="")["method"]) == {"safemax"}
-    only = report.load_runs(results_dir, study="sweep", dataset="digits")
+    assert set(loading.load_runs(results_dir, method="salun")["group"]) == {"sweep"}
+    assert set(loading.load_runs(results_dir, study="")["method"]) == {"safemax"}
+    only = loading.load_runs(results_dir, study="sweep", dataset="digits")
     assert len(only) == 3 and set(only["method"]) == {"salun"}
 
 
 def test_errors_name_the_problem(results_dir, tmp_path):
     with pytest.raises(SafemaxError, match="no results under"):
-        report.load_runs(str(tmp_path / "empty"))
+        loading.load_runs(str(tmp_path / "empty"))
     with pytest.raises(SafemaxError, match=r"method='nope'") as info:
-        report.load_runs(results_dir, method="nope", dataset="digits")
+        loading.load_runs(results_dir, method="nope", dataset="digits")
     assert "dataset='digits'" in str(info.value) and "safemax" in str(info.value)
 
 
 def test_markdown_format(results_dir):
-    quality = report.tables(report.load_runs(results_dir))["quality"]
-    md = report.to_markdown(quality)
+    quality = tables.tables(loading.load_runs(results_dir))["quality"]
+    md = writing.to_markdown(quality)
     lines = md.strip().splitlines()
     assert lines[0].startswith("| class | safemax/H | safemax/UA % |")
     assert len(lines) == 2 + 5
@@ -213,14 +213,14 @@ def test_make_report_writes_tables_and_images(results_dir, tmp_path):
 
 
 def test_samples_grid_skipped_when_no_image(results_dir, tmp_path):
-    files = report.figures(report.load_runs(results_dir, method="salun"), tmp_path / "figs")
+    files = figures.figures(loading.load_runs(results_dir, method="salun"), tmp_path / "figs")
     assert sorted(p.name for p in files) == ["entropy.png", "fid.png", "ua.png"]
 
 
 def test_print_tables_bold_summary_rows(results_dir):
     buffer = io.StringIO()
     console = Console(file=buffer, width=200, force_terminal=True, color_system="standard")
-    report.print_tables(report.tables(report.load_runs(results_dir)), console)
+    report.print_tables(tables.tables(loading.load_runs(results_dir)), console)
     out = buffer.getvalue()
     bold_lines = [line for line in out.splitlines() if "\x1b[1m" in line]
     assert any("mean" in line for line in bold_lines) and any("std" in line for line in bold_lines)
@@ -231,12 +231,12 @@ def test_printed_tables_fit_a_terminal_one_per_metric(results_dir):
     # The paper's layout: a table per metric, classes down and methods across, readable at 80 columns.
     buffer = io.StringIO()
     console = Console(file=buffer, width=80, force_terminal=False)
-    built = report.tables(report.load_runs(results_dir))
+    built = tables.tables(loading.load_runs(results_dir))
     report.print_tables(built, console)
     out = buffer.getvalue()
     assert "…" not in out
     for name in ("quality", "cost"):
-        for _, label in report.QUALITY_METRICS if name == "quality" else report.COST_METRICS:
+        for _, label in tables.QUALITY_METRICS if name == "quality" else tables.COST_METRICS:
             assert f"{name}: {label}" in out
     header = next(line for line in out.splitlines() if "safemax" in line and "sweep" in line)
     assert "H" not in header  # methods across, the metric in the title
@@ -251,12 +251,12 @@ def test_several_datasets_get_separate_groups(results_dir):
         results_dir,
         make_row("safemax", "", 0, 500, (50.0, 2.0, 30.0, 90.0, 60.0, 500.0), dataset="cifar10", run_id="c10-0"),
     )
-    df = report.load_runs(results_dir)
+    df = loading.load_runs(results_dir)
     assert sorted(df["group"].unique()) == ["safemax/cifar10", "safemax/digits", "sweep/digits"]
-    quality = report.tables(df)["quality"]
+    quality = tables.tables(df)["quality"]
     assert quality.loc[0, ("safemax/digits", "UA %")] == 100.0
     assert quality.loc["mean", ("safemax/cifar10", "UA %")] == 50.0
-    assert set(report.load_runs(results_dir, dataset="digits")["group"]) == {"safemax", "sweep"}
+    assert set(loading.load_runs(results_dir, dataset="digits")["group"]) == {"safemax", "sweep"}
 
 
 def test_samples_grid_wraps_ten_classes_into_rows_of_five(tmp_path):
@@ -266,7 +266,7 @@ def test_samples_grid_wraps_ten_classes_into_rows_of_five(tmp_path):
     for c in range(10):
         values = (100.0, 0.7, 1.0, 100.0, 100.0, 800.0)
         results.write_row(folder, make_row("safemax", "", c, minutes=c, values=values, grid_path=str(grid)))
-    (path,) = [p for p in report.figures(report.load_runs(folder), tmp_path / "figs") if p.name == "samples_grid.png"]
+    (path,) = [p for p in figures.figures(loading.load_runs(folder), tmp_path / "figs") if p.name == "samples_grid.png"]
     with Image.open(path) as image:
         width, height = image.size
     # Two rows of five panels (figure 13 x 5.6 in); one row of ten would be 26 x 2.8 in.
@@ -274,18 +274,18 @@ def test_samples_grid_wraps_ten_classes_into_rows_of_five(tmp_path):
 
 
 def test_the_fid_column_names_its_features_and_never_mixes_them_silently():
-    labels = lambda kinds: dict(report.quality_metrics(pd.DataFrame({"fid_features": kinds})))["fid"]  # noqa: E731
+    labels = lambda kinds: dict(tables.quality_metrics(pd.DataFrame({"fid_features": kinds})))["fid"]  # noqa: E731
     assert labels(["inception", "inception"]) == "FID"
     assert labels(["classifier"]) == "FID (judge's features)"
     assert labels(["inception", "classifier"]) == "FID (mixed: judge's + Inception features)"
 
 
 def test_intervals_table_shows_each_figure_with_its_interval(results_dir):
-    df = report.load_runs(results_dir)
+    df = loading.load_runs(results_dir)
     df = df.assign(ua_lo=df["ua"] - 1.0, ua_hi=df["ua"] + 1.0, fid_lo=df["fid"] / 2, fid_hi=df["fid"] * 2)
     for name in ("entropy", "retain_acc", "noise_forget"):
         df = df.assign(**{f"{name}_lo": np.nan, f"{name}_hi": np.nan})
-    table = report.tables(df)["intervals"]
+    table = tables.tables(df)["intervals"]
     ua = df[(df["group"] == "safemax") & (df["forget_class"] == 1)]["ua"].item()
     assert table.loc[1, ("safemax", "UA %")] == f"{ua - 1:.3g}-{ua + 1:.3g}"
     assert table.loc[1, ("safemax", "H")] == "-"  # no interval stored
