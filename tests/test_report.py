@@ -1,9 +1,16 @@
-"""The report (safemax_ray.results: loading, tables, figures, writing, report) on a small fake results folder: real numbers, filters, latest-wins, files."""
+"""The report (results: loading, tables, figures, writing, html) on a small fake results folder: real numbers,
+filters, latest-wins, files."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import html
 import io
+import json
+import re
+import shutil
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -12,8 +19,8 @@ from PIL import Image
 from rich.console import Console
 
 from safemax_ray.errors import SafemaxError
-from safemax_ray.results import parquet as results
 from safemax_ray.results import figures, loading, report, tables, writing
+from safemax_ray.results import parquet as results
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -186,7 +193,7 @@ def test_make_report_writes_tables_and_images(results_dir, tmp_path):
     names = sorted(p.name for p in result.files)
     assert names == sorted(
         ["quality.md", "quality.csv", "cost.md", "cost.csv", "ratios.md", "ratios.csv"]
-        + ["ua.png", "entropy.png", "fid.png", "samples_grid.png"]
+        + ["ua.png", "entropy.png", "fid.png", "samples_grid.png", "report.html"]
     )
     for path in result.files:
         assert path.is_file() and path.stat().st_size > 0
@@ -303,3 +310,55 @@ def test_a_cifar10_run_without_inception_weights_says_its_fid_is_not_the_papers(
     with_weights = UnlearnConfig(dataset="cifar10", data_root="/data/cifar10")
     with_weights.eval.fid_weights = "/models/pt_inception-2015-12-05.pth"
     assert workload_for(with_weights).notes() == [] and workload_for(UnlearnConfig()).notes() == []
+
+
+def test_the_html_report_holds_every_table_and_figure_inline(results_dir, tmp_path):
+    result = report.make_report(results_dir, out_dir=tmp_path / "out")
+    page = (result.out_dir / "report.html").read_text()
+    assert "http" not in page and "src='data:image/png;base64," in page  # nothing to fetch
+    for name in result.tables:
+        assert f"<h2>{name}</h2>" in page
+    pngs = sorted(p for p in result.files if p.suffix == ".png")
+    inline = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert sorted(base64.b64decode(x) for x in inline) == sorted(p.read_bytes() for p in pngs)
+    assert page.count("<table") == len(result.tables)
+
+
+# Run in the page after it loaded: how many tables and cells, and each image's natural width.
+PROBE = """<script>
+window.addEventListener('load', () => {
+  const out = document.createElement('pre'); out.id = 'probe';
+  out.textContent = JSON.stringify({tables: document.querySelectorAll('table').length,
+    cells: document.querySelectorAll('td').length, widths: [...document.images].map(i => i.naturalWidth)});
+  document.body.appendChild(out);
+});
+</script></body>"""
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None:
+        pytest.skip("no Chromium here: .ci/run installs Debian's chromium with apt-get; install it to run this check")
+    return found
+
+
+def test_the_html_report_renders_in_headless_chromium(results_dir, tmp_path):
+    """The page opened in a real browser: every table rendered, every image decoded (naturalWidth > 0),
+    and a screenshot that is not blank."""
+    browser = _chromium()
+    result = report.make_report(results_dir, out_dir=tmp_path / "out")
+    page = result.out_dir / "report.html"
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", PROBE))
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+    dom = subprocess.run([*flags, "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout)
+    assert found, dom.stderr[-2000:]
+    seen = json.loads(html.unescape(found.group(1)))
+    assert seen["tables"] == len(result.tables) and seen["cells"] > 0
+    assert len(seen["widths"]) == 4 and all(w > 0 for w in seen["widths"])  # ua, entropy, fid, samples_grid
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1280,2000", page.as_uri()], timeout=120, check=True)
+    with Image.open(shot) as image:
+        colours = image.convert("L").getextrema()
+    assert colours[1] - colours[0] > 100  # text and figures on a white page, not one flat colour

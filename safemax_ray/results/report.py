@@ -24,6 +24,7 @@ from safemax_ray import storage
 from safemax_ray.errors import SafemaxError
 from safemax_ray.results import layout
 from safemax_ray.results.figures import figures
+from safemax_ray.results.html import page
 from safemax_ray.results.loading import load_runs
 from safemax_ray.results.tables import SUMMARY_ROWS, tables
 from safemax_ray.results.writing import export, format_number, local_out_dir, write_atomic
@@ -87,8 +88,8 @@ def make_report(
     console: Any = None,
     run_keys: list[str] | None = None,
 ) -> ReportResult:
-    """Load, tabulate, write tables and figures to `out_dir` (default `<results_dir>/report`), and print
-    the tables to `console` when one is given."""
+    """Load, tabulate, write tables and figures to `out_dir` (default `<results_dir>/_report`) with
+    `report.html`, the whole report as one page, and print the tables to `console` when one is given."""
     if out_dir is None:
         if storage.is_uri(results_dir):
             raise SafemaxError(f"results folder {results_dir} is a URI; pass a local out_dir for the report")
@@ -101,6 +102,8 @@ def make_report(
     warnings = base_warnings(runs)
     if warnings:
         files.append(write_atomic(folder / "warnings.md", ("".join(f"- {w}\n" for w in warnings)).encode()))
+    images = [f for f in files if f.suffix == ".png"]
+    files.append(write_atomic(folder / "report.html", page(_title(runs), built, images, warnings).encode()))
     if console is not None:
         print_tables(built, console)
         for warning in warnings:
@@ -116,3 +119,8 @@ def base_warnings(runs: pd.DataFrame) -> list[str]:
         f"{100 - row.base_ua:.1f}%, retained accuracy {row.base_retain_acc:.1f}%), so UA and H mean nothing"
         for row in failed.itertuples()
     ]
+
+
+def _title(runs: pd.DataFrame) -> str:
+    groups = ", ".join(sorted(runs["group"].unique()))
+    return f"safemax_ray report: {groups} on {', '.join(sorted(runs['dataset'].unique()))} ({len(runs)} runs)"
