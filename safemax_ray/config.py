@@ -204,7 +204,10 @@ class UnlearnConfig(Settings):
     compile: bool | None = setting(None, "torch.compile the UNet (default: on CUDA for runs long enough to pay)")
     results_dir: str = setting("safemax_results", "Parquet results folder or s3:// URI")
     output_dir: str | None = None  # None: <results_dir>/models/<run_id>
-    study: str = setting("", "label stored with the results")
+    study: str = setting("", "label stored with the results; the MLflow experiment")
+    tracking_uri: str | None = setting(
+        None, "MLflow tracking URI, e.g. sqlite:///mlflow.db or http://host:5000 (default: $MLFLOW_TRACKING_URI)"
+    )
     concept: ConceptConfig | None = None  # set: forget a concept of a text-to-image pipeline instead
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)

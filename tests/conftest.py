@@ -95,10 +95,13 @@ def tiny_run_config(tiny_assets, results_dir, **ray_settings):
 
 @pytest.fixture(scope="session")
 def finished_run(tiny_assets, ray_session, tmp_path_factory):
-    """One finished tiny run on two Ray Train workers (its results folder: finished_run.row's)."""
+    """One finished tiny run on two Ray Train workers (its results folder: finished_run.row's), tracked in
+    an MLflow SQLite store in that folder's parent."""
     from safemax_ray.drivers.unlearn import unlearn
 
-    return unlearn(tiny_run_config(tiny_assets, tmp_path_factory.mktemp("finished"), num_workers=2))
+    cfg = tiny_run_config(tiny_assets, tmp_path_factory.mktemp("finished"), num_workers=2)
+    cfg.tracking_uri = f"sqlite:///{cfg.results_dir}-mlflow.db"
+    return unlearn(cfg)
 
 
 def tiny_flags(tiny_assets, results_dir, **extra):

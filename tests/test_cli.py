@@ -57,9 +57,13 @@ def test_one_worker_from_the_command_line_trains_the_model_of_two_workers(
     monkeypatch.chdir(Path(tiny_assets[0]).parent)
     twin = {"--iterations": "8", "--sample-steps": "5", "--cpus-per-worker": "1", "--eval-workers": "train"}
     flags = tiny_flags(("model", "classifier"), os.path.relpath(tmp_path), **twin)
-    code = main(["unlearn", "--forget-class", "1", "--num-workers", "1", "--no-progress", *flags])
+    dead = "http://127.0.0.1:9"  # nothing listens: tracking costs a warning and nothing else
+    code = main(
+        ["unlearn", "--forget-class", "1", "--num-workers", "1", "--no-progress", "--tracking-uri", dead, *flags]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
+    assert f"MLflow tracking at {dead} failed, the run goes on untracked" in " ".join(out.split())
     assert "UA %" in out and "base model" in out
     # The tiny base model is trained for seconds: it fails its own check, and the table says so.
     assert "base model fails its own check" in " ".join(out.split())
@@ -84,6 +88,13 @@ def test_one_worker_from_the_command_line_trains_the_model_of_two_workers(
     assert row.base_fid == pytest.approx(finished_run.metrics["base_fid"], rel=1e-6)
 
 
+def mlflow_runs(store: str, experiment: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(store)
+    return mlflow.search_runs(experiment_names=[experiment])
+
+
 def predictions(path):
     """The model's noise predictions on fixed inputs, every class and the null label."""
     g = torch.Generator().manual_seed(0)
@@ -93,12 +104,16 @@ def predictions(path):
 
 
 def test_divergence_is_one_line_and_leaves_nothing(tiny_assets, ray_session, tmp_path, capsys):
-    code = main(["unlearn", "--no-progress", *tiny_flags(tiny_assets, tmp_path, **{"--lr": "1000"})])
+    store = f"sqlite:///{tmp_path}-mlflow.db"
+    flags = tiny_flags(tiny_assets, tmp_path, **{"--lr": "1000", "--tracking-uri": store})
+    code = main(["unlearn", "--no-progress", *flags])
     out = capsys.readouterr().out
     assert code == 2 and "training diverged at step" in out and "--lr, now 1000" in out
     assert len([line for line in out.splitlines() if "error" in line.lower()]) == 1, out
     assert "Traceback" not in out and "WorkerHealthCheck" not in out
     assert read_dataframe(str(tmp_path)).empty and not (tmp_path / "_models").exists()
+    runs = mlflow_runs(store, "safemax_ray")  # its MLflow run ended FAILED, saying why
+    assert list(runs.status) == ["FAILED"] and "training diverged at step" in runs["tags.safemax.failure"].iloc[0]
 
 
 def _no_ray(monkeypatch):

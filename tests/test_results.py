@@ -183,7 +183,7 @@ def test_a_folder_in_the_earlier_layout_is_moved_once_and_its_models_still_found
         (tmp_path / name / "something.json").write_text("{}")
     (tmp_path / "attacks").mkdir()
     pq.write_table(pa.table({"attack_id": ["a"]}), tmp_path / "attacks" / "a.parquet")
-    with pytest.raises(Exception):
+    with pytest.raises(pa.ArrowInvalid):  # e.g. the cache's JSON is not Parquet
         pd.read_parquet(tmp_path)
     with caplog.at_level("WARNING"):
         moved = layout.move_earlier_layout(str(tmp_path))

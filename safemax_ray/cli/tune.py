@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", help="the method whose options are searched (default: the config's run.method)")
     p.add_argument("--results-dir")
     p.add_argument("--address", help="join a Ray cluster: 'auto' or ray://host:10001")
+    p.add_argument("--tracking-uri", help="MLflow: the study a parent run, a child per trial ($MLFLOW_TRACKING_URI)")
     add_plan_flags(p)
     p.set_defaults(func=run)
 
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
             "objective": args.objective,
             "address": args.address,
             "run.method": args.method,
+            "tracking_uri": args.tracking_uri,
         },
     )
     if args.plan:

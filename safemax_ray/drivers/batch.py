@@ -108,7 +108,7 @@ def _one_run(config: dict[str, Any], use_gpu: bool, batch_id: str) -> dict[str, 
     """A Ray task: one class, start to finish, with a row named after its run key. Started again after
     its node died, it resumes the Ray Train run of the same name, or returns the row its first attempt
     wrote just before dying."""
-    from safemax_ray.drivers.finish import finish_run
+    from safemax_ray.drivers.finish import finish_run, start_tracking
     from safemax_ray.ray.run import train_and_evaluate
 
     cfg = from_dict(UnlearnConfig, config)
@@ -120,14 +120,17 @@ def _one_run(config: dict[str, Any], use_gpu: bool, batch_id: str) -> dict[str, 
     if not storage.is_uri(output) and Path(output).exists():
         # Left by a run killed before its row was written: not a result, so it is redone.
         shutil.rmtree(output)
-    outcome = train_and_evaluate(
-        cfg,
-        name=f"batch-{run_id}-{batch_id}",
-        storage_path=layout.ray_storage(cfg.results_dir, cfg.ray.storage_path),
-        use_gpu=use_gpu,
-        cache_dir=layout.cache_dir(cfg.results_dir),
-    )
-    row, _ = finish_run(cfg, outcome, run_id, output, "cuda" if use_gpu else "cpu")
+    tracker = start_tracking(cfg, run_id)
+    with tracker.failing_on_error():
+        outcome = train_and_evaluate(
+            cfg,
+            name=f"batch-{run_id}-{batch_id}",
+            storage_path=layout.ray_storage(cfg.results_dir, cfg.ray.storage_path),
+            use_gpu=use_gpu,
+            cache_dir=layout.cache_dir(cfg.results_dir),
+            tracker=tracker,
+        )
+    row, _ = finish_run(cfg, outcome, run_id, output, "cuda" if use_gpu else "cpu", tracker)
     return row
 
 

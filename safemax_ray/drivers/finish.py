@@ -14,13 +14,14 @@ from typing import Any
 from safemax_ray import storage
 from safemax_ray.config import UnlearnConfig
 from safemax_ray.core.intervals import INTERVAL_METRICS
-from safemax_ray.engine.checkpoint import SAMPLES_GRID
+from safemax_ray.engine.checkpoint import FORGET_GRID, SAMPLES_GRID
 from safemax_ray.engine.outcome import Outcome, Status
 from safemax_ray.engine.workloads import workload_for
-from safemax_ray.identity import run_key
+from safemax_ray.identity import hparams, run_key
 from safemax_ray.methods import get_method
 from safemax_ray.results.parquet import COMMON_OPTIONS, ENDS, option_columns, write_row
 from safemax_ray.schema import to_dict
+from safemax_ray.tracking import UNTRACKED, Tracker, tracking_uri
 
 METRICS = ("ua", "entropy", "fid", "kid", "kid_std", "retain_acc", "noise_forget", "noise_retain")
 INTERVALS = tuple(f"{m}_{end}" for m in INTERVAL_METRICS for end in ENDS)
@@ -98,11 +99,50 @@ def export_run(cfg: UnlearnConfig, checkpoint, output_dir: str) -> tuple[str, st
 
 
 def finish_run(
-    cfg: UnlearnConfig, outcome: Outcome, run_id: str, output_dir: str, device: str, **tune_fields: Any
+    cfg: UnlearnConfig,
+    outcome: Outcome,
+    run_id: str,
+    output_dir: str,
+    device: str,
+    tracker: Tracker = UNTRACKED,
+    **tune_fields: Any,
 ) -> tuple[dict[str, Any], str]:
-    """Export the model, then write its row; returns (row, row path). A run that did not finish
-    raises its one-line reason."""
+    """Export the model, then write its row, then close its MLflow run with the figures, the sample grids
+    and the row; returns (row, row path). A run that did not finish raises its one-line reason."""
+    if outcome.status is not Status.FINISHED:
+        tracker.failed(outcome.reason or outcome.status.value)
     outcome.require(Status.FINISHED)
     model_path, grid_path = export_run(cfg, outcome.checkpoint, output_dir)
     row = build_row(cfg, outcome.metrics, run_id, model_path, grid_path, device, **tune_fields)
-    return row, write_row(cfg.results_dir, row)
+    path = write_row(cfg.results_dir, row)
+    tracker.finish(row_figures(row), (grid_path, storage.join(output_dir, FORGET_GRID), path))
+    return row, path
+
+
+def row_figures(row: dict[str, Any]) -> dict[str, float]:
+    """The row's numbers, for a tracker: figures, their intervals, the base model's, cost."""
+    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+DEFAULT_EXPERIMENT = "safemax_ray"  # runs without a study label
+
+
+def start_tracking(cfg: UnlearnConfig, run_id: str, parent: Tracker | None = None) -> Tracker:
+    """The run's MLflow run, or none without a tracking URI: its experiment is its study, its parameters
+    what it computes (the method and its options, lr, iterations, seeds, model and judge by content) and
+    its run key."""
+    uri = tracking_uri(cfg.tracking_uri)
+    if uri is None:
+        return UNTRACKED
+    flat = _flat(hparams(cfg))
+    params = {**flat, "run_key": run_key(cfg), "forget_classes": cfg.forget_label(), "num_workers": cfg.ray.num_workers}
+    return Tracker.start(uri, cfg.study or DEFAULT_EXPERIMENT, run_id, params, parent)
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'eval': {'seed': 1}, 'options': {'lam': 1}} -> {'eval.seed': 1, 'method.lam': 1}."""
+    out = {}
+    for key, value in values.items():
+        name = prefix + ("method" if key == "options" else key)
+        out |= _flat(value, f"{name}.") if isinstance(value, dict) else {name: value}
+    return out

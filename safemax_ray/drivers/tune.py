@@ -35,13 +35,14 @@ from rich.console import Console
 from safemax_ray import storage
 from safemax_ray.config import EvalConfig, UnlearnConfig
 from safemax_ray.core.objective import PARETO_OBJECTIVES, pareto_mask
-from safemax_ray.drivers.finish import finish_run
+from safemax_ray.drivers.finish import finish_run, start_tracking
 from safemax_ray.drivers.preflight import preflight
 from safemax_ray.engine.outcome import Outcome, Status
 from safemax_ray.errors import SafemaxError
 from safemax_ray.methods import UnlearningMethod, get_method
 from safemax_ray.results import layout
 from safemax_ray.schema import Settings, apply_overrides, check_fields, checked, from_dict, read_yaml, to_dict
+from safemax_ray.tracking import UNTRACKED, Tracker, tracking_uri
 
 if TYPE_CHECKING:
     from ray.tune.search.optuna import OptunaSearch
@@ -149,6 +150,7 @@ class TuneConfig(Settings):
     asha: AshaSettings = field(default_factory=AshaSettings)
     run: dict[str, Any] = field(default_factory=dict)  # UnlearnConfig settings shared by every trial
     screen: ScreenSettings | None = None  # None: every trial judged with the run's full evaluation
+    tracking_uri: str | None = None  # MLflow: the study a parent run, each trial a child ($MLFLOW_TRACKING_URI)
 
     def validate(self) -> None:
         check_fields(self, "tune config")  # a field set after the config was built
@@ -209,6 +211,7 @@ class TuneConfig(Settings):
         if screened and self.screen is not None:
             cfg.eval = self.screen.applied(cfg.eval)
         cfg.forget_class, cfg.study, cfg.results_dir = self.forget_class, self.study, self.results_dir
+        cfg.tracking_uri = self.tracking_uri or cfg.tracking_uri
         for name, value in params.items():
             if name.startswith(METHOD_PREFIX):
                 cfg.method_options[name.removeprefix(METHOD_PREFIX)] = value
@@ -281,25 +284,37 @@ def max_concurrent(cfg: TuneConfig, resources: dict[str, float], use_gpu: bool) 
 
 
 def _trial(
-    params: dict[str, Any], *, tune_cfg: dict[str, Any], use_gpu: bool, cache_dir: str, storage_path: str
+    params: dict[str, Any],
+    *,
+    tune_cfg: dict[str, Any],
+    use_gpu: bool,
+    cache_dir: str,
+    storage_path: str,
+    parent: Tracker,
 ) -> None:
-    """One Tune trial: a full run on its own Ray Train worker group, then its evaluation."""
+    """One Tune trial: a full run on its own Ray Train worker group, then its evaluation; tracked as a
+    child of the study's MLflow run (the driver closes it with the trial's row)."""
     import ray.tune
 
     from safemax_ray.ray.run import train_and_evaluate
     from safemax_ray.ray.tune_reports import MidRunProbes
 
     cfg = from_dict(TuneConfig, tune_cfg)
-    outcome = train_and_evaluate(
-        cfg.trial_config(params, screened=True),
-        name=f"{cfg.study}-{ray.tune.get_context().get_trial_id()}",
-        storage_path=storage_path,
-        use_gpu=use_gpu,
-        cache_dir=cache_dir,
-        callbacks=[MidRunProbes()] if cfg.asha.enabled else None,
-        probe_samples=cfg.asha.probe_samples if cfg.asha.enabled else None,
-    ).require(Status.FINISHED)
-    ray.tune.report({**outcome.metrics, "checkpoint_path": outcome.checkpoint.path})
+    trial = cfg.trial_config(params, screened=True)
+    name = f"{cfg.study}-{ray.tune.get_context().get_trial_id()}"
+    tracker = start_tracking(trial, name, parent) if parent else UNTRACKED
+    with tracker.failing_on_error():
+        outcome = train_and_evaluate(
+            trial,
+            name=name,
+            storage_path=storage_path,
+            use_gpu=use_gpu,
+            cache_dir=cache_dir,
+            callbacks=[MidRunProbes()] if cfg.asha.enabled else None,
+            probe_samples=cfg.asha.probe_samples if cfg.asha.enabled else None,
+            tracker=tracker,
+        ).require(Status.FINISHED)
+    ray.tune.report({**outcome.metrics, "checkpoint_path": outcome.checkpoint.path, "mlflow_run_id": tracker.run_id})
 
 
 @checked
@@ -338,8 +353,14 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
             )
         storage_path = layout.ray_storage(results_dir, first.ray.storage_path)
         cache_dir = layout.cache_dir(results_dir)
+        parent = _study_tracker(cfg, Path(study_dir).name)
         trainable = ray_tune.with_parameters(
-            _trial, tune_cfg=to_dict(cfg), use_gpu=use_gpu, cache_dir=cache_dir, storage_path=storage_path
+            _trial,
+            tune_cfg=to_dict(cfg),
+            use_gpu=use_gpu,
+            cache_dir=cache_dir,
+            storage_path=storage_path,
+            parent=parent,
         )
         console.log(
             f"study {cfg.study}: {cfg.budget.num_samples} trials, {concurrency} at a time, "
@@ -359,13 +380,25 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
             ),
             run_config=ray_tune.RunConfig(name=Path(study_dir).name, storage_path=storage_path, verbose=0),
         )
-        grid = tuner.fit()
-        finished = [r for r in grid if outcome_of(r).status is Status.FINISHED]
-        if not finished:
-            errors = [str(r.error) for r in grid if r.error is not None]
-            raise SafemaxError(f"no trial of study {cfg.study} finished; first error: {errors[:1]}")
-        rejudged = _rejudge(cfg, finished, use_gpu, cache_dir) if cfg.screen else {}
-        return _record(cfg, finished, grid, results_dir, study_dir, use_gpu, console, rejudged)
+        with parent.failing_on_error():
+            grid = tuner.fit()
+            parent.end_children("KILLED")  # trials Tune stopped early never closed their runs
+            finished = [r for r in grid if outcome_of(r).status is Status.FINISHED]
+            if not finished:
+                errors = [str(r.error) for r in grid if r.error is not None]
+                raise SafemaxError(f"no trial of study {cfg.study} finished; first error: {errors[:1]}")
+            rejudged = _rejudge(cfg, finished, use_gpu, cache_dir) if cfg.screen else {}
+            result = _record(cfg, finished, grid, results_dir, study_dir, use_gpu, console, rejudged, parent)
+        parent.finish(result.best_metrics, (result.best_config_path,))
+        return result
+
+
+def _study_tracker(cfg: TuneConfig, name: str) -> Tracker:
+    """The study's MLflow parent run (none without a tracking URI), with what the study searches."""
+    search = {name: to_dict(spec) for name, spec in cfg.search.items()}
+    params = {"objective": cfg.objective, "num_samples": cfg.budget.num_samples, "forget_class": cfg.forget_class}
+    params |= {"method": cfg.run.get("method", "safemax"), "search": search, "screen": cfg.screen is not None}
+    return Tracker.start(tracking_uri(cfg.tracking_uri), cfg.study, name, params)
 
 
 def _rejudge(cfg: TuneConfig, finished, use_gpu: bool, cache_dir: str) -> dict[int, dict[str, Any]]:
@@ -427,6 +460,7 @@ def _record(
     use_gpu: bool,
     console: Console,
     rejudged: dict[int, dict[str, Any]],
+    parent: Tracker,
 ) -> TuneResult:
     """One Parquet row per finished trial (a re-judged trial's with its full judgement), the Pareto
     flags, the screen's rank agreement, and the best config as YAML."""
@@ -449,6 +483,7 @@ def _record(
             run_id,
             storage.join(layout.models_dir(results_dir), run_id),
             "cuda" if use_gpu else "cpu",
+            Tracker(parent.uri, result.metrics.get("mlflow_run_id")),
             trial_id=trial_id,
             score=float(metrics["score"]),
             pareto=bool(on_front),

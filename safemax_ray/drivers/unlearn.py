@@ -16,7 +16,7 @@ from rich.console import Console
 
 from safemax_ray import storage
 from safemax_ray.config import UnlearnConfig, load_unlearn_config
-from safemax_ray.drivers.finish import finish_run
+from safemax_ray.drivers.finish import finish_run, start_tracking
 from safemax_ray.drivers.preflight import preflight
 from safemax_ray.engine.outcome import Outcome
 from safemax_ray.results import layout
@@ -63,6 +63,7 @@ def unlearn(
     console = console or Console(quiet=not show_progress)
     run_id = new_run_id(cfg)
     output_dir = cfg.output_dir or storage.join(layout.models_dir(cfg.results_dir), run_id)
+    tracker = start_tracking(cfg, run_id)
     with connected(cfg.ray.address, cfg.ray.num_cpus):
         use_gpu = cluster_has_gpus() if cfg.ray.use_gpu is None else cfg.ray.use_gpu
         actor = ProgressActor.remote() if show_progress else None
@@ -76,12 +77,14 @@ def unlearn(
                 cache_dir=layout.cache_dir(cfg.results_dir),
                 progress=actor,
                 on_progress=(lambda phase, i, n: actor.update.remote(phase, i, n, None)) if actor else None,
+                tracker=tracker,
             )
 
         began = time.perf_counter()
-        outcome = run_with_progress(run, actor, console) if actor else run()
+        with tracker.failing_on_error():
+            outcome = run_with_progress(run, actor, console) if actor else run()
         console.log(f"Ray run finished in {time.perf_counter() - began:.0f}s")
         if actor is not None:
             ray.kill(actor)
-    row, path = finish_run(cfg, outcome, run_id, output_dir, "cuda" if use_gpu else "cpu")
+    row, path = finish_run(cfg, outcome, run_id, output_dir, "cuda" if use_gpu else "cpu", tracker)
     return UnlearnResult(run_id, row["run_key"], outcome.metrics, row["model_path"], row["grid_path"], path, row)

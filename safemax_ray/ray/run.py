@@ -16,6 +16,7 @@ from safemax_ray.engine.outcome import STATUS, Outcome, Status
 from safemax_ray.engine.workloads import workload_for
 from safemax_ray.ray.evaluation import OnProgress, evaluate_checkpoint
 from safemax_ray.ray.worker import build_trainer
+from safemax_ray.tracking import Tracker
 
 
 def outcome_of(result) -> Outcome:
@@ -44,12 +45,11 @@ def train_and_evaluate(
     on_progress: OnProgress | None = None,
     callbacks: list | None = None,
     probe_samples: int | None = None,
+    tracker: Tracker | None = None,
 ) -> Outcome:
     """Fit the run's TorchTrainer and evaluate it; a failed fit raises its error, a diverged run comes
     back as such (the caller decides whether that is an error)."""
-    trainer = build_trainer(
-        cfg, name, storage_path, use_gpu, cache_dir, progress=progress, callbacks=callbacks, probe_samples=probe_samples
-    )
+    trainer = build_trainer(cfg, name, storage_path, use_gpu, cache_dir, progress, callbacks, probe_samples, tracker)
     result = _fit(trainer)
     if result.error is not None:
         raise result.error

@@ -32,6 +32,7 @@ from safemax_ray.engine.loop import (
 )
 from safemax_ray.engine.outcome import STATUS, Status
 from safemax_ray.schema import from_dict, to_dict
+from safemax_ray.tracking import UNTRACKED, Tracker
 
 
 def _threads(cpus_per_worker: float | None, local_workers: int) -> int:
@@ -101,8 +102,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     resumed_from = _restore_or_set_up(session, loop_config["cache_dir"], all_reduce, gather)
     session.unet = ray.train.torch.prepare_model(session.model.unet)
 
+    tracker = loop_config.get("tracker") or UNTRACKED
+
     def on_stats(done: int, stats: dict[str, float]) -> None:
-        if rank == 0 and progress is not None:
+        if rank != 0:
+            return
+        tracker.log_step(done, stats)
+        if progress is not None:
             progress.update.remote("train", done, cfg.iterations, stats.get("loss"))
 
     def on_checkpoint(done: int) -> None:
@@ -194,6 +200,7 @@ def build_trainer(
     progress: Any = None,
     callbacks: list | None = None,
     probe_samples: int | None = None,
+    tracker: Tracker | None = None,
 ):
     """A TorchTrainer for one run: DDP over `cfg.ray.num_workers`, NCCL on whole GPUs, else gloo (NCCL
     refuses two ranks on one GPU: "Duplicate GPU detected")."""
@@ -212,6 +219,7 @@ def build_trainer(
             "cache_dir": cache_dir,
             "fault_drill": os.environ.get(FAULT_DRILL_ENV),
             "probe_samples": probe_samples,
+            "tracker": tracker,  # rank 0 logs the loss by step to the run's MLflow run
         },
         torch_config=TorchConfig(backend="nccl" if nccl else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
