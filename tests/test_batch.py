@@ -127,12 +127,19 @@ def test_a_batch_computes_a_shared_set_up_once(tiny_assets, tmp_path, ray_sessio
     )
     base.eval.n_forget_samples, base.eval.n_retain_per_class, base.eval.sample_steps = 4, 2, 3
     base.ray.storage_path = str(tmp_path / "ray-storage")  # Ray's storage where the user says
+    base.tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = batch_unlearn(base, [1, 2], max_concurrent=2)
     assert len(list((tmp_path / "ray-storage").glob("batch-*"))) == 2 and not (tmp_path / "_ray").exists()
     assert len(result.done) == 2 and not result.failed
     computed = [row for row in result.done if not row["setup_cached"]]
     assert len(computed) == 1 and computed[0]["setup_s"] > 0
     assert not list((tmp_path / "_cache").glob("*.claim"))
+    import mlflow  # one MLflow run per class, named by its run key, with the row's figures
+
+    mlflow.set_tracking_uri(base.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["safemax_ray"]).set_index("tags.mlflow.runName")
+    assert sorted(runs.index) == sorted(row["run_id"] for row in result.done) and (runs.status == "FINISHED").all()
+    assert sorted(runs["metrics.forget_class"]) == [1.0, 2.0] and (runs["params.method"] == "sa").all()
 
 
 def test_a_retried_run_task_returns_the_row_its_first_attempt_wrote(tmp_path):

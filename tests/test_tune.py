@@ -119,6 +119,7 @@ def test_asha_stops_the_weaker_trial_and_the_screen_is_checked_in_full(ray_sessi
                 "budget": {"num_samples": 3, "max_concurrent": 1, "workers_per_trial": 1},
                 "asha": {"enabled": True, "grace_period": 4, "reduction_factor": 2.0, "probe_samples": 8},
                 "screen": {"sample_steps": 4, "n_forget_samples": 4, "rejudge": 2},
+                "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
                 "run": {
                     "iterations": 8,
                     "batch_size": 16,
@@ -142,6 +143,25 @@ def test_asha_stops_the_weaker_trial_and_the_screen_is_checked_in_full(ray_sessi
     assert result.best_params == {"lr": best_row.lr, "method.lam": best_row.lam}
     best = load_unlearn_config(result.best_config_path)
     assert best.forget_class == 3 and best.lr == best_row.lr and best.eval.sample_steps == 10
+    _the_study_is_tracked_as_a_parent_with_a_child_per_trial(f"sqlite:///{tmp_path}/mlflow.db", df, result)
+
+
+def _the_study_is_tracked_as_a_parent_with_a_child_per_trial(uri, df, result):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["asha"])
+    parent = runs[runs["tags.mlflow.parentRunId"].isna()]
+    children = runs[runs["tags.mlflow.parentRunId"].notna()].set_index("tags.mlflow.runName")
+    assert len(parent) == 1 and (children["tags.mlflow.parentRunId"] == parent.run_id.iloc[0]).all()
+    assert parent["metrics.score"].iloc[0] == pytest.approx(result.best_metrics["score"])
+    assert sorted(children.status) == ["FINISHED", "FINISHED", "KILLED"]  # ASHA stopped one
+    finished = children.loc[df.run_id]  # each row's trial, closed with its full judgement
+    assert list(finished["metrics.score"]) == pytest.approx(list(df.score))
+    assert list(finished["params.lr"].astype(float)) == list(df.lr)
+    for run_id in children.run_id:  # every trial's loss curve, the stopped one's too
+        assert len(MlflowClient(uri).get_metric_history(run_id, "loss")) >= 4
 
 
 def test_without_a_screen_trials_are_judged_with_the_run_settings(tiny_assets, tmp_path):
