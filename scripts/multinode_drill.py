@@ -162,6 +162,37 @@ def rows_per_class(results: Path) -> dict[int, int]:
     return counts
 
 
+def batch_args(classes: str, iterations: str, results: Path) -> list[str]:
+    """The job's `safemax-ray batch` flags: a short run per class over the cluster."""
+    flags = f"--classes {classes} --address auto --results-dir {results} --iterations {iterations}"
+    evaluation = "--n-forget-samples 20 --n-retain-per-class 4 --sample-steps 20 --cpus-per-worker 1"
+    return [*flags.split(), *evaluation.split()]
+
+
+def start_head(work: Path) -> None:
+    """The head node: 2 CPUs, token auth from the environment, the job server on localhost."""
+    dashboard = f"--include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port {DASHBOARD_PORT}"
+    ray(
+        *f"start --head --port {HEAD_PORT} --num-cpus 2 --temp-dir {work / 'head'} {dashboard}".split(),
+        "--disable-usage-stats",
+    )
+
+
+def kill_the_worker_node_mid_run(work: Path, results: Path) -> None:
+    """Wait for the first row, then for a run in flight on the worker node, then kill that node whole."""
+    while not list((results / "runs").glob("*.parquet")):
+        time.sleep(2)
+    log(f"first row written: {rows_per_class(results)}")
+    for _ in range(60):  # kill it while a run is in flight there, so that the kill costs a run
+        tasks, workers = in_flight_on_worker_node()
+        if tasks or workers:
+            log(f"in flight on the worker node: {tasks} run task(s), {workers} Train worker(s)")
+            break
+        time.sleep(1)
+    pids = kill_processes(work / "node1")
+    log(f"killed the worker node: {len(pids)} processes (its raylet, agents and workers)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", default="0-3")
@@ -177,64 +208,21 @@ def main() -> None:
         shutil.rmtree(work)
         sys.exit("the drill submits jobs through Ray's job server: pip install 'ray[default]==2.60.0' first")
     results = work / "results"
-    batch_args = [
-        "--classes",
-        args.classes,
-        "--address",
-        "auto",
-        "--results-dir",
-        str(results),
-        "--iterations",
-        args.iterations,
-        "--n-forget-samples",
-        "20",
-        "--n-retain-per-class",
-        "4",
-        "--sample-steps",
-        "20",
-        "--cpus-per-worker",
-        "1",
-    ]
+    flags = batch_args(args.classes, args.iterations, results)
     try:
-        ray(
-            "start",
-            "--head",
-            "--port",
-            str(HEAD_PORT),
-            "--num-cpus",
-            "2",
-            "--temp-dir",
-            str(work / "head"),
-            "--include-dashboard",
-            "true",
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            str(DASHBOARD_PORT),
-            "--disable-usage-stats",
-        )
+        start_head(work)
         log("head node up (RAY_AUTH_MODE=token)")
         start_worker_node(work / "node1")
         submit_without_token()
-        job = submit(batch_args)
-        while not list((results / "runs").glob("*.parquet")):
-            time.sleep(2)
-        log(f"first row written: {rows_per_class(results)}")
-        for _ in range(60):  # kill it while a run is in flight there, so that the kill costs a run
-            tasks, workers = in_flight_on_worker_node()
-            if tasks or workers:
-                log(f"in flight on the worker node: {tasks} run task(s), {workers} Train worker(s)")
-                break
-            time.sleep(1)
-        pids = kill_processes(work / "node1")
-        log(f"killed the worker node: {len(pids)} processes (its raylet, agents and workers)")
-        wanted = set(parse_classes(args.classes))
+        job = submit(flags)
+        kill_the_worker_node_mid_run(work, results)
         first = wait_job(job, args.job_timeout)
         counts = rows_per_class(results)
         log(f"rows per class after the first job: {counts}")
+        wanted = set(parse_classes(args.classes))
         ok = first == "SUCCEEDED" and set(counts) == wanted and all(n == 1 for n in counts.values())
         start_worker_node(work / "node2")
-        wait_job(submit(batch_args), args.job_timeout)
+        wait_job(submit(flags), args.job_timeout)
         again = rows_per_class(results)
         log(f"rows per class after resubmitting: {again}")
         ok = ok and again == counts

@@ -216,19 +216,11 @@ def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, con
     """Run every config not stored yet, as many at once as the cluster fits; one row each."""
     import ray
 
-    from safemax_ray.drivers.preflight import preflight
     from safemax_ray.ray.cluster import cluster_has_gpus, connected
 
     console = console or Console(quiet=True)
-    for cfg in configs:
-        cfg.require_classes("batch and compare")
-    first = configs[0]
-    if first.ray.cpus_per_worker is None:
-        # Several runs share each node: one thread per worker, and Ray packs runs by CPU count.
-        configs = [replace(c, ray=replace(c.ray, cpus_per_worker=1.0)) for c in configs]
-        first = configs[0]
-    configs = [preflight(cfg) for cfg in configs]
-    results_dir = configs[0].results_dir
+    configs = _prepared(configs)
+    first, results_dir = configs[0], configs[0].results_dir
     stored = set(read_dataframe(results_dir).run_key)
     keys = [run_key(c) for c in configs]
     todo = [c for c, key in zip(configs, keys, strict=True) if key not in stored]
@@ -279,6 +271,18 @@ def run_all(configs: list[UnlearnConfig], max_concurrent: int | None = None, con
             raise
     outcome.seconds = time.perf_counter() - began
     return outcome
+
+
+def _prepared(configs: list[UnlearnConfig]) -> list[UnlearnConfig]:
+    """Each run checked, with absolute paths; by default one CPU (one thread) a worker, since several
+    runs share each node and Ray packs them by CPU count."""
+    from safemax_ray.drivers.preflight import preflight
+
+    for cfg in configs:
+        cfg.require_classes("batch and compare")
+    if configs[0].ray.cpus_per_worker is None:
+        configs = [replace(c, ray=replace(c.ray, cpus_per_worker=1.0)) for c in configs]
+    return [preflight(cfg) for cfg in configs]
 
 
 def _collect(ref, name: str, outcome: BatchResult, retries: int, console: Console) -> None:

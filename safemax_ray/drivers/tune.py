@@ -322,38 +322,19 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
     """Run the search; returns the best parameters and one row per trial (also written as Parquet)."""
     import ray
     from ray import tune as ray_tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from safemax_ray.ray.cluster import cluster_has_gpus, connected
     from safemax_ray.ray.run import outcome_of
 
-    if isinstance(config, (str, Path)):
-        config = load_tune_config(config)
-    else:
-        config = from_dict(TuneConfig, config)
-        config.validate()
+    cfg, first, study = _prepare(config)
     console = console or Console(quiet=True)
-    first = preflight(config.trial_config(config.first_point()))
-    # Trials run elsewhere: they get the paths preflight made absolute.
-    cfg = replace(config, results_dir=first.results_dir, run={**config.run, **_paths(first)})
     results_dir = cfg.results_dir
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    study_dir = storage.join(layout.studies_dir(results_dir), f"{cfg.study}-{stamp}-{uuid.uuid4().hex[:4]}")
+    storage_path = layout.ray_storage(results_dir, first.ray.storage_path)
+    cache_dir = layout.cache_dir(results_dir)
     with connected(cfg.address, _local_cpus(cfg)):
         use_gpu = cluster_has_gpus() if cfg.budget.use_gpu is None else cfg.budget.use_gpu
         concurrency = max_concurrent(cfg, ray.cluster_resources(), use_gpu)
-        search = searcher(cfg)
-        scheduler = None
-        if cfg.asha.enabled:
-            scheduler = ASHAScheduler(
-                time_attr="step",
-                max_t=_max_iterations(cfg),
-                grace_period=cfg.asha.grace_period,
-                reduction_factor=cfg.asha.reduction_factor,
-            )
-        storage_path = layout.ray_storage(results_dir, first.ray.storage_path)
-        cache_dir = layout.cache_dir(results_dir)
-        parent = _study_tracker(cfg, Path(study_dir).name)
+        parent = _study_tracker(cfg, study)
         trainable = ray_tune.with_parameters(
             _trial,
             tune_cfg=to_dict(cfg),
@@ -366,31 +347,61 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
             f"study {cfg.study}: {cfg.budget.num_samples} trials, {concurrency} at a time, "
             f"{cfg.budget.workers_per_trial} workers each ({'GPU' if use_gpu else 'CPU'})"
         )
-        tuner = ray_tune.Tuner(
-            trainable,
-            tune_config=ray_tune.TuneConfig(
-                search_alg=ray_tune.search.ConcurrencyLimiter(search, max_concurrent=concurrency),
-                scheduler=scheduler,
-                num_samples=cfg.budget.num_samples,
-                # The searcher gets metric/mode already; Tune needs them only for the scheduler.
-                metric="score" if scheduler else None,
-                mode="max" if scheduler else None,
-                # A trial's actor imports torch, diffusers and the judge's code: the next trial reuses it.
-                reuse_actors=True,
-            ),
-            run_config=ray_tune.RunConfig(name=Path(study_dir).name, storage_path=storage_path, verbose=0),
-        )
         with parent.failing_on_error():
-            grid = tuner.fit()
+            grid = _tuner(cfg, trainable, concurrency, study, storage_path).fit()
             parent.end_children("KILLED")  # trials Tune stopped early never closed their runs
             finished = [r for r in grid if outcome_of(r).status is Status.FINISHED]
             if not finished:
                 errors = [str(r.error) for r in grid if r.error is not None]
                 raise SafemaxError(f"no trial of study {cfg.study} finished; first error: {errors[:1]}")
             rejudged = _rejudge(cfg, finished, use_gpu, cache_dir) if cfg.screen else {}
+            study_dir = storage.join(layout.studies_dir(results_dir), study)
             result = _record(cfg, finished, grid, results_dir, study_dir, use_gpu, console, rejudged, parent)
         parent.finish(result.best_metrics, (result.best_config_path,))
         return result
+
+
+def _prepare(config: TuneConfig | dict | str | Path) -> tuple[TuneConfig, UnlearnConfig, str]:
+    """The study's config, checked, with the paths preflight made absolute (trials run elsewhere); its
+    first trial's run; and the study's name for this time: '<study>-<UTC time>-<4 hex>'."""
+    if isinstance(config, (str, Path)):
+        config = load_tune_config(config)
+    else:
+        config = from_dict(TuneConfig, config)
+        config.validate()
+    first = preflight(config.trial_config(config.first_point()))
+    cfg = replace(config, results_dir=first.results_dir, run={**config.run, **_paths(first)})
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return cfg, first, f"{cfg.study}-{stamp}-{uuid.uuid4().hex[:4]}"
+
+
+def _tuner(cfg: TuneConfig, trainable, concurrency: int, study: str, storage_path: str):
+    """The Ray Tune study: Optuna's suggestions, at most `concurrency` at once, ASHA where asked."""
+    from ray import tune as ray_tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    scheduler = None
+    if cfg.asha.enabled:
+        scheduler = ASHAScheduler(
+            time_attr="step",
+            max_t=_max_iterations(cfg),
+            grace_period=cfg.asha.grace_period,
+            reduction_factor=cfg.asha.reduction_factor,
+        )
+    return ray_tune.Tuner(
+        trainable,
+        tune_config=ray_tune.TuneConfig(
+            search_alg=ray_tune.search.ConcurrencyLimiter(searcher(cfg), max_concurrent=concurrency),
+            scheduler=scheduler,
+            num_samples=cfg.budget.num_samples,
+            # The searcher gets metric/mode already; Tune needs them only for the scheduler.
+            metric="score" if scheduler else None,
+            mode="max" if scheduler else None,
+            # A trial's actor imports torch, diffusers and the judge's code: the next trial reuses it.
+            reuse_actors=True,
+        ),
+        run_config=ray_tune.RunConfig(name=study, storage_path=storage_path, verbose=0),
+    )
 
 
 def _study_tracker(cfg: TuneConfig, name: str) -> Tracker:
@@ -451,6 +462,14 @@ def _local_cpus(cfg: TuneConfig) -> int:
     return max(4, math.ceil(cfg.budget.cpus_per_trial))
 
 
+def _best(cfg: TuneConfig, rows: list[dict[str, Any]], rejudged: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The highest score: in pareto mode among the rows on the front; with a screen, among the re-judged."""
+    candidates = [r for r in rows if r["pareto"]] if cfg.objective == "pareto" else rows
+    if rejudged:
+        candidates = [rows[i] for i in rejudged]
+    return max(candidates, key=lambda r: r["score"])
+
+
 def _record(
     cfg: TuneConfig,
     finished,
@@ -490,14 +509,11 @@ def _record(
         )
         rows.append({**row, "params": params})
     agreement = _screen_agreement(finished, rejudged, console)
-    # The best: the highest score (in pareto mode, on the front; with a screen, of the re-judged trials).
-    candidates = [r for r in rows if r["pareto"]] if cfg.objective == "pareto" else rows
-    if rejudged:
-        candidates = [rows[i] for i in rejudged]
-    best = max(candidates, key=lambda r: r["score"])
-    best_cfg = cfg.trial_config(best["params"])
+    best = _best(cfg, rows, rejudged)
     best_path = storage.join(study_dir, "best_config.yaml")
-    storage.write_bytes_atomic(best_path, yaml.safe_dump(to_dict(best_cfg), sort_keys=False).encode())
+    storage.write_bytes_atomic(
+        best_path, yaml.safe_dump(to_dict(cfg.trial_config(best["params"])), sort_keys=False).encode()
+    )
     kept = {id(r) for r in finished}
     stopped = {Path(r.path).name: outcome_of(r).reason for r in grid if id(r) not in kept}
     for trial, why in stopped.items():
