@@ -1,6 +1,7 @@
 """SAFEMax as an Eval-Unlearn technique: each item of its technique contract, and its own runner."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -145,5 +146,9 @@ def test_eval_unlearns_cli_runs_a_config_naming_safemax(settings, technique, tmp
     (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.setattr("sys.argv", ["eval-unlearn", "run", "--config", str(tmp_path / "bench.yaml")])
     cli.main()
-    reports = list((tmp_path / "bench").rglob("*_report.json"))
-    assert reports and len(read_dataframe(settings["results_dir"])) == 1
+    reports = sorted((tmp_path / "bench").glob("*_report.json"))  # the run's, and the latest for its technique
+    written = [json.loads(r.read_text()) for r in reports]
+    assert [r.name.endswith("latest_report.json") for r in reports] == [False, True] and written[0] == written[1]
+    assert written[0]["technique_name"] == "safemax" and written[0]["erase_concept"] == "a dog"
+    assert written[0]["metric_result"]["details"] == {"n": 3} and 0 < written[0]["metric_result"]["value"] < 255
+    assert len(read_dataframe(settings["results_dir"])) == 1
