@@ -3,8 +3,10 @@ installed through the entry point): set-up time, ms per step and peak memory on 
 batch, with the ratios to SAFEMax (the paper: ~2x faster than SalUn, 30x than SA) and the RTE ratio at
 each method's budget in the paper's protocol (its ITERATION_BUDGET).
 
-    .venv/bin/python scripts/bench_methods.py                 # CPU: the shipped digits model and data
+    .venv/bin/python scripts/bench_methods.py --options sa.fisher_samples_per_class=20   # CPU: digits
     python scripts/bench_methods.py --device cuda             # a GPU: the 35.7M ddpm-cifar10 preset
+
+`--options METHOD.OPTION=VALUE` sets a method's option, as `compare` does (above: a cheaper Fisher).
 
 Each method runs in a fresh process (one after the other), so its peak memory is its own: CUDA max
 allocated on a GPU, the process's peak resident set on a CPU. Needs torch and diffusers, not Ray. The
@@ -19,6 +21,7 @@ import time
 
 import torch
 
+from safemax_ray.cli.compare import parse_options
 from safemax_ray.config import EvalConfig, UnlearnConfig
 from safemax_ray.core.data import ImageData, load_digits
 from safemax_ray.core.models import build_preset, load_model, peak_memory_mb
@@ -39,10 +42,9 @@ def measure(method: str, args: argparse.Namespace, out: mp.Queue) -> None:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     model, data = _workload(device)
-    options = {"fisher_samples_per_class": args.fisher_samples} if method == "sa" else {}
     cfg = UnlearnConfig(
         method=method,
-        method_options=options,
+        method_options=parse_options(args.options).get(method, {}),
         iterations=args.warmup,
         batch_size=args.batch,
         eval=EvalConfig(sample_steps=args.setup_sample_steps, batch_size=256),
@@ -67,8 +69,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--fisher-samples", type=int, default=20, help="SA: base samples per class for the Fisher")
-    parser.add_argument("--setup-sample-steps", type=int, default=None, help="SA: sampling steps (default: all)")
+    parser.add_argument("--options", nargs="*", default=[], help="METHOD.OPTION=VALUE, e.g. sa.gamma=0.5")
+    parser.add_argument(
+        "--setup-sample-steps",
+        type=int,
+        default=None,
+        help="set-ups that sample the base model (SA): sampling steps (default: all)",
+    )
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
     results = {}
@@ -81,8 +88,8 @@ def main() -> None:
         results[name] = (setup_s, ms, peak)
     ref_ms, ref_peak = results["safemax"][1], results["safemax"][2]
     print(
-        f"{args.device}, batch {args.batch} + {args.batch}, {args.steps} timed steps; SA Fisher on "
-        f"{args.fisher_samples} samples per class"
+        f"{args.device}, batch {args.batch} + {args.batch}, {args.steps} timed steps; options: "
+        f"{' '.join(args.options) or 'the defaults'}"
     )
     print(
         f"{'method':<10} {'set-up s':>9} {'ms/step':>9} {'x safemax':>10} {'peak MB':>9} {'x safemax':>10} "
