@@ -113,7 +113,7 @@ class Tracker:
         """An error inside ends the MLflow run as FAILED, with the error's first line, and goes on up."""
         try:
             yield
-        except BaseException as exc:
+        except Exception as exc:  # not an interrupt: that ends the process, and MLflow with it
             self.failed(_first_line(exc))
             raise
 

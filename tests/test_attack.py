@@ -1,7 +1,9 @@
 """Relearning attacks and the trajectory probe: the engine on its own, and `safemax-ray attack` on a run."""
 
 import json
+import pathlib
 
+import pandas as pd
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from safemax_ray.core.noise import calibrate
 from safemax_ray.engine import attack as engine
 from safemax_ray.engine.evaluate import load_eval_classifier
 from safemax_ray.errors import SafemaxError
+from safemax_ray.results import layout
 
 SETTINGS = engine.AttackSettings(n_samples=4, sample_steps=3, batch_size=4)
 
@@ -60,24 +63,23 @@ def test_attack_command_stores_curves_for_the_run_and_its_base(finished_run, cap
     assert len(rows[rows.kind == "trajectory"]) == 6  # three t0 for each model
     report = make_report(results)
     assert "recovery.png" in {p.name for p in report.files}
-    _the_folder_reads_as_the_run_rows(results, [run.run_id])
+    the_folder_reads_as_the_run_rows(results, [run.run_id])
+    assert set(pd.read_parquet(layout.attacks_dir(results)).run_id) == {run.run_id}  # the attack rows: beside
     with pytest.raises(SafemaxError, match="neither a model folder nor a run id"):
         from safemax_ray.drivers.attack import attack
 
         attack("no-such-run", results_dir=results)
 
 
-def _the_folder_reads_as_the_run_rows(results: str, run_ids: list[str]) -> None:
+def the_folder_reads_as_the_run_rows(results: str, run_ids: list[str]) -> None:
     """pandas, DuckDB and Ray Data read the results folder, with its models, caches, Ray storage and
     report, as exactly its run rows; the attack rows are their own dataset beside it."""
     import duckdb
-    import pandas as pd
     import ray.data
-
-    from safemax_ray.results import layout
 
     assert sorted(pd.read_parquet(results).run_id) == sorted(run_ids)
     globbed = duckdb.sql(f"select run_id from '{results}/**/*.parquet'").fetchall()
     assert sorted(r[0] for r in globbed) == sorted(run_ids)
     assert sorted(ray.data.read_parquet(results).to_pandas().run_id) == sorted(run_ids)
-    assert set(pd.read_parquet(layout.attacks_dir(results)).run_id) == set(run_ids)
+    attacks = layout.attacks_dir(results)
+    assert not pathlib.Path(attacks).exists() or set(pd.read_parquet(attacks).run_id) <= set(run_ids)

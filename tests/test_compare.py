@@ -4,6 +4,7 @@ cost ratios to SAFEMax and the forget-samples figure."""
 from pathlib import Path
 
 import pytest
+from test_attack import the_folder_reads_as_the_run_rows
 
 from safemax_ray.cli.compare import parse_options
 from safemax_ray.config import UnlearnConfig, load_unlearn_config
@@ -91,7 +92,8 @@ def test_the_paper_config_runs_end_to_end_on_stand_ins(tmp_path, ray_session):
     assert ratios.loc["safemax", "RTE / safemax"] == pytest.approx(1.0)
     assert set(ratios.index) == {"safemax", "sa"}
     names = {p.name for p in result.report.files}
-    assert {"ratios.md", "forget_samples.png", "quality.md", "cost.md"} <= names
+    assert {"ratios.md", "forget_samples.png", "quality.md", "cost.md", "report.html"} <= names
+    the_folder_reads_as_the_run_rows(str(tmp_path / "results"), [row["run_id"] for row in rows.values()])
     exported_back_is_the_unlearned_model(rows["safemax"], tmp_path)
 
 

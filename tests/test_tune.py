@@ -162,6 +162,9 @@ def _the_study_is_tracked_as_a_parent_with_a_child_per_trial(uri, df, result):
     assert list(finished["params.lr"].astype(float)) == list(df.lr)
     for run_id in children.run_id:  # every trial's loss curve, the stopped one's too
         assert len(MlflowClient(uri).get_metric_history(run_id, "loss")) >= 4
+    for run_id in finished.run_id:  # and the finished trials' sample grids and rows
+        files = {a.path for a in MlflowClient(uri).list_artifacts(run_id)}
+        assert {"samples.png", "forget.png"} <= files and len(files) == 3
 
 
 def test_without_a_screen_trials_are_judged_with_the_run_settings(tiny_assets, tmp_path):

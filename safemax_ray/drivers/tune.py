@@ -23,6 +23,7 @@ written as a YAML file that `safemax-ray unlearn --config` accepts.
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -299,6 +300,10 @@ def _trial(
     from safemax_ray.ray.run import train_and_evaluate
     from safemax_ray.ray.tune_reports import MidRunProbes
 
+    # Tune reuses this actor for the next trial only if this trial's thread ends within this many seconds
+    # of being stopped (ASHA), read from this process's environment then; Ray's 2 s default is too short
+    # for a Ray Train run to wind down on a busy node, and the next trial would fail instead of waiting.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     cfg = from_dict(TuneConfig, tune_cfg)
     trial = cfg.trial_config(params, screened=True)
     name = f"{cfg.study}-{ray.tune.get_context().get_trial_id()}"

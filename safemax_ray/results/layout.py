@@ -60,11 +60,9 @@ def attacks_dir(results_dir: str) -> str:
 
 def stored_model(results_dir: str, model_path: str) -> str:
     """A row's model folder; rows written before `models/` became `_models/` name the old place."""
-    if storage.exists(model_path):
-        return model_path
-    moved = Path(model_path)
-    if moved.parent.name == "models" and moved.parent.parent == Path(results_dir):
-        return str(Path(results_dir, MODELS, moved.name))
+    earlier = storage.join(results_dir, "models") + "/"
+    if model_path.startswith(earlier) and not storage.exists(model_path):
+        return storage.join(models_dir(results_dir), model_path.removeprefix(earlier))
     return model_path
 
 
