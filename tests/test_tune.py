@@ -191,3 +191,18 @@ def test_every_method_has_a_default_search_that_starts_at_its_own_defaults(tiny_
         spec = cfg.search[name]
         assert spec.low <= value <= spec.high, (name, value)
     assert cfg.trial_config(point).method == method
+
+
+def test_a_trials_checkpoint_keeps_its_object_store_scheme():
+    """Ray's Checkpoint.path drops the scheme ('bucket/...'); the driver must find an s3:// or gs://
+    trial checkpoint again (scripts/s3_check.py runs a study on an S3 server)."""
+    from types import SimpleNamespace
+
+    from safemax_ray.drivers.tune import _uri
+
+    def checkpoint(kind: str, path: str):
+        return SimpleNamespace(filesystem=SimpleNamespace(type_name=kind), path=path)
+
+    assert _uri(checkpoint("s3", "bucket/study/checkpoint_1")) == "s3://bucket/study/checkpoint_1"
+    assert _uri(checkpoint("gcs", "bucket/study/checkpoint_1")) == "gs://bucket/study/checkpoint_1"
+    assert _uri(checkpoint("local", "/tmp/study/checkpoint_1")) == "/tmp/study/checkpoint_1"

@@ -319,7 +319,15 @@ def _trial(
             probe_samples=cfg.asha.probe_samples if cfg.asha.enabled else None,
             tracker=tracker,
         ).require(Status.FINISHED)
-    ray.tune.report({**outcome.metrics, "checkpoint_path": outcome.checkpoint.path, "mlflow_run_id": tracker.run_id})
+    checkpoint = _uri(outcome.checkpoint)
+    ray.tune.report({**outcome.metrics, "checkpoint_path": checkpoint, "mlflow_run_id": tracker.run_id})
+
+
+def _uri(checkpoint) -> str:
+    """Where a checkpoint is, as `Checkpoint(uri)` finds it again: its path, with the object store's
+    scheme where it is in one (Ray's `.path` drops it: 'bucket/...', not 's3://bucket/...')."""
+    scheme = {"s3": "s3", "gcs": "gs"}.get(checkpoint.filesystem.type_name)
+    return f"{scheme}://{checkpoint.path}" if scheme else checkpoint.path
 
 
 @checked
