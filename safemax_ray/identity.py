@@ -18,7 +18,7 @@ from safemax_ray.engine.workloads import workload_for
 from safemax_ray.schema import to_dict
 
 
-def hparams(cfg: UnlearnConfig) -> dict[str, Any]:
+def computation(cfg: UnlearnConfig) -> dict[str, Any]:
     """Everything that changes what a run computes (not where it runs or writes): the model and
     classifier by content, the data by root and size, the method with all its options, the seeds,
     and what the workload adds (a concept run: its pipeline, prompts and images)."""
@@ -41,7 +41,7 @@ def hparams(cfg: UnlearnConfig) -> dict[str, Any]:
 
 
 def config_hash(cfg: UnlearnConfig) -> str:
-    blob = json.dumps(hparams(cfg), sort_keys=True, default=str)
+    blob = json.dumps(computation(cfg), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -27,7 +27,7 @@ import torch
 from safemax_ray.config import EvalConfig, UnlearnConfig
 from safemax_ray.core.data import load_dataset
 from safemax_ray.core.models import load_model
-from safemax_ray.drivers.batch import plan, run_all
+from safemax_ray.drivers.batch import per_class_configs, run_all
 from safemax_ray.engine import evaluate
 from safemax_ray.engine.judging import Chunk, KeepImages, Share, assemble
 
@@ -43,9 +43,11 @@ def shared_setups(classes: list[int], iterations: int, fisher: dict[str, int], w
     timings, rows = {}, {}
     for name in ("before: a cache per run", "after: one results folder"):
         if name.startswith("before"):  # each run sees only its own cache: each computes the Fisher
-            configs = [plan(sa_config(str(work / f"own-{c}"), iterations, fisher), [c])[0] for c in classes]
+            configs = [
+                per_class_configs(sa_config(str(work / f"own-{c}"), iterations, fisher), [c])[0] for c in classes
+            ]
         else:
-            configs = plan(sa_config(str(work / "shared"), iterations, fisher), classes)
+            configs = per_class_configs(sa_config(str(work / "shared"), iterations, fisher), classes)
         began = time.perf_counter()
         result = run_all(configs, max_concurrent=len(classes))
         seconds = time.perf_counter() - began

@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_flags
 
 from safemax_ray.config import UnlearnConfig
-from safemax_ray.drivers.batch import parse_classes, plan, tuned_params
+from safemax_ray.drivers.batch import parse_classes, per_class_configs, tuned_params
 from safemax_ray.errors import SafemaxError
 from safemax_ray.identity import run_key
 from safemax_ray.results import layout
@@ -26,9 +26,9 @@ def test_parse_classes():
             parse_classes(bad)
 
 
-def test_plan_gives_each_class_its_own_key_and_tuned_values():
+def test_per_class_configs_give_each_class_its_own_key_and_tuned_values():
     base = UnlearnConfig(method_options={"lam": 1.0})
-    configs = plan(base, [0, 1], {1: {"method_options": {"lam": 3.0}, "lr": 1e-4, "iterations": 50}})
+    configs = per_class_configs(base, [0, 1], {1: {"method_options": {"lam": 3.0}, "lr": 1e-4, "iterations": 50}})
     assert [c.forget_class for c in configs] == [0, 1]
     assert configs[0].options().lam == 1.0 and (configs[1].options().lam, configs[1].iterations) == (3.0, 50)
     assert base.method_options == {"lam": 1.0}  # planning never changes the base config

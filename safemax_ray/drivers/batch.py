@@ -83,9 +83,11 @@ class BatchResult:
     run_keys: list[str] = field(default_factory=list)  # the key of every planned run, stored or not
 
 
-def plan(
+def per_class_configs(
     base: UnlearnConfig, classes: list[int], params: dict[int, dict[str, Any]] | None = None
 ) -> list[UnlearnConfig]:
+    """One run per class: `base` with that forget class and, where `params` has the class, its tuned lr,
+    iterations and method options."""
     configs = []
     for c in classes:
         cfg = replace(
@@ -157,8 +159,8 @@ def batch_configs(
     if together:
         if params:
             raise SafemaxError("--tuned-from sets settings per class; it does not combine with --together")
-        return [replace(plan(base, classes[:1])[0], forget_class=list(classes))]
-    return plan(base, classes, params)
+        return [replace(per_class_configs(base, classes[:1])[0], forget_class=list(classes))]
+    return per_class_configs(base, classes, params)
 
 
 SETUP_POLL_S = 2.0

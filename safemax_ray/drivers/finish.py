@@ -17,7 +17,7 @@ from safemax_ray.core.intervals import INTERVAL_METRICS
 from safemax_ray.engine.checkpoint import FORGET_GRID, SAMPLES_GRID
 from safemax_ray.engine.outcome import Outcome, Status
 from safemax_ray.engine.workloads import workload_for
-from safemax_ray.identity import hparams, run_key
+from safemax_ray.identity import computation, run_key
 from safemax_ray.methods import get_method
 from safemax_ray.results.parquet import COMMON_OPTIONS, ENDS, option_columns, write_row
 from safemax_ray.schema import to_dict
@@ -134,7 +134,7 @@ def start_tracking(cfg: UnlearnConfig, run_id: str, parent: Tracker | None = Non
     uri = tracking_uri(cfg.tracking_uri)
     if uri is None:
         return UNTRACKED
-    flat = _flat(hparams(cfg))
+    flat = _flat(computation(cfg))
     params = {**flat, "run_key": run_key(cfg), "forget_classes": cfg.forget_label(), "num_workers": cfg.ray.num_workers}
     return Tracker.start(uri, cfg.study or DEFAULT_EXPERIMENT, run_id, params, parent)
 
