@@ -71,15 +71,17 @@ def test_attack_command_stores_curves_for_the_run_and_its_base(finished_run, cap
         attack("no-such-run", results_dir=results)
 
 
-def the_folder_reads_as_the_run_rows(results: str, run_ids: list[str]) -> None:
+def the_folder_reads_as_the_run_rows(results: str, run_ids: list[str], ray_data: bool = True) -> None:
     """pandas, DuckDB and Ray Data read the results folder, with its models, caches, Ray storage and
-    report, as exactly its run rows; the attack rows are their own dataset beside it."""
+    report, as exactly its run rows; the attack rows are their own dataset beside it. (Ray Data finds
+    files as pandas does, through Arrow, and costs seconds to start: `ray_data=False` skips it.)"""
     import duckdb
     import ray.data
 
     assert sorted(pd.read_parquet(results).run_id) == sorted(run_ids)
     globbed = duckdb.sql(f"select run_id from '{results}/**/*.parquet'").fetchall()
     assert sorted(r[0] for r in globbed) == sorted(run_ids)
-    assert sorted(ray.data.read_parquet(results).to_pandas().run_id) == sorted(run_ids)
+    if ray_data:
+        assert sorted(ray.data.read_parquet(results).to_pandas().run_id) == sorted(run_ids)
     attacks = layout.attacks_dir(results)
     assert not pathlib.Path(attacks).exists() or set(pd.read_parquet(attacks).run_id) <= set(run_ids)
