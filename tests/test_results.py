@@ -190,5 +190,7 @@ def test_a_folder_in_the_earlier_layout_is_moved_once_and_its_models_still_found
     assert len(moved) == 6 and "moved to this version's layout" in caplog.text
     assert list(pd.read_parquet(tmp_path).run_id) == ["old"]
     assert list(pd.read_parquet(layout.attacks_dir(str(tmp_path))).attack_id) == ["a"]
-    assert layout.stored_model(str(tmp_path), str(model)) == str(tmp_path / "_models" / "old")
+    assert layout.stored_path(str(tmp_path), str(model)) == str(tmp_path / "_models" / "old")
+    grid = str(model / "samples.png")  # a row's grid, beside its model
+    assert layout.stored_path(str(tmp_path), grid) == str(tmp_path / "_models" / "old" / "samples.png")
     assert layout.move_earlier_layout(str(tmp_path)) == []  # once

@@ -58,7 +58,7 @@ def resolve_target(target: str, results_dir: str, forget_class: int | None) -> T
         raise SafemaxError(f"run {target} forgot classes {cfg.forget_label()}: attack one class at a time")
     if forget_class is not None and [forget_class] != cfg.forget_classes():
         raise SafemaxError(f"run {target} forgot class {cfg.forget_label()}, not {forget_class}")
-    return Target(layout.stored_model(results_dir, row.model_path), cfg, target)
+    return Target(layout.stored_path(results_dir, row.model_path), cfg, target)
 
 
 def _task(kind: str, model_path: str, cfg: dict, shots: int, steps: list[int], settings: dict, use_gpu: bool):

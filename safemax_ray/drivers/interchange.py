@@ -57,7 +57,7 @@ def _model_folder(target: str, results_dir: str) -> str:
     match = rows[rows.run_id == target]
     if match.empty:
         raise SafemaxError(f"{target!r} is neither a model folder nor a run id stored under {results_dir}")
-    return layout.stored_model(results_dir, str(match.model_path.iloc[0]))
+    return layout.stored_path(results_dir, str(match.model_path.iloc[0]))
 
 
 def _preset(folder: str) -> str:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from safemax_ray import storage
 from safemax_ray.engine.checkpoint import FORGET_GRID
+from safemax_ray.results import layout
 from safemax_ray.results import parquet as results
 from safemax_ray.results.loading import GROUP
 from safemax_ray.results.writing import local_out_dir, write_atomic
@@ -74,6 +75,8 @@ def _read_image(path: str, results_dir: str | None) -> np.ndarray | None:
     candidates = [path]
     if results_dir is not None and not storage.is_uri(path) and not Path(path).is_absolute():
         candidates.append(storage.join(results_dir, path))  # a relative path may be relative to the results
+    elif results_dir is not None:
+        candidates.append(layout.stored_path(results_dir, path))  # a row from before `_models/`
     for candidate in candidates:
         try:
             if not storage.exists(candidate):

@@ -58,12 +58,13 @@ def attacks_dir(results_dir: str) -> str:
     return results_dir.rstrip("/") + "-attacks"
 
 
-def stored_model(results_dir: str, model_path: str) -> str:
-    """A row's model folder; rows written before `models/` became `_models/` name the old place."""
+def stored_path(results_dir: str, path: str) -> str:
+    """A row's model folder or sample grid; rows written before `models/` became `_models/` name the old
+    place."""
     earlier = storage.join(results_dir, "models") + "/"
-    if model_path.startswith(earlier) and not storage.exists(model_path):
-        return storage.join(models_dir(results_dir), model_path.removeprefix(earlier))
-    return model_path
+    if path.startswith(earlier) and not storage.exists(path):
+        return storage.join(models_dir(results_dir), path.removeprefix(earlier))
+    return path
 
 
 def move_earlier_layout(results_dir: str) -> list[str]:
