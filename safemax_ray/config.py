@@ -86,7 +86,7 @@ class RayConfig(Settings):
     max_failures: int = setting(
         1, "times a run restarts from its last checkpoint after its workers (or a batch run's task) died"
     )
-    storage_path: str | None = setting(None, "Ray Train's storage (default <results-dir>/ray)")
+    storage_path: str | None = setting(None, "Ray Train's storage (default <results-dir>/_ray)")
 
     def validate(self) -> None:
         if self.num_workers < 1:
@@ -203,7 +203,7 @@ class UnlearnConfig(Settings):
     stats_every: int = setting(10, "steps between host syncs for loss statistics on a GPU")
     compile: bool | None = setting(None, "torch.compile the UNet (default: on CUDA for runs long enough to pay)")
     results_dir: str = setting("safemax_results", "Parquet results folder or s3:// URI")
-    output_dir: str | None = None  # None: <results_dir>/models/<run_id>
+    output_dir: str | None = None  # None: <results_dir>/_models/<run_id>
     study: str = setting("", "label stored with the results; the MLflow experiment")
     tracking_uri: str | None = setting(
         None, "MLflow tracking URI, e.g. sqlite:///mlflow.db or http://host:5000 (default: $MLFLOW_TRACKING_URI)"

@@ -10,7 +10,7 @@ from safemax_ray.cli.output import console
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="the paper's tables and figures from a results folder")
     p.add_argument("results_dir")
-    p.add_argument("--out", help="folder for Markdown, CSV and PNG files (default <results_dir>/report)")
+    p.add_argument("--out", help="folder for Markdown, CSV, PNG and report.html (default <results_dir>/_report)")
     p.add_argument("--method")
     p.add_argument("--dataset")
     p.add_argument("--study")

@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--forget-class", type=forget_classes, help="class to forget (default 0), or several to forget together: 3,7"
     )
-    p.add_argument("--output-dir", help="where the unlearned model goes (default <results-dir>/models/<run_id>)")
+    p.add_argument("--output-dir", help="where the unlearned model goes (default <results-dir>/_models/<run_id>)")
     p.add_argument("--no-progress", action="store_true", help="no live progress bars")
     add_run_flags(p)
     add_concept_flags(p)
