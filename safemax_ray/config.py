@@ -16,6 +16,7 @@ from safemax_ray.core.sampling import SAMPLERS
 from safemax_ray.errors import SafemaxError
 from safemax_ray.methods import get_method, method_options
 from safemax_ray.schema import Settings, apply_overrides, check_fields, from_dict, read_yaml, setting
+from safemax_ray.tracking import tracking_uri
 
 DATASETS = ("digits", "cifar10", "imagefolder")
 MOVED_TO_OPTIONS = {"lam", "alpha", "target", "null_drop"}  # top-level keys before method options existed
@@ -262,6 +263,7 @@ class UnlearnConfig(Settings):
             data_root=fix(self.data_root),
             results_dir=fix(self.results_dir) or self.results_dir,
             output_dir=fix(self.output_dir),
+            tracking_uri=tracking_uri(self.tracking_uri),
             method_options=dict(self.method_options),
             eval=replace(self.eval, fid_weights=fix(self.eval.fid_weights)),
             ray=replace(self.ray, storage_path=fix(self.ray.storage_path)),

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,22 @@ PARENT_TAG = "mlflow.parentRunId"  # what MLflow's UI nests child runs by
 
 
 def tracking_uri(configured: str | None) -> str | None:
-    """The configured URI, else $MLFLOW_TRACKING_URI; None: no tracking."""
-    return configured or os.environ.get(ENV) or None
+    """The configured URI, else $MLFLOW_TRACKING_URI; None: no tracking. A SQLite store's file is made
+    absolute here, in the driver: Ray workers and tasks run in other folders."""
+    uri = configured or os.environ.get(ENV) or None
+    if uri and uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
+        return SQLITE + os.path.abspath(uri.removeprefix(SQLITE))
+    return uri
+
+
+SQLITE = "sqlite:///"
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Beside a SQLite store's file (MLflow's default, ./mlruns, depends on the process's folder)."""
+    if uri.startswith(SQLITE):
+        return Path(uri.removeprefix(SQLITE)).parent.joinpath("mlruns").as_uri()
+    return None
 
 
 @lru_cache(maxsize=8)
@@ -68,7 +83,8 @@ class Tracker:
         def create() -> Tracker:
             client = _client(uri)
             found = client.get_experiment_by_name(experiment)
-            experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+            location = _artifact_location(uri)
+            experiment_id = found.experiment_id if found else client.create_experiment(experiment, location)
             tags = {RUN_TAG: name, **({PARENT_TAG: parent.run_id} if parent else {})}
             run = client.create_run(experiment_id, run_name=name, tags=tags)
             tracker = cls(uri, run.info.run_id)

@@ -3,6 +3,7 @@ back with mlflow.search_runs; a store that is down costs one warning and nothing
 
 import json
 import logging
+import os
 
 import mlflow
 import pandas as pd
@@ -37,6 +38,8 @@ def test_a_tracker_logs_params_steps_figures_and_files(tmp_path):
     history = MlflowClient(uri).get_metric_history(child.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(10, 0.1), (20, 0.05)]
     assert [a.path for a in MlflowClient(uri).list_artifacts(child.run_id)] == ["samples.png"]
+    # Artifacts beside the store's file, not in ./mlruns of whichever process logged them.
+    assert MlflowClient(uri).get_experiment_by_name("study").artifact_location == (tmp_path / "mlruns").as_uri()
 
 
 def test_children_left_running_are_ended(tmp_path):
@@ -65,8 +68,11 @@ def test_the_uri_comes_from_the_setting_else_the_environment(monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
     assert tracking_uri(None) is None and not Tracker.start(None, "s", "r", {})
     monkeypatch.setenv(ENV, "sqlite:///from-env.db")
-    assert tracking_uri(None) == "sqlite:///from-env.db"
+    assert tracking_uri(None) == f"sqlite:///{os.path.abspath('from-env.db')}"
     assert tracking_uri("http://set:5000") == "http://set:5000"
+    # A SQLite file named relative to here is made absolute (Ray workers run in other folders).
+    assert tracking_uri("sqlite:///runs/mlflow.db") == f"sqlite:///{os.path.abspath('runs/mlflow.db')}"
+    assert tracking_uri("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"
 
 
 def test_an_unlearn_run_is_one_mlflow_run_with_its_curve_figures_and_files(finished_run):

@@ -384,6 +384,7 @@ def _prepare(config: TuneConfig | dict | str | Path) -> tuple[TuneConfig, Unlear
         config.validate()
     first = preflight(config.trial_config(config.first_point()))
     cfg = replace(config, results_dir=first.results_dir, run={**config.run, **_paths(first)})
+    cfg.tracking_uri = first.tracking_uri  # absolute, or the environment's, for the trials elsewhere
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     return cfg, first, f"{cfg.study}-{stamp}-{uuid.uuid4().hex[:4]}"
 
