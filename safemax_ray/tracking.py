@@ -98,7 +98,8 @@ class Tracker:
         self._call("log_batch", metrics=_metrics(metrics, step))
 
     def finish(self, metrics: dict[str, Any], files: tuple[str, ...] = (), status: str = "FINISHED") -> None:
-        """The final figures, the files (samples.png, the row's Parquet file) as artifacts; the run ends."""
+        """The final figures (the numbers among `metrics`; e.g. a whole row), the files (samples.png, the
+        row's Parquet file) as artifacts; the run ends."""
         self._call("log_batch", metrics=_metrics(metrics, None))
         for path in files:
             if os.path.isfile(path):  # an object-store row or config is not sent twice

@@ -115,13 +115,8 @@ def finish_run(
     model_path, grid_path = export_run(cfg, outcome.checkpoint, output_dir)
     row = build_row(cfg, outcome.metrics, run_id, model_path, grid_path, device, **tune_fields)
     path = write_row(cfg.results_dir, row)
-    tracker.finish(row_figures(row), (grid_path, storage.join(output_dir, FORGET_GRID), path))
+    tracker.finish(row, (grid_path, storage.join(output_dir, FORGET_GRID), path))
     return row, path
-
-
-def row_figures(row: dict[str, Any]) -> dict[str, float]:
-    """The row's numbers, for a tracker: figures, their intervals, the base model's, cost."""
-    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 DEFAULT_EXPERIMENT = "safemax_ray"  # runs without a study label
