@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from safemax_ray.errors import SafemaxError
 
 if TYPE_CHECKING:
-    from safemax_ray.config import ConceptConfig, EvalConfig, RayConfig, UnlearnConfig, load_unlearn_config
+    from safemax_ray.config import EvalConfig, RayConfig, UnlearnConfig, load_unlearn_config
     from safemax_ray.drivers.attack import AttackResult
     from safemax_ray.drivers.batch import BatchResult
     from safemax_ray.drivers.compare import CompareResult
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 __all__ = [
-    "ConceptConfig",
     "attack",
     "EvalConfig",
     "RayConfig",
@@ -40,7 +39,7 @@ __all__ = [
 ]
 
 
-_CONFIG = ("ConceptConfig", "EvalConfig", "RayConfig", "UnlearnConfig", "load_unlearn_config")
+_CONFIG = ("EvalConfig", "RayConfig", "UnlearnConfig", "load_unlearn_config")
 
 
 def __getattr__(name: str) -> Any:

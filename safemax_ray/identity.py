@@ -47,7 +47,8 @@ def config_hash(cfg: UnlearnConfig) -> str:
 
 def run_key(cfg: UnlearnConfig) -> str:
     """Deterministic identity of a run: the same key means the same computation."""
-    return f"{cfg.method}-{cfg.data_name()}-c{cfg.forget_label()}-{config_hash(cfg)}-s{cfg.seed}"
+    workload = workload_for(cfg)
+    return f"{cfg.method}-{workload.data_name()}-c{workload.forget_label()}-{config_hash(cfg)}-s{cfg.seed}"
 
 
 def model_id(cfg: UnlearnConfig) -> str:

@@ -5,13 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from safemax_ray.config import ConceptConfig, EvalConfig, UnlearnConfig
+from safemax_ray.config import EvalConfig, UnlearnConfig
+from safemax_ray.engine.workloads.concepts import ConceptConfig
 from safemax_ray.errors import SafemaxError
 
 
 def concept_config(pipeline, results_dir, **extra) -> UnlearnConfig:
     return UnlearnConfig(
-        concept=ConceptConfig(pipeline=str(pipeline), concept="a dog", images_per_prompt=2),
+        workload="concept",
+        workload_settings={"pipeline": str(pipeline), "concept": "a dog", "images_per_prompt": 2},
         iterations=extra.pop("iterations", 20),
         batch_size=8,
         results_dir=str(results_dir),
@@ -44,8 +46,12 @@ def test_concept_settings_are_validated(tmp_path):
     prompts.write_text("a dog\n\na puppy on grass\n")
     c = ConceptConfig(pipeline="p", concept="A Dog!", prompts_file=str(prompts))
     assert c.prompts() == ["a dog", "a puppy on grass"] and c.slug() == "a-dog"
-    cfg = UnlearnConfig(concept=c)
-    assert cfg.forget_classes() == [0, 1] and cfg.data_name() == "prompts"
+    cfg = UnlearnConfig(workload="concept", workload_settings=vars(c))
+    from safemax_ray.engine.workloads import workload_for
+
+    workload = workload_for(cfg)
+    assert workload.forget_classes() == [0, 1] and workload.data_name() == "prompts"
+    assert workload.forget_label() == "a-dog"
     assert ConceptConfig(concept="a cat").prompts()[1] == "a photo of a cat"
 
 
@@ -81,7 +87,7 @@ def test_forget_images_from_a_folder_replace_the_generated_concept_latents(tiny_
     for i in range(5):
         Image.new("RGB", (20, 20), (40 * i, 100, 200)).save(folder / f"{i}.png")
     cfg = concept_config(tiny_pipeline, tmp_path)
-    cfg.concept.forget_images = str(folder)
+    cfg.workload_settings["forget_images"] = str(folder)
     _, data = workload_for(cfg).open(torch.device("cpu"), None)
     assert data.labels[:5].tolist() == [0, 1, 2, 3, 0]  # the images are dealt over the concept's prompts
     assert data.labels[5:].tolist() == [p for p in range(4, 10) for _ in range(2)]  # remain: generated
@@ -160,10 +166,10 @@ def test_batch_and_tune_refuse_a_concept_in_one_line(tmp_path):
     from safemax_ray.drivers.batch import batch_unlearn
     from safemax_ray.drivers.tune import TuneConfig
 
-    cfg = UnlearnConfig(concept=ConceptConfig(pipeline="p", concept="a dog"))
+    cfg = UnlearnConfig(workload="concept", workload_settings={"pipeline": "p", "concept": "a dog"})
     with pytest.raises(SafemaxError, match="forget a concept with one run: safemax-ray unlearn --pipeline"):
         batch_unlearn(cfg, [0, 1])
-    with pytest.raises(SafemaxError, match="tune trials run classes"):
+    with pytest.raises(SafemaxError, match="tune trials run one class at a time.*forget a concept with one run"):
         TuneConfig(run={"concept": {"pipeline": "p", "concept": "a dog"}}).validate()
 
 

@@ -245,7 +245,7 @@ def test_setup_runs_once_and_is_timed_apart(tiny_assets):
 
 def test_several_classes_are_forgotten_together_and_judged_one_by_one(tiny_assets):
     cfg = tiny_config(tiny_assets, forget_class=[7, 3], iterations=2)
-    assert cfg.forget_classes() == [3, 7] and run_key(cfg).startswith("safemax-digits-c3+7-")
+    assert cfg.classes_given() == [3, 7] and run_key(cfg).startswith("safemax-digits-c3+7-")
     session = open_session(cfg, CPU)
     assert set(session.data.labels[session.forget_idx].unique().tolist()) == {3, 7}
     train(session)

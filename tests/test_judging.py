@@ -67,7 +67,7 @@ def test_chunks_judged_apart_give_the_figures_of_scoring_every_image_at_once(tin
         forget_class=[2, 5], classifier=tiny_assets[1], eval=EvalConfig(n_forget_samples=12, batch_size=chunk)
     )
     data = load_dataset("digits")
-    labels = evaluate.eval_labels(10, cfg.forget_classes(), cfg.eval)
+    labels = evaluate.eval_labels(10, cfg.classes_given(), cfg.eval)
     # Stand-ins for samples: real digits of each label, half of them drowned in noise.
     g = torch.Generator().manual_seed(1)
     images = torch.stack([data.images[data.labels == c][i % 20] for i, c in enumerate(labels.tolist())])

@@ -85,13 +85,14 @@ def test_rows_missing_a_column_or_with_extras_are_refused(tmp_path):
     assert results.read_results(str(tmp_path)).num_rows == 0  # nothing half-written
 
 
-def test_rows_written_before_the_concept_columns_read_with_nulls(tmp_path):
+def test_rows_written_before_the_workload_columns_read_with_nulls(tmp_path):
     table = results.validate_row(make_row("old"))
-    table = table.drop_columns(list(results.ADDED_LATER))
+    table = table.drop_columns([*results.ADDED_LATER, *(f.name for f in results.workload_fields())])
     (tmp_path / "runs").mkdir()
     pq.write_table(table, tmp_path / "runs" / "old.parquet")
     df = results.read_dataframe(str(tmp_path))
     assert df.run_id.tolist() == ["old"] and df.concept.isna().all() and df.forget_mse.isna().all()
+    assert df.workload.isna().all()
     # A file that lacks a column older than those is still refused.
     pq.write_table(table.drop_columns(["rte_s"]), tmp_path / "runs" / "older.parquet")
     with pytest.raises(SafemaxError, match="older safemax_ray \\(no column rte_s\\)"):

@@ -44,7 +44,7 @@ FIELD_CASES = [(cls, name) for cls in CLASSES for name in _typed_fields(cls)]
 
 def test_the_sweep_sees_every_settings_class():
     names = {c.__name__ for c in CLASSES}
-    assert {"UnlearnConfig", "EvalConfig", "RayConfig", "ConceptConfig", "TuneConfig", "Budget"} <= names
+    assert {"UnlearnConfig", "EvalConfig", "RayConfig", "TuneConfig", "Budget"} <= names
     assert {"SafeMaxOptions", "SalUnOptions", "EraseDiffOptions", "SFRonOptions", "AttackSettings"} <= names
     assert len(FIELD_CASES) > 80
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from safemax_ray.cli import flags
 from safemax_ray.cli.output import add_plan_flags, console, print_outcome, print_plan
-from safemax_ray.cli.settings import add_run_flags
+from safemax_ray.cli.settings import add_run_flags, load_config
 from safemax_ray.errors import SafemaxError
 
 
@@ -23,7 +23,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from safemax_ray.config import load_unlearn_config
     from safemax_ray.drivers.batch import parse_classes
     from safemax_ray.drivers.compare import compare, plan_comparison
 
@@ -32,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if shared:
         name = shared[0].removeprefix("method_options.").replace("_", "-")
         raise SafemaxError(f"compare runs several methods: give --METHOD.{name} (e.g. --safemax.lam)")
-    cfg = load_unlearn_config(args.config, **given)
+    cfg = load_config(args.config, given)
     classes, options = parse_classes(args.classes), parse_options(args.options or [])
     for method, values in per_method.items():
         options.setdefault(method, {}).update(values)

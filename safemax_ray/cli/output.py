@@ -84,11 +84,12 @@ def print_plan(configs: list, gpus: int, evaluations: list = ()) -> int:
     """--plan: what the runs (and evaluations of trained runs) will cost, then stop before anything
     starts."""
     from safemax_ray.drivers.plan import describe, plan_runs
+    from safemax_ray.engine.workloads import workload_for
 
     if gpus < 1:
         raise SafemaxError(f"--gpus must be >= 1, got {gpus}")
     for cfg in configs:
-        cfg.require_classes("--plan")
+        workload_for(cfg).require_class_by_class("--plan")
         cfg.validate()
     for line in describe(plan_runs(configs, gpus, evaluations)):
         console.print(line, highlight=False)

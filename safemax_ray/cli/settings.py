@@ -25,13 +25,27 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     flags.add_option_flags(group, _shared_option_fields(), taken)
     group = p.add_argument_group("each method's options, by name (--salun.alpha; compare sets each method's)")
     flags.add_method_flags(group, method_option_classes(), taken)
+    for name, settings in workload_settings_classes().items():
+        title = (settings.__doc__ or name).strip().splitlines()[0].rstrip(".")
+        group = p.add_argument_group(f"workload {name}: {title} (under {name}: in YAML; sets --workload {name})")
+        flags.add_setting_flags(group, settings, f"{name}.", taken)
 
 
-def add_concept_flags(p: argparse.ArgumentParser) -> None:
-    from safemax_ray.config import ConceptConfig
+def workload_settings_classes() -> dict[str, type]:
+    """Each available workload's own settings class, by workload name (from the registry)."""
+    from dataclasses import fields
 
-    group = p.add_argument_group("text-to-image: forget a concept (under concept: in YAML; needs the text extra)")
-    flags.add_setting_flags(group, ConceptConfig, "concept.")
+    from safemax_ray.engine.workloads import available_workloads, workload_class
+
+    found = {}
+    for name in available_workloads():
+        try:
+            settings = workload_class(name).Settings
+        except Exception:  # noqa: BLE001  (a broken plugin must not break the command; using it says why)
+            continue
+        if fields(settings):
+            found[name] = settings
+    return found
 
 
 def method_option_classes() -> dict[str, type]:
@@ -60,16 +74,43 @@ def _shared_option_fields() -> dict[str, tuple[dataclasses.Field, Any, list[str]
 
 def run_config(args: argparse.Namespace, given: dict[str, Any]):
     """The run's config from --config and the flags; --METHOD.OPTION flags must name the run's method."""
-    from safemax_ray.config import load_unlearn_config
-
     rest, per_method = flags.method_flag_options(given)
-    cfg = load_unlearn_config(args.config, **rest)
+    cfg = load_config(args.config, rest)
     for method, options in per_method.items():
         if method != cfg.method:
             flag = f"--{method}.{next(iter(options)).replace('_', '-')}"
             raise SafemaxError(f"{flag} sets an option of {method}, but the run's method is {cfg.method}")
         cfg.method_options.update(options)
     return cfg
+
+
+def load_config(path: str | None, given: dict[str, Any]):
+    """The YAML file's config with the flags given; a workload's flags (`--pipeline`) choose it."""
+    from safemax_ray.config import load_unlearn_config
+
+    workloads = set(workload_settings_classes())
+    sections = _workload_sections(given, workloads)
+    cfg = load_unlearn_config(path, **{k: v for k, v in given.items() if k.partition(".")[0] not in workloads})
+    for name, values in sections.items():
+        if cfg.workload != name:
+            if given.get("workload") is not None:
+                raise SafemaxError(f"--workload is {cfg.workload}, but flags of workload {name} were given")
+            cfg.workload, cfg.workload_settings = name, {}
+        cfg.workload_settings.update(values)
+    return cfg
+
+
+def _workload_sections(given: dict[str, Any], names: set[str]) -> dict[str, dict[str, Any]]:
+    """The workload flags given ({"concept.pipeline": "sd"} -> {"concept": {"pipeline": "sd"}}); flags
+    of two workloads at once are refused."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in given.items():
+        name, _, field = key.partition(".")
+        if name in names and field and value is not None:
+            sections.setdefault(name, {})[field] = value
+    if len(sections) > 1:
+        raise SafemaxError(f"flags of workloads {' and '.join(sorted(sections))} were given; a run has one workload")
+    return sections
 
 
 def forget_classes(text: str) -> int | list[int]:

@@ -7,7 +7,7 @@ import time
 
 from safemax_ray.cli import flags
 from safemax_ray.cli.output import console, metrics_table
-from safemax_ray.cli.settings import add_concept_flags, add_run_flags, forget_classes, run_config
+from safemax_ray.cli.settings import add_run_flags, forget_classes, run_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,23 +20,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", help="where the unlearned model goes (default <results-dir>/_models/<run_id>)")
     p.add_argument("--no-progress", action="store_true", help="no live progress bars")
     add_run_flags(p)
-    add_concept_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from safemax_ray.config import ConceptConfig
     from safemax_ray.drivers.unlearn import unlearn
     from safemax_ray.engine.workloads import workload_for
-    from safemax_ray.schema import apply_overrides
 
     given = flags.overrides(args)
-    concept = {k: v for k, v in given.items() if k.startswith("concept.")}
-    rest = {k: v for k, v in given.items() if k not in concept}
-    cfg = run_config(args, {**rest, "forget_class": args.forget_class, "output_dir": args.output_dir})
-    if any(v is not None for v in concept.values()):
-        cfg.concept = cfg.concept or ConceptConfig()
-        apply_overrides(cfg, concept)
+    cfg = run_config(args, {**given, "forget_class": args.forget_class, "output_dir": args.output_dir})
     began = time.perf_counter()
     result = unlearn(cfg, console=console, show_progress=not args.no_progress)
     workload = workload_for(cfg)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from safemax_ray.config import UnlearnConfig
-from safemax_ray.core.models import SHIPPED_MODEL
 from safemax_ray.engine.attack import AttackSettings
+from safemax_ray.engine.workloads import workload_for
 from safemax_ray.errors import SafemaxError
 from safemax_ray.results import layout
 from safemax_ray.results.parquet import read_dataframe, write_attack
@@ -30,7 +30,7 @@ class Target:
     """What is attacked: the unlearned model, its base model and how it was judged."""
 
     model_path: str
-    cfg: UnlearnConfig  # dataset, data root, classifier, base model (cfg.model), forget class
+    cfg: UnlearnConfig  # the run's: its workload knows the data, the judge and the base model
     run_id: str | None = None
 
 
@@ -53,11 +53,13 @@ def resolve_target(target: str, results_dir: str, forget_class: int | None) -> T
     if match.empty:
         raise SafemaxError(f"{target!r} is neither a model folder nor a run id stored under {results_dir}")
     row = match.iloc[0]
-    cfg = from_dict(UnlearnConfig, json.loads(row.config_json))
-    if len(cfg.forget_classes()) > 1:
-        raise SafemaxError(f"run {target} forgot classes {cfg.forget_label()}: attack one class at a time")
-    if forget_class is not None and [forget_class] != cfg.forget_classes():
-        raise SafemaxError(f"run {target} forgot class {cfg.forget_label()}, not {forget_class}")
+    cfg = UnlearnConfig.from_mapping(json.loads(row.config_json), where=f"run {target}")
+    workload = workload_for(cfg)
+    workload.require_class_by_class("attacks")
+    if len(workload.forget_classes()) > 1:
+        raise SafemaxError(f"run {target} forgot classes {workload.forget_label()}: attack one class at a time")
+    if forget_class is not None and [forget_class] != workload.forget_classes():
+        raise SafemaxError(f"run {target} forgot class {workload.forget_label()}, not {forget_class}")
     return Target(layout.stored_path(results_dir, row.model_path), cfg, target)
 
 
@@ -65,20 +67,12 @@ def _task(kind: str, model_path: str, cfg: dict, shots: int, steps: list[int], s
     """One Ray task: one model under one attack setting (or the trajectory probe)."""
     import torch
 
-    from safemax_ray.core.data import load_dataset
-    from safemax_ray.core.models import load_model
-    from safemax_ray.core.noise import calibrate
     from safemax_ray.engine import attack
-    from safemax_ray.engine.evaluate import load_eval_classifier
 
-    run = from_dict(UnlearnConfig, cfg)
     s = from_dict(AttackSettings, settings)
     device = torch.device("cuda" if use_gpu else "cpu")
-    data = load_dataset(run.dataset, run.data_root, run.image_size)
-    judge = attack.Judge(load_eval_classifier(run, data.num_classes), calibrate(data.images), run.forget_classes()[0])
-    model = load_model(model_path, data.num_classes, data.channels, data.image_size)
-    model.unet.to(device)
-    data = data.to(device)
+    subject = workload_for(UnlearnConfig.from_mapping(cfg)).attack_subject(model_path, device)
+    model, data, judge = subject.model, subject.data, subject.judge
     if kind == "trajectory":
         return [{"kind": kind, **r} for r in attack.trajectory_probe(model, data, judge, list(PROBE_FRACTIONS), s)]
     rows = attack.relearn(model, data, judge, shots, steps, s)
@@ -110,7 +104,8 @@ def attack(
         raise SafemaxError("--shots and --steps take numbers >= 0 (and at least one step count)")
     found = resolve_target(target, results_dir, forget_class)
     run = preflight(found.cfg)
-    models = [("unlearned", found.model_path)] + ([("base", run.model or str(SHIPPED_MODEL))] if with_base else [])
+    base = workload_for(run).base_model()
+    models = [("unlearned", found.model_path)] + ([("base", base)] if with_base else [])
     attack_id = f"attack-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     with connected(address):
         gpu = cluster_has_gpus() if use_gpu is None else use_gpu
@@ -130,7 +125,7 @@ def attack(
         "run_id": found.run_id,
         "method": run.method if found.run_id else None,
         "dataset": run.dataset,
-        "forget_class": run.forget_classes()[0],
+        "forget_class": run.classes_given()[0],
         "settings_json": json.dumps(asdict(settings), sort_keys=True),
     }
     rows = [{**common, **r} for r in rows]

@@ -24,11 +24,12 @@ from rich.console import Console
 
 from safemax_ray import storage
 from safemax_ray.config import UnlearnConfig
+from safemax_ray.engine.workloads import workload_for
 from safemax_ray.errors import SafemaxError
 from safemax_ray.identity import run_key
 from safemax_ray.results import layout
 from safemax_ray.results.parquet import read_dataframe, read_row
-from safemax_ray.schema import checked, from_dict, to_dict
+from safemax_ray.schema import checked, to_dict
 
 
 def parse_classes(spec: str) -> list[int]:
@@ -113,7 +114,7 @@ def _one_run(config: dict[str, Any], use_gpu: bool, batch_id: str) -> dict[str, 
     from safemax_ray.drivers.finish import finish_run, start_tracking
     from safemax_ray.ray.run import train_and_evaluate
 
-    cfg = from_dict(UnlearnConfig, config)
+    cfg = UnlearnConfig.from_mapping(config)
     run_id = run_key(cfg)
     written = read_row(cfg.results_dir, run_id)
     if written is not None:
@@ -172,7 +173,6 @@ class SharedSetups:
     the other runs of the batch go ahead. The set-up is then charged to that run alone, as before."""
 
     def __init__(self, configs: list[UnlearnConfig], use_gpu: bool):
-        from safemax_ray.engine.workloads import workload_for
         from safemax_ray.methods import get_method
 
         device = "cuda" if use_gpu else "cpu"
@@ -201,7 +201,7 @@ class SharedSetups:
 
 
 def label(cfg: UnlearnConfig) -> str:
-    return f"{cfg.method} class {cfg.forget_label()}"
+    return f"{cfg.method} class {workload_for(cfg).forget_label()}"
 
 
 def failure_reason(exc: Exception, retries: int) -> str:
@@ -281,7 +281,7 @@ def _prepared(configs: list[UnlearnConfig]) -> list[UnlearnConfig]:
     from safemax_ray.drivers.preflight import preflight
 
     for cfg in configs:
-        cfg.require_classes("batch and compare")
+        workload_for(cfg).require_class_by_class("batch and compare")
     if configs[0].ray.cpus_per_worker is None:
         configs = [replace(c, ray=replace(c.ray, cpus_per_worker=1.0)) for c in configs]
     return [preflight(cfg) for cfg in configs]

@@ -25,7 +25,6 @@ from safemax_ray.tracking import UNTRACKED, Tracker, tracking_uri
 
 METRICS = ("ua", "entropy", "fid", "kid", "kid_std", "retain_acc", "noise_forget", "noise_retain")
 INTERVALS = tuple(f"{m}_{end}" for m in INTERVAL_METRICS for end in ENDS)
-CONCEPT_METRICS = ("forget_mse", "remain_mse")
 
 
 def build_row(
@@ -41,14 +40,17 @@ def build_row(
 ) -> dict[str, Any]:
     """A Parquet row (results.parquet.schema()) from a run's config and the metrics its workers reported."""
     options = to_dict(cfg.options())
+    workload = workload_for(cfg)
+    forget = workload.forget_classes()
     return {
         "run_id": run_id,
         "run_key": run_key(cfg),
         "timestamp": datetime.now(timezone.utc),
         "method": cfg.method,
-        "dataset": cfg.data_name(),
-        "forget_class": cfg.forget_classes()[0],
-        "forget_classes": cfg.forget_label(),
+        "dataset": workload.data_name(),
+        "workload": cfg.workload,
+        "forget_class": forget[0],
+        "forget_classes": workload.forget_label(),
         "per_class_json": json.dumps(metrics.get("per_class", {}), sort_keys=True),
         **{name: options.get(name) if name in get_method(cfg.method).ROW_COLUMNS else None for name in COMMON_OPTIONS},
         "method_options_json": json.dumps(options, sort_keys=True),
@@ -61,9 +63,9 @@ def build_row(
         "sample_steps": int(metrics["sample_steps"]),
         "n_forget_samples": cfg.eval.n_forget_samples,
         "n_retain_per_class": cfg.eval.n_retain_per_class,
-        **{k: _number(metrics.get(k)) for k in METRICS + INTERVALS + CONCEPT_METRICS},
+        **{k: _number(metrics.get(k)) for k in METRICS + INTERVALS},
         "fid_features": metrics.get("fid_features"),
-        **{f"base_{k}": _number(metrics.get(f"base_{k}")) for k in METRICS + INTERVALS + CONCEPT_METRICS},
+        **{f"base_{k}": _number(metrics.get(f"base_{k}")) for k in METRICS + INTERVALS},
         "base_ok": None if metrics.get("base_ok") is None else bool(metrics["base_ok"]),
         **{f"sample_{k}": v for k, v in metrics.get("samples", {}).items()},
         "rte_s": float(metrics["rte_s"]),
@@ -75,7 +77,8 @@ def build_row(
         "eval_nodes": metrics.get("eval_nodes"),
         "resumed_from_step": metrics.get("resumed_from_step"),
         "model_path": model_path,
-        **workload_for(cfg).row_fields(),
+        "base_model": workload.base_model(),
+        **workload.row_fields(metrics),
         "grid_path": grid_path,
         "study": cfg.study,
         "trial_id": trial_id,
@@ -130,7 +133,12 @@ def start_tracking(cfg: UnlearnConfig, run_id: str, parent: Tracker | None = Non
     if uri is None:
         return UNTRACKED
     flat = _flat(computation(cfg))
-    params = {**flat, "run_key": run_key(cfg), "forget_classes": cfg.forget_label(), "num_workers": cfg.ray.num_workers}
+    params = {
+        **flat,
+        "run_key": run_key(cfg),
+        "forget_classes": workload_for(cfg).forget_label(),
+        "num_workers": cfg.ray.num_workers,
+    }
     return Tracker.start(uri, cfg.study or DEFAULT_EXPERIMENT, run_id, params, parent)
 
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 import heapq
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from safemax_ray.config import UnlearnConfig
 from safemax_ray.engine import evaluate
+from safemax_ray.engine.workloads import workload_for
 from safemax_ray.methods import get_method
 
 # scripts/bench_gpu.py on one H200, 2026-12-04 (the 38.6M reference layout; 65.2 and 67.0 ms in two runs).
@@ -30,7 +30,6 @@ TRAIN_ROW_MS = 65.2 / 256  # one row forward and backward: a compiled SAFEMax st
 FORWARD_ROW_MS = 78.1 / 2048  # one row forward only: a guided sampling step at batch 1024, as evaluation
 FIGURES = "H200, bf16, compiled: 65.2 ms per 128+128 training step, 78.1 ms per guided step at batch 1024"
 GOAL_HOURS, GOAL_GPUS = 4.0, 8  # the whole paper comparison on one 8-GPU node
-CLASS_IMAGES = {"cifar10": 5000}  # training images per class, where the data is not on this machine
 
 
 @dataclass
@@ -90,18 +89,19 @@ def plan_runs(configs: list[UnlearnConfig], gpus: int = 1, evaluations: list[Unl
 def _run_plan(cfg: UnlearnConfig, read: dict, notes: set[str], evaluation_only: bool = False) -> RunPlan:
     method = get_method(cfg.method)
     options = cfg.options()
+    workload = workload_for(cfg)
     where = (cfg.model, cfg.dataset, cfg.data_root, cfg.image_size)
     if where not in read:
-        read[where] = _model_and_data(cfg, notes)
+        read[where] = workload.plan_sizes(notes)
     timesteps, num_classes, per_class = read[where]
     steps = cfg.eval.sample_steps or timesteps
-    forget = cfg.forget_classes()
+    forget = workload.forget_classes()
     counts = {c: cfg.eval.n_forget_samples if c in forget else cfg.eval.n_retain_per_class for c in range(num_classes)}
     grad, fwd = method.step_rows(options, cfg.batch_size, per_class * len(forget))
     noise = evaluate.noise_settings(cfg.eval)
     trains = 0 if evaluation_only else cfg.iterations
     return RunPlan(
-        label=f"{cfg.method} class {cfg.forget_label()}",
+        label=f"{cfg.method} class {workload.forget_label()}",
         method="re-judge" if evaluation_only else cfg.method,
         train_rows=(grad * trains, fwd * trains),
         eval_rows=sum(counts.values()) * steps * 2,
@@ -113,28 +113,6 @@ def _run_plan(cfg: UnlearnConfig, read: dict, notes: set[str], evaluation_only: 
         else json.dumps([cfg.method, cfg.model, vars(options)], sort_keys=True, default=str),
         base={json.dumps([cfg.model, c, n, noise], sort_keys=True): n * steps * 2 for c, n in counts.items()},
     )
-
-
-def _model_and_data(cfg: UnlearnConfig, notes: set[str]) -> tuple[int, int, int]:
-    """(diffusion steps T, classes, training images per class), read where the files are, else assumed."""
-    timesteps = 1000
-    config = Path(cfg.model or "", "scheduler", "scheduler_config.json")
-    if cfg.model and config.is_file():
-        timesteps = int(json.loads(config.read_text())["num_train_timesteps"])
-    elif cfg.model:
-        notes.add(f"model {cfg.model} is not on this machine: T = 1000")
-    if cfg.data_root and not Path(cfg.data_root).exists():
-        per_class = CLASS_IMAGES.get(cfg.dataset, 5000)
-        notes.add(f"data {cfg.data_root} is not on this machine: 10 classes of {per_class} images each")
-        return timesteps, 10, per_class
-    from safemax_ray.engine.workloads import ClassWorkload
-
-    data = ClassWorkload(cfg).load_data()
-    if not cfg.model:
-        from safemax_ray.core.models import load_scheduler
-
-        timesteps = int(load_scheduler(None).config.num_train_timesteps)
-    return timesteps, data.num_classes, len(data.labels) // data.num_classes
 
 
 def describe(plan: Plan) -> list[str]:

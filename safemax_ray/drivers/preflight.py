@@ -20,8 +20,9 @@ def absolute(path: str) -> str:
 
 
 def resolve_paths(cfg: UnlearnConfig) -> UnlearnConfig:
-    """A copy of `cfg` with every local path absolute, as the Ray workers must see it."""
-    return cfg.with_absolute_paths(lambda path: absolute(path) if path else path)
+    """A copy of `cfg` with every local path absolute (its workload's own too), as the Ray workers must see it."""
+    fix = lambda path: absolute(path) if path else path  # noqa: E731
+    return workload_for(cfg.with_absolute_paths(fix)).with_absolute_paths(fix)
 
 
 def check_writable_folder(path: str, what: str) -> None:

@@ -39,6 +39,7 @@ from safemax_ray.core.objective import PARETO_OBJECTIVES, pareto_mask
 from safemax_ray.drivers.finish import finish_run, start_tracking
 from safemax_ray.drivers.preflight import preflight
 from safemax_ray.engine.outcome import Outcome, Status
+from safemax_ray.engine.workloads import workload_for
 from safemax_ray.errors import SafemaxError
 from safemax_ray.methods import UnlearningMethod, get_method
 from safemax_ray.results import layout
@@ -186,7 +187,7 @@ class TuneConfig(Settings):
                 raise SafemaxError("screen: needs objective: score (the re-judged trials are the best by score)")
             self.screen.validate(self.budget.num_samples)
         trial = self.trial_config(self.first_point(), screened=True)
-        trial.require_classes("tune trials")
+        workload_for(trial).require_class_by_class("tune trials")
         trial.validate()
 
     def first_point(self) -> dict[str, Any]:
@@ -208,7 +209,7 @@ class TuneConfig(Settings):
 
     def trial_config(self, params: dict[str, Any], screened: bool = False) -> UnlearnConfig:
         """The run a trial at `params` makes; `screened`: judged with the screen, where there is one."""
-        cfg = from_dict(UnlearnConfig, dict(self.run), where="run")
+        cfg = UnlearnConfig.from_mapping(dict(self.run), where="run")
         if screened and self.screen is not None:
             cfg.eval = self.screen.applied(cfg.eval)
         cfg.forget_class, cfg.study, cfg.results_dir = self.forget_class, self.study, self.results_dir
@@ -431,7 +432,6 @@ def _rejudge(cfg: TuneConfig, finished, use_gpu: bool, cache_dir: str) -> dict[i
     cluster: their position in `finished` -> their metrics."""
     from ray.train import Checkpoint
 
-    from safemax_ray.engine.workloads import workload_for
     from safemax_ray.ray.evaluation import evaluate_checkpoint
 
     ranked = sorted(range(len(finished)), key=lambda i: finished[i].metrics["score"], reverse=True)

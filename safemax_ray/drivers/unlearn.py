@@ -19,8 +19,9 @@ from safemax_ray.config import UnlearnConfig, load_unlearn_config
 from safemax_ray.drivers.finish import finish_run, start_tracking
 from safemax_ray.drivers.preflight import preflight
 from safemax_ray.engine.outcome import Outcome
+from safemax_ray.engine.workloads import workload_for
 from safemax_ray.results import layout
-from safemax_ray.schema import checked, from_dict
+from safemax_ray.schema import checked
 
 
 @dataclass
@@ -38,13 +39,13 @@ def coerce_config(config: UnlearnConfig | dict | str | Path) -> UnlearnConfig:
     if isinstance(config, (str, Path)):
         return load_unlearn_config(config)
     if isinstance(config, dict):
-        return from_dict(UnlearnConfig, config)
+        return UnlearnConfig.from_mapping(config)
     return config
 
 
 def new_run_id(cfg: UnlearnConfig) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    return f"{cfg.method}-c{cfg.forget_label()}-{stamp}-{uuid.uuid4().hex[:6]}"
+    return f"{cfg.method}-c{workload_for(cfg).forget_label()}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
 @checked

@@ -24,7 +24,7 @@ from safemax_ray.core.models import DiffusionModel
 from safemax_ray.core.noise import noise_rate
 from safemax_ray.core.randomness import RankRandom, seeded_generator, step_generator
 from safemax_ray.core.sampling import denoise_from, sample
-from safemax_ray.engine.judging import classify
+from safemax_ray.engine.judging import classify, decode_all
 from safemax_ray.schema import Settings
 
 RECOVERED_AT = 50.0  # forget-class accuracy (%) at which the class counts as back
@@ -48,8 +48,11 @@ class Judge:
     classifier: Classifier
     noise_threshold: float
     forget_class: int
+    decode: torch.nn.Module | None = None  # samples -> images, where the model draws latents
 
     def __call__(self, images: torch.Tensor) -> dict[str, float]:
+        if self.decode is not None:
+            images = decode_all(self.decode, images)
         logits = classify(self.classifier, images)
         ua = unlearning_accuracy(logits, self.forget_class)
         return {

@@ -54,6 +54,7 @@ from safemax_ray.engine.judging import (
     Share,
     assemble,
     classify,
+    decode_all,
     join,
 )
 
@@ -221,12 +222,15 @@ def sample_labels(
     return judge_labels(model, labels, config, KeepImages(), rank, world, gather).rows["images"]
 
 
-def class_judge(cfg: UnlearnConfig, data: ImageData, device: torch.device) -> ClassJudge:
+def class_judge(
+    cfg: UnlearnConfig, data: ImageData, device: torch.device, decode: torch.nn.Module | None = None
+) -> ClassJudge:
     """The judge of a class run's samples: its classifier, the FID features (Inception where
-    `eval.fid_weights` names the weights, else the classifier's own) and the dataset's noise threshold."""
+    `eval.fid_weights` names the weights, else the classifier's own) and the noise threshold of the real
+    images `data`; `decode` turns samples into images first (a latent model's VAE)."""
     classifier = load_eval_classifier(cfg, data.num_classes)
     features = InceptionFeatures(cfg.eval.fid_weights) if cfg.eval.fid_weights else FeatureExtractor(classifier)
-    return ClassJudge(classifier, features, calibrate_noise(data.images)).to(device)
+    return ClassJudge(classifier, features, calibrate_noise(data.images), decode=decode).to(device)
 
 
 def judge_id(cfg: UnlearnConfig, judge: ClassJudge) -> str:
@@ -316,12 +320,18 @@ def load_eval_classifier(cfg: UnlearnConfig, num_classes: int) -> Classifier:
 
 
 def metrics(
-    cfg: UnlearnConfig, data: ImageData, judge: ClassJudge, labels: torch.Tensor, judged: Judgement, base: Judgement
+    cfg: UnlearnConfig,
+    data: ImageData,
+    judge: ClassJudge,
+    labels: torch.Tensor,
+    judged: Judgement,
+    base: Judgement,
+    timesteps: int,
+    forget: list[int],
 ) -> dict[str, Any]:
     """The unlearned and the base model's figures (same labels, same noise): UA, H, FID, KID, accuracy
-    for both, the base model's own check, and the search objective. The real images' FID features are
-    computed here, on the judge's device."""
-    forget = cfg.forget_classes()
+    for both, the base model's own check, and the search objective. The real images' (`data`) FID
+    features are computed here, on the judge's device; `timesteps` is the model's schedule."""
     real = Reference.of(judge, data, forget)
     features = "inception" if cfg.eval.fid_weights else "classifier"
     unlearned = result(judged, labels, forget, real, features)
@@ -331,14 +341,8 @@ def metrics(
     out["samples"] = per_sample(labels, judged)
     out["base_ok"] = base_check(before, cfg.eval)
     out["score"] = objective_score(out, data.num_classes)
-    out["sample_steps"] = cfg.eval.sample_steps or _train_steps(cfg)
+    out["sample_steps"] = cfg.eval.sample_steps or timesteps
     return out
-
-
-def _train_steps(cfg: UnlearnConfig) -> int:
-    from safemax_ray.core.models import load_scheduler
-
-    return int(load_scheduler(cfg.model).config.num_train_timesteps)
 
 
 def base_check(base: EvalResult, config: EvalConfig) -> bool:
@@ -401,15 +405,17 @@ def probe(
     rank: int = 0,
     world: int = 1,
     gather: GatherObjects | None = None,
+    decode: torch.nn.Module | None = None,
 ) -> dict[str, float]:
-    """A cheap mid-run estimate for early stopping: a few samples, no FID, no base model.
+    """A cheap mid-run estimate for early stopping: a few samples (turned into images by `decode` where
+    the model draws latents), no FID, no base model.
 
     probe score = UA/100 + H/ln K - (100 - retained accuracy)/100, comparable across trials at a rung.
     """
     settings = replace(config, n_forget_samples=n, n_retain_per_class=max(2, n // (num_classes - 1)))
     labels = eval_labels(num_classes, forget, settings)
     images = sample_labels(model, labels, settings, rank, world, gather)
-    logits = classify(classifier, images)
+    logits = classify(classifier, images if decode is None else decode_all(decode, images))
     is_forget = torch.isin(labels, torch.tensor(forget))
     ua = unlearning_accuracy(logits[is_forget], labels[is_forget])
     entropy = mean_entropy(logits[is_forget])

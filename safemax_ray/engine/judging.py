@@ -102,6 +102,13 @@ def classify(classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([classifier(chunk.to(device)).float().cpu() for chunk in images.split(classifier.batch_size)])
 
 
+@torch.no_grad()
+def decode_all(decode: nn.Module, samples: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """`decode` over `samples` in batches, on its device: the images a latent model's samples show."""
+    device = next(decode.parameters()).device
+    return torch.cat([decode(part.to(device)).float() for part in samples.split(batch_size)])
+
+
 GRID_KEYS = ("grid", "grid_labels")  # rows of the grid's samples only, not one per sample
 
 
@@ -115,12 +122,16 @@ class ClassJudge:
     features: nn.Module  # images in [-1, 1] -> (N, num_features): the FID feature space
     noise_threshold: float
     grid_per_class: int = 10
+    decode: nn.Module | None = None  # samples -> images in [-1, 1], where the model draws latents
 
     def to(self, device: torch.device) -> ClassJudge:
-        return replace(self, classifier=self.classifier.to(device), features=self.features.to(device))
+        decode = None if self.decode is None else self.decode.to(device)
+        return replace(self, classifier=self.classifier.to(device), features=self.features.to(device), decode=decode)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, chunk: Chunk) -> Judgement:
+        if self.decode is not None:
+            images = decode_all(self.decode, images)
         grid = images[: max(0, self.grid_per_class - chunk.offset)].cpu()
         return Judgement(
             {

@@ -22,7 +22,8 @@ from safemax_ray.core.randomness import RankRandom, step_generator
 from safemax_ray.engine import evaluate
 from safemax_ray.engine.checkpoint import TrainState
 from safemax_ray.engine.step import draw_batch
-from safemax_ray.engine.workloads import Evaluation, Workload, workload_for
+from safemax_ray.engine.workloads import workload_for
+from safemax_ray.engine.workloads.base import Evaluation, Workload
 from safemax_ray.errors import SafemaxError
 from safemax_ray.methods import SetupContext, UnlearningMethod, get_method
 
@@ -93,7 +94,7 @@ def _session(
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution once
     if should_compile(cfg, device):
         compile_in_place(model.unet)
-    forget_idx, remain_idx = data.split(cfg.forget_classes())
+    forget_idx, remain_idx = data.split(workload.forget_classes())
     optimizer = torch.optim.Adam(model.unet.parameters(), lr=cfg.learning_rate(), fused=device.type == "cuda")
     method = get_method(cfg.method)(cfg.options(), model.scheduler)
     data, forget_idx, remain_idx = data.to(device), forget_idx.to(device), remain_idx.to(device)
@@ -142,7 +143,7 @@ def run_setup(
         data=s.data,
         forget_idx=s.forget_idx,
         remain_idx=s.remain_idx,
-        forget_classes=s.cfg.forget_classes(),
+        forget_classes=s.workload.forget_classes(),
         device=s.device,
         rank=s.rank,
         world=s.world,

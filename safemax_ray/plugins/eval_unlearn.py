@@ -23,7 +23,7 @@ import torch
 from eval_unlearn.configs.base import BaseConfig
 from PIL import Image
 
-from safemax_ray.config import ConceptConfig, EvalConfig, RayConfig, UnlearnConfig
+from safemax_ray.config import EvalConfig, RayConfig, UnlearnConfig
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,14 @@ class SafemaxTechniqueConfig(BaseConfig):
     def unlearn_config(self) -> UnlearnConfig:
         return UnlearnConfig(
             method="safemax",
-            concept=ConceptConfig(
-                pipeline=self.model_path,
-                concept=self.erase_concept,
-                prompts_file=self.prompts_file,
-                remain_prompts_file=self.remain_prompts_file,
-                images_per_prompt=self.images_per_prompt,
-            ),
+            workload="concept",  # Eval-Unlearn erases concepts of text-to-image pipelines
+            workload_settings={
+                "pipeline": self.model_path,
+                "concept": self.erase_concept,
+                "prompts_file": self.prompts_file,
+                "remain_prompts_file": self.remain_prompts_file,
+                "images_per_prompt": self.images_per_prompt,
+            },
             method_options={"lam": self.lam, "alpha": self.alpha},
             lr=self.learning_rate,
             iterations=self.iterations,

@@ -27,7 +27,7 @@ from safemax_ray.core.models import DiffusionModel, from_parts, to_parts
 from safemax_ray.engine import checkpoint as layout
 from safemax_ray.engine import evaluate
 from safemax_ray.engine.judging import ChunkJudge, Judgement, Share, assemble
-from safemax_ray.engine.workloads import Workload
+from safemax_ray.engine.workloads.base import Workload
 from safemax_ray.schema import from_dict, to_dict
 
 OnProgress = Callable[[str, int, int], None]  # (phase, chunks done, chunks)

@@ -19,7 +19,6 @@ import torch
 from safemax_ray.config import UnlearnConfig
 from safemax_ray.core.models import DiffusionModel
 from safemax_ray.engine import checkpoint, evaluate
-from safemax_ray.engine.evaluate import load_eval_classifier
 from safemax_ray.engine.loop import (
     Hooks,
     Session,
@@ -31,7 +30,7 @@ from safemax_ray.engine.loop import (
     training_metrics,
 )
 from safemax_ray.engine.outcome import STATUS, Status
-from safemax_ray.schema import from_dict, to_dict
+from safemax_ray.schema import to_dict
 from safemax_ray.tracking import UNTRACKED, Tracker
 
 
@@ -88,7 +87,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    cfg = from_dict(UnlearnConfig, loop_config["config"])
+    cfg = UnlearnConfig.from_mapping(loop_config["config"])
     progress, probe_n = loop_config.get("progress"), loop_config.get("probe_samples")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -115,9 +114,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {"step": done, STATUS: Status.RUNNING.value}
         if probe_n:
             session.model.unet.eval()
-            classifier = load_eval_classifier(cfg, session.data.num_classes)
-            k, c = session.data.num_classes, cfg.forget_classes()
-            metrics.update(evaluate.probe(session.model, classifier, k, c, cfg.eval, probe_n, rank, world, gather))
+            metrics.update(session.workload.probe(session.model, session.data, probe_n, rank, world, gather))
             session.model.unet.train()
         _report(session, metrics, _save(session))
 

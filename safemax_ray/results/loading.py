@@ -12,6 +12,18 @@ from safemax_ray.results import parquet as results
 GROUP = "group"
 
 
+def workload_of(df: pd.DataFrame) -> pd.Series:
+    """Each row's workload; a row written before the column by the column its workload alone fills."""
+    from safemax_ray.engine.workloads import DEFAULT_WORKLOAD, available_workloads, workload_class
+
+    named = df["workload"].copy()
+    for name in available_workloads():
+        mark = workload_class(name).marks_rows
+        if mark in df.columns:
+            named = named.where(named.notna() | df[mark].isna(), name)
+    return named.fillna(DEFAULT_WORKLOAD)
+
+
 def load_runs(
     results_dir: str,
     method: str | None = None,
@@ -39,6 +51,7 @@ def load_runs(
             "run an unlearning job that writes to this results folder first"
         )
 
+    df["workload"] = workload_of(df)
     filters = {"method": method, "dataset": dataset, "study": study}
     active = {name: value for name, value in filters.items() if value is not None}
     mask = pd.Series(True, index=df.index)
@@ -55,7 +68,7 @@ def load_runs(
     study_label = kept["study"].fillna("").astype(str).str.strip()
     kept[GROUP] = study_label.where(study_label != "", kept["method"])
     # One model forgot several classes, or a concept: the group names them, as their class is not one.
-    together = kept["forget_classes"].str.contains("+", regex=False) | kept["concept"].notna()
+    together = ~kept["forget_classes"].str.fullmatch(r"\d+")
     kept[GROUP] = kept[GROUP].where(~together, kept[GROUP] + " {" + kept["forget_classes"] + "}")
     if kept["dataset"].nunique() > 1:
         kept[GROUP] = kept[GROUP] + "/" + kept["dataset"]

@@ -37,6 +37,7 @@ SCHEMA = pa.schema(
         pa.field("timestamp", pa.timestamp("ms", tz="UTC"), nullable=False),
         pa.field("method", pa.string(), nullable=False),
         pa.field("dataset", pa.string(), nullable=False),
+        pa.field("workload", pa.string()),  # what the run unlearned (null: rows from before the column)
         pa.field("forget_class", pa.int32(), nullable=False),  # the first of the forgotten classes
         pa.field("forget_classes", pa.string(), nullable=False),  # all of them: "3", or "3+7" forgotten together
         pa.field("lam", pa.float64()),  # the method's option of that name, where it has one
@@ -51,7 +52,7 @@ SCHEMA = pa.schema(
         pa.field("sample_steps", pa.int32(), nullable=False),
         pa.field("n_forget_samples", pa.int32(), nullable=False),
         pa.field("n_retain_per_class", pa.int32(), nullable=False),
-        # Classifier metrics: null for concept runs, which have no classifier (their columns follow).
+        # Classifier metrics: null for workloads judged without a classifier (their own columns follow).
         pa.field("ua", pa.float64()),
         pa.field("entropy", pa.float64()),
         pa.field("fid", pa.float64()),
@@ -79,11 +80,6 @@ SCHEMA = pa.schema(
         pa.field("sample_pred", pa.list_(pa.int16())),
         pa.field("sample_entropy", pa.list_(pa.float32())),
         pa.field("sample_noise", pa.list_(pa.bool_())),
-        pa.field("concept", pa.string()),  # a concept run: what the text-to-image pipeline forgot
-        pa.field("forget_mse", pa.float64()),  # concept: ||eps_T - eps_theta(x_t, concept)||^2, floor 1
-        pa.field("remain_mse", pa.float64()),  # concept: the denoising loss on the remain prompts
-        pa.field("base_forget_mse", pa.float64()),
-        pa.field("base_remain_mse", pa.float64()),
         pa.field("rte_s", pa.float64(), nullable=False),  # training steps only
         pa.field("setup_s", pa.float64(), nullable=False),  # the method's set-up phase
         pa.field("setup_cached", pa.bool_()),  # set-up loaded from the cache: setup_s is not its cost
@@ -105,11 +101,7 @@ SCHEMA = pa.schema(
 
 # Columns that rows written before them lack; they read as null.
 ADDED_LATER = (
-    "concept",
-    "forget_mse",
-    "remain_mse",
-    "base_forget_mse",
-    "base_remain_mse",
+    "workload",
     "setup_cached",
     "resumed_from_step",
     "kid",
@@ -143,9 +135,18 @@ def option_columns(method: str, options: dict[str, Any]) -> dict[str, Any]:
     return {f"{method}_{k}": v if isinstance(v, plain) else json.dumps(v) for k, v in options.items()}
 
 
+def workload_fields() -> list[pa.Field]:
+    """The columns each registered workload adds (`Workload.row_columns`), null in other workloads' rows."""
+    from safemax_ray.engine.workloads import available_workloads, workload_class
+
+    columns = {name: kind for w in available_workloads() for name, kind in workload_class(w).row_columns.items()}
+    return [pa.field(name, _ARROW_TYPES[kind]) for name, kind in columns.items()]
+
+
 def schema() -> pa.Schema:
-    """The rows' schema: SCHEMA and the option columns of the methods registered now."""
-    return pa.schema([*SCHEMA, *option_fields()])
+    """The rows' schema: SCHEMA, the option columns of the methods and the columns of the workloads
+    registered now."""
+    return pa.schema([*SCHEMA, *option_fields(), *workload_fields()])
 
 
 def validate_row(row: dict[str, Any]) -> pa.Table:
@@ -190,7 +191,7 @@ def read_results(results_dir: str) -> pa.Table:
     files = storage.list_files(layout.runs_dir(results_dir), ".parquet")
     if not files:
         return target.empty_table()
-    later = [*ADDED_LATER, *(f.name for f in option_fields())]
+    later = [*ADDED_LATER, *(f.name for f in option_fields() + workload_fields())]
     tables = []
     for path in files:
         table = pq.read_table(io.BytesIO(storage.read_bytes(path)))
@@ -226,7 +227,6 @@ ATTACK_SCHEMA = pa.schema(
         pa.field("step", pa.int32()),  # relearn: fine-tuning steps so far
         pa.field("t0", pa.int32()),  # trajectory: the timestep real images were noised to
         pa.field("forget_acc", pa.float64(), nullable=False),  # % of forget-class samples labelled c_f
-        # Classifier metrics: null for concept runs, which have no classifier (their columns follow).
         pa.field("ua", pa.float64()),
         pa.field("entropy", pa.float64()),
         pa.field("noise", pa.float64(), nullable=False),  # % of forget-class samples that are noise

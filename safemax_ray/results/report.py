@@ -23,7 +23,6 @@ import pandas as pd
 from safemax_ray import storage
 from safemax_ray.errors import SafemaxError
 from safemax_ray.results import layout
-from safemax_ray.results.figures import figures
 from safemax_ray.results.html import page
 from safemax_ray.results.loading import load_runs
 from safemax_ray.results.tables import SUMMARY_ROWS, tables
@@ -97,8 +96,7 @@ def make_report(
     runs = load_runs(results_dir, method=method, dataset=dataset, study=study, run_keys=run_keys)
     built = tables(runs)
     folder = local_out_dir(out_dir)
-    class_runs = runs[runs["concept"].isna()]
-    files = export(built, folder) + (figures(class_runs, folder, results_dir) if len(class_runs) else [])
+    files = export(built, folder) + figures(runs, folder, results_dir)
     warnings = base_warnings(runs)
     if warnings:
         files.append(write_atomic(folder / "warnings.md", ("".join(f"- {w}\n" for w in warnings)).encode()))
@@ -109,6 +107,14 @@ def make_report(
         for warning in warnings:
             console.print(f"[bold yellow]warning:[/] {warning}")
     return ReportResult(tables=built, files=files, out_dir=folder, runs=runs, warnings=warnings)
+
+
+def figures(runs: pd.DataFrame, folder: Path, results_dir: str) -> list[Path]:
+    """Each workload's figures of its own runs."""
+    from safemax_ray.engine.workloads import workload_class
+
+    groups = runs.groupby("workload")
+    return [f for name, mine in groups for f in workload_class(str(name)).report_figures(mine, folder, results_dir)]
 
 
 def base_warnings(runs: pd.DataFrame) -> list[str]:

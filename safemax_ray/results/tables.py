@@ -1,6 +1,6 @@
 """The report's tables from `loading.load_runs` output: the paper's quality and cost tables (one column
 group per method or study, closed by mean and std rows), the figures' intervals, the paired differences
-from SAFEMax, the cost ratios, and the concept runs' table."""
+from SAFEMax, the cost ratios; and every other workload's section, which that workload declares."""
 
 from __future__ import annotations
 
@@ -58,20 +58,28 @@ def _per_class_table(df: pd.DataFrame, metrics: tuple[tuple[str, str], ...]) -> 
 
 
 def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The paper's two tables from `load_runs` output: {"quality": ..., "cost": ...}.
+    """The report's tables from `load_runs` output: each workload's section of its own runs (the class
+    workloads': the paper's quality and cost tables, `class_tables`)."""
+    from safemax_ray.engine.workloads import workload_class
 
-    quality: H, UA %, FID and retain accuracy % per forget class and group; cost: RTE (seconds) and peak
-    GPU memory (MB). Each ends with a "mean" and a "std" (ddof=1) row over the classes, ignoring NaN.
-    """
     if df.empty:
         raise SafemaxError("no runs to tabulate")
     if GROUP not in df.columns:
         raise SafemaxError("tables() needs the output of load_runs() (it lacks the 'group' column)")
-    concepts, df = df[df["concept"].notna()], df[df["concept"].isna()]
-    built = {} if concepts.empty else {"concepts": concept_table(concepts)}
-    if df.empty:
-        return built
-    built |= {
+    built: dict[str, pd.DataFrame] = {}
+    for name, runs in df.groupby("workload", sort=True):
+        built |= workload_class(str(name)).report_tables(runs)
+    return built
+
+
+def class_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The paper's two tables: {"quality": ..., "cost": ...}, and where the rows allow them the
+    intervals, the paired differences and the cost ratios.
+
+    quality: H, UA %, FID and retain accuracy % per forget class and group; cost: RTE (seconds) and peak
+    GPU memory (MB). Each ends with a "mean" and a "std" (ddof=1) row over the classes, ignoring NaN.
+    """
+    built = {
         "quality": _per_class_table(df, quality_metrics(df)),
         "cost": _per_class_table(df, COST_METRICS),
     }
@@ -174,24 +182,6 @@ def _paired_cell(pairs: list[tuple[Any, Any]], metric: str) -> str:
         return "-"
     star = " *" if lo > 0 or hi < 0 else ""
     return f"{mean:+.3g} [{lo:.3g}, {hi:.3g}]{star}"
-
-
-CONCEPT_COLUMNS = {
-    "forget_mse": "MSE to eps_T (floor 1)",
-    "base_forget_mse": "base: MSE to eps_T",
-    "remain_mse": "remain MSE",
-    "base_remain_mse": "base: remain MSE",
-    "rte_s": "RTE s",
-    "peak_mem_mb": "peak mem MB",
-}
-
-
-def concept_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Concept runs, one row each: how close the concept's predictions came to eps_T, and the remain
-    prompts' denoising loss, beside the base pipeline's."""
-    table = df.set_index(GROUP)[list(CONCEPT_COLUMNS)].rename(columns=CONCEPT_COLUMNS).astype(float)
-    table.index.name = "run"
-    return table
 
 
 def cost_ratios(df: pd.DataFrame, reference: str = REFERENCE_GROUP) -> pd.DataFrame | None:
