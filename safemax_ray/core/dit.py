@@ -99,8 +99,10 @@ def load_parts(path: str | Path, transformer_from: str | Path | None = None) -> 
     """The pipeline's parts on the CPU, in float32; the transformer from `transformer_from` when given
     (an unlearned one beside the base pipeline's VAE and scheduler)."""
     path = check_folder(path)
-    transformer = DiTTransformer2DModel.from_pretrained(Path(transformer_from or path) / "transformer")
-    vae = AutoencoderKL.from_pretrained(path / "vae").eval().requires_grad_(False)
+    transformer = DiTTransformer2DModel.from_pretrained(
+        Path(transformer_from or path) / "transformer", low_cpu_mem_usage=False
+    )
+    vae = AutoencoderKL.from_pretrained(path / "vae", low_cpu_mem_usage=False).eval().requires_grad_(False)
     scheduler = DDPMScheduler.from_pretrained(path / "scheduler", clip_sample=False)
     return DiTParts(path, transformer.float(), vae.float(), scheduler)
 

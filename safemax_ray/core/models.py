@@ -217,15 +217,22 @@ def load_scheduler(path: str | Path | None) -> DDPMScheduler:
 
 
 def to_parts(model: DiffusionModel) -> dict:
-    """The model as plain configs and CPU tensors: what travels to another process (a Ray task)."""
+    """The model as plain configs and CPU tensors: what travels to another process (a Ray task). A
+    denoiser that is not one of our UNet classes (a wrapped transformer) travels as the module itself."""
+    scheduler = dict(model.scheduler.config)
+    if type(model.unet).__name__ not in UNET_CLASSES:
+        return {"module": model.unet.cpu(), "scheduler": scheduler}
     state = {k: v.detach().cpu() for k, v in model.unet.state_dict().items()}
     unet = {**model.unet.config, "_class_name": type(model.unet).__name__}
-    return {"unet": unet, "scheduler": dict(model.scheduler.config), "state": state}
+    return {"unet": unet, "scheduler": scheduler, "state": state}
 
 
 def from_parts(parts: dict) -> DiffusionModel:
-    unet = UNET_CLASSES[parts["unet"]["_class_name"]].from_config(parts["unet"])
-    unet.load_state_dict(parts["state"])
+    if "module" in parts:
+        unet = parts["module"]
+    else:
+        unet = UNET_CLASSES[parts["unet"]["_class_name"]].from_config(parts["unet"])
+        unet.load_state_dict(parts["state"])
     return DiffusionModel(unet.eval(), DDPMScheduler.from_config(parts["scheduler"]))
 
 
