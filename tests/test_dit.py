@@ -87,7 +87,9 @@ def test_unlearn_compare_and_attack_run_on_a_dit(tiny_dit, tiny_assets, ray_sess
     assert 0 <= row.ua <= 100 and row.fid >= 0 and row.sample_steps == 5
     pipe = DiTPipeline.from_pretrained(row.model_path)  # the export is a whole pipeline diffusers loads
     base = DiTPipeline.from_pretrained(tiny_dit)
-    moved = [not torch.equal(a, b) for a, b in zip(pipe.transformer.parameters(), base.transformer.parameters())]
+    moved = [
+        not torch.equal(a, b) for a, b in zip(pipe.transformer.parameters(), base.transformer.parameters(), strict=True)
+    ]
     assert any(moved) and torch.equal(pipe.vae.decoder.conv_out.weight, base.vae.decoder.conv_out.weight)
 
     assert main(["attack", row.run_id, "--results-dir", str(results), "--shots", "1", "--steps", "0", "2",

@@ -35,17 +35,9 @@ def workload_settings_classes() -> dict[str, type]:
     """Each available workload's own settings class, by workload name (from the registry)."""
     from dataclasses import fields
 
-    from safemax_ray.engine.workloads import available_workloads, workload_class
+    from safemax_ray.engine.workloads import installed_workloads
 
-    found = {}
-    for name in available_workloads():
-        try:
-            settings = workload_class(name).Settings
-        except Exception:  # noqa: BLE001  (a broken plugin must not break the command; using it says why)
-            continue
-        if fields(settings):
-            found[name] = settings
-    return found
+    return {name: w.Settings for name, w in installed_workloads().items() if fields(w.Settings)}
 
 
 def method_option_classes() -> dict[str, type]:

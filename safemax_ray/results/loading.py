@@ -14,11 +14,11 @@ GROUP = "group"
 
 def workload_of(df: pd.DataFrame) -> pd.Series:
     """Each row's workload; a row written before the column by the column its workload alone fills."""
-    from safemax_ray.engine.workloads import DEFAULT_WORKLOAD, available_workloads, workload_class
+    from safemax_ray.engine.workloads import DEFAULT_WORKLOAD, installed_workloads
 
     named = df["workload"].copy()
-    for name in available_workloads():
-        mark = workload_class(name).marks_rows
+    for name, workload in installed_workloads().items():
+        mark = workload.marks_rows
         if mark in df.columns:
             named = named.where(named.notna() | df[mark].isna(), name)
     return named.fillna(DEFAULT_WORKLOAD)

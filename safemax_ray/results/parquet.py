@@ -137,9 +137,9 @@ def option_columns(method: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def workload_fields() -> list[pa.Field]:
     """The columns each registered workload adds (`Workload.row_columns`), null in other workloads' rows."""
-    from safemax_ray.engine.workloads import available_workloads, workload_class
+    from safemax_ray.engine.workloads import installed_workloads
 
-    columns = {name: kind for w in available_workloads() for name, kind in workload_class(w).row_columns.items()}
+    columns = {name: kind for w in installed_workloads().values() for name, kind in w.row_columns.items()}
     return [pa.field(name, _ARROW_TYPES[kind]) for name, kind in columns.items()]
 
 

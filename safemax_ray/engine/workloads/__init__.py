@@ -40,9 +40,28 @@ def workload_class(name: str) -> type[Workload]:
     return cls
 
 
+def installed_workloads() -> dict[str, type[Workload]]:
+    """Every workload whose class loads, by name: what the rows' schema, the report and the flags
+    know. A broken plug-in is left out of them, and using it by name says why."""
+    found = {}
+    for name in available_workloads():
+        try:
+            found[name] = workload_class(name)
+        except Exception:  # noqa: BLE001  (ImportError, SafemaxError, anything a plug-in's import raises)
+            continue
+    return found
+
+
 def workload_for(cfg: UnlearnConfig) -> Workload:
     """The object that answers every question about `cfg`'s workload."""
     return workload_class(cfg.workload)(cfg)
 
 
-__all__ = ["DEFAULT_WORKLOAD", "ENTRY_POINT_GROUP", "available_workloads", "workload_class", "workload_for"]
+__all__ = [
+    "DEFAULT_WORKLOAD",
+    "ENTRY_POINT_GROUP",
+    "available_workloads",
+    "installed_workloads",
+    "workload_class",
+    "workload_for",
+]
