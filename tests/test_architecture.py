@@ -93,8 +93,13 @@ def test_no_module_outside_the_workloads_names_a_workload():
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             # An attribute `.classes` is the plain word (argparse's --classes), not the default workload.
-            spelled = node.value if isinstance(node, ast.Constant) else getattr(node, "attr", DEFAULT_WORKLOAD)
-            if spelled in names - allowed.get(path, set()) and isinstance(node, (ast.Constant, ast.Attribute)):
+            if isinstance(node, ast.Constant):
+                spelled = node.value
+            elif isinstance(node, ast.Attribute) and node.attr != DEFAULT_WORKLOAD:
+                spelled = node.attr
+            else:
+                continue
+            if spelled in names - allowed.get(path, set()):
                 found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {spelled!r}")
     assert not found, found
     assert {"classes", "concept", "dit"} <= names  # the check sees the built-ins
