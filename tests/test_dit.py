@@ -98,10 +98,9 @@ def test_unlearn_compare_and_attack_run_on_a_dit(tiny_dit, tiny_assets, ray_sess
     assert set(attacks.model) == {"unlearned", "base"} and set(attacks.kind) == {"relearn", "trajectory"}
 
     compared = tmp_path / "compared"
-    assert main(["compare", "--classes", "3", "--methods", "safemax", "erasediff",
+    assert main(["compare", "--classes", "4", "--methods", "erasediff",
                  *dit_flags(tiny_dit, tiny_assets[1], compared)]) == 0  # fmt: skip
     rows = read_dataframe(str(compared))
-    assert sorted(rows.method) == ["erasediff", "safemax"] and set(rows.workload) == {"dit"}
-    quality = (compared / "_report" / "quality.csv").read_text()
-    assert "safemax" in quality and "erasediff" in quality
+    assert rows.method.tolist() == ["erasediff"] and rows.workload.tolist() == ["dit"]
+    assert "erasediff" in (compared / "_report" / "quality.csv").read_text()
     assert json.loads(rows.iloc[0].config_json)["workload_settings"] == {"pipeline": str(tiny_dit)}

@@ -77,6 +77,14 @@ def test_an_installed_workload_is_found_by_name_and_a_class_that_is_not_one_is_r
         workload_class("nope")
 
 
+def test_an_installed_workloads_flag_chooses_it_and_its_settings_are_checked_before_ray(mirror_plugin, capsys):
+    from safemax_ray.cli import main
+
+    assert main(["unlearn", "--mirror-axis", "diagonal", "--results-dir", str(mirror_plugin / "r")]) == 2
+    assert "mirror axis must be width or height, got 'diagonal'" in capsys.readouterr().out
+    assert not (mirror_plugin / "r").exists()  # refused before anything was written
+
+
 @pytest.mark.slow
 def test_an_installed_workload_runs_through_unlearn(mirror_plugin, tiny_assets, ray_session):
     import ray
@@ -93,6 +101,3 @@ def test_an_installed_workload_runs_through_unlearn(mirror_plugin, tiny_assets, 
     row = pq.read_table(written).to_pylist()[0]
     assert (row["workload"], row["mirror_axis"], row["forget_class"]) == ("mirror", "height", 2)
     assert row["concept"] is None  # another workload's column, null in this one's row
-    bad = command[:-2] + ["--mirror-axis", "diagonal"]
-    refused = subprocess.run(bad, capture_output=True, text=True, cwd=mirror_plugin, timeout=600)
-    assert refused.returncode == 2 and "mirror axis must be width or height, got 'diagonal'" in refused.stdout

@@ -26,7 +26,7 @@ PROBE_FRACTIONS = (0.25, 0.5, 0.75)
 
 
 @dataclass
-class Target:
+class AttackedModel:
     """What is attacked: the unlearned model, its base model and how it was judged."""
 
     model_path: str
@@ -42,12 +42,12 @@ class AttackResult:
     recovered: dict[tuple[str, int], int | None] = field(default_factory=dict)  # (model, shots) -> steps
 
 
-def resolve_target(target: str, results_dir: str, forget_class: int | None) -> Target:
+def find_attacked_model(target: str, results_dir: str, forget_class: int | None) -> AttackedModel:
     """A run id stored under `results_dir`, or an unlearned model folder (then --forget-class is needed)."""
     if Path(target, "unet", "config.json").is_file():
         if forget_class is None:
             raise SafemaxError(f"{target} is a model folder: say which class it forgot with --forget-class")
-        return Target(str(Path(target).resolve()), UnlearnConfig(forget_class=forget_class))
+        return AttackedModel(str(Path(target).resolve()), UnlearnConfig(forget_class=forget_class))
     rows = read_dataframe(results_dir)
     match = rows[rows.run_id == target]
     if match.empty:
@@ -60,7 +60,7 @@ def resolve_target(target: str, results_dir: str, forget_class: int | None) -> T
         raise SafemaxError(f"run {target} forgot classes {workload.forget_label()}: attack one class at a time")
     if forget_class is not None and [forget_class] != workload.forget_classes():
         raise SafemaxError(f"run {target} forgot class {workload.forget_label()}, not {forget_class}")
-    return Target(layout.stored_path(results_dir, row.model_path), cfg, target)
+    return AttackedModel(layout.stored_path(results_dir, row.model_path), cfg, target)
 
 
 def _task(kind: str, model_path: str, cfg: dict, shots: int, steps: list[int], settings: dict, use_gpu: bool):
@@ -102,7 +102,7 @@ def attack(
     settings = settings or AttackSettings()
     if any(k < 0 for k in shots) or any(s < 0 for s in steps) or not steps:
         raise SafemaxError("--shots and --steps take numbers >= 0 (and at least one step count)")
-    found = resolve_target(target, results_dir, forget_class)
+    found = find_attacked_model(target, results_dir, forget_class)
     run = preflight(found.cfg)
     base = workload_for(run).base_model()
     models = [("unlearned", found.model_path)] + ([("base", base)] if with_base else [])

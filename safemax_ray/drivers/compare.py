@@ -43,7 +43,7 @@ def plan_comparison(
         raise SafemaxError("compare needs at least one class and one method")
     configs = []
     for method in methods:
-        iterations = max(1, round(base.iterations * get_method(method).ITERATION_BUDGET))
+        iterations = max(1, round(base.iterations * get_method(method).ITERATIONS_VS_SAFEMAX))
         for c in classes:
             configs.append(
                 replace(

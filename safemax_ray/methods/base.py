@@ -104,7 +104,7 @@ class UnlearningMethod(ABC):
     SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {}
     DEFAULT_LR: ClassVar[float] = 1e-4  # the run's lr when none is given
     # Iterations relative to SAFEMax's in the paper's protocol (`compare` multiplies the common budget).
-    ITERATION_BUDGET: ClassVar[float] = 1.0
+    ITERATIONS_VS_SAFEMAX: ClassVar[float] = 1.0
     # Whether `setup` depends on the forget class; one that does not can be computed once and shared.
     SETUP_DEPENDS_ON_CLASS: ClassVar[bool] = True
 

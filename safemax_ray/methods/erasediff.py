@@ -70,7 +70,7 @@ class EraseDiff(UnlearningMethod):
     Options = EraseDiffOptions
     SEARCHABLE = ("erase_lambda", "inner_passes", "round_steps")
     SEARCH_SPACE = {"erase_lambda": {"low": 0.01, "high": 1.0, "log": True}}
-    ITERATION_BUDGET = 0.288  # theirs: 4 epochs x 2 rounds x 36 updates, against SAFEMax's 1000
+    ITERATIONS_VS_SAFEMAX = 0.288  # theirs: 4 epochs x 2 rounds x 36 updates, against SAFEMax's 1000
     DEFAULT_LR = 1e-3  # 200 iterations on digits, as SAFEMax (theirs: 1e-4 for 288 on CIFAR-10; measured
     # on digits class 0: UA 2.5% at 1e-4, 86% at 1e-3)
     options: EraseDiffOptions

@@ -78,7 +78,7 @@ class SelectiveAmnesia(UnlearningMethod):
     SEARCHABLE = ("ewc_lambda", "gamma")
     SEARCH_SPACE = {"ewc_lambda": {"low": 1.0, "high": 100.0, "log": True}}
     DEFAULT_LR = 1e-4  # the reference's
-    ITERATION_BUDGET = 20  # the paper: 20000 iterations against SAFEMax's 1000
+    ITERATIONS_VS_SAFEMAX = 20  # the paper: 20000 iterations against SAFEMax's 1000
     SETUP_DEPENDS_ON_CLASS = False  # the Fisher and the replay samples cover every class
     options: SelectiveAmnesiaOptions
 

@@ -72,7 +72,7 @@ class SFRon(UnlearningMethod):
     SEARCHABLE = ("forget_alpha", "lambd", "threshold")
     SEARCH_SPACE = {"forget_alpha": {"low": 1.0, "high": 30.0, "log": True}}
     DEFAULT_LR = 1e-4  # theirs
-    ITERATION_BUDGET = 0.15  # 150 iterations against SAFEMax's 1000
+    ITERATIONS_VS_SAFEMAX = 0.15  # 150 iterations against SAFEMax's 1000
     options: SFRonOptions
 
     def __init__(self, options: SFRonOptions, scheduler):
