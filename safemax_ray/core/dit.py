@@ -22,8 +22,7 @@ from diffusers.configuration_utils import FrozenDict
 from diffusers.models.embeddings import LabelEmbedding
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
-from safemax_ray.core.models import DiffusionModel, content_hash
-from safemax_ray.errors import SafemaxError
+from safemax_ray.core.models import DiffusionModel, content_hash, require_parts
 
 PARTS = ("transformer", "vae", "scheduler")
 WEIGHTS = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained names them
@@ -85,14 +84,7 @@ class DiTParts:
 
 def check_folder(path: str | Path) -> Path:
     """The folder, if it holds every part of a DiT pipeline; else a one-line error."""
-    path = Path(path)
-    missing = [part for part in PARTS if not (path / part).is_dir()]
-    if not path.is_dir() or missing:
-        raise SafemaxError(
-            f"{path} is not a diffusers DiTPipeline folder: missing {', '.join(missing) or 'the folder'} "
-            "(expected transformer/, vae/ and scheduler/, as DiTPipeline.save_pretrained writes)"
-        )
-    return path
+    return require_parts(path, PARTS, "DiTPipeline", "DiTPipeline.save_pretrained: transformer/, vae/, scheduler/")
 
 
 def load_parts(path: str | Path, transformer_from: str | Path | None = None) -> DiTParts:

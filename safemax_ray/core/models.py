@@ -246,6 +246,18 @@ def model_fingerprint(path: str | Path | None) -> str:
     return content_hash(files)
 
 
+def require_parts(path: str | Path, parts: tuple[str, ...], what: str, written_by: str) -> Path:
+    """The folder, if it holds every one of `parts`; else a one-line error naming what is missing."""
+    path = Path(path)
+    missing = [part for part in parts if not (path / part).is_dir()]
+    if not path.is_dir() or missing:
+        raise SafemaxError(
+            f"{path} is not a diffusers {what} folder: missing {', '.join(missing) or 'the folder'} "
+            f"(as written by {written_by})"
+        )
+    return path
+
+
 def folder_fingerprint(path: str | Path) -> str:
     """Every file under `path`, by content."""
     return content_hash(sorted(f for f in Path(path).rglob("*") if f.is_file()))

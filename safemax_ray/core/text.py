@@ -21,7 +21,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.configuration_utils import FrozenDict
 
-from safemax_ray.core.models import DiffusionModel, content_hash
+from safemax_ray.core.models import DiffusionModel, content_hash, require_parts
 from safemax_ray.errors import SafemaxError
 
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -63,13 +63,7 @@ class TextPipeline:
 
 def check_pipeline_folder(path: str | Path) -> Path:
     """The folder, if it holds every part of a text-to-image pipeline; else a one-line error."""
-    path = Path(path)
-    missing = [part for part in PIPELINE_PARTS if not (path / part).is_dir()]
-    if not path.is_dir() or missing:
-        raise SafemaxError(
-            f"{path} is not a diffusers text-to-image folder: missing {', '.join(missing) or 'the folder'} "
-            "(as written by StableDiffusionPipeline.save_pretrained)"
-        )
+    path = require_parts(path, PIPELINE_PARTS, "text-to-image", "StableDiffusionPipeline.save_pretrained")
     kind = (path / "unet" / "config.json").read_text() if (path / "unet" / "config.json").is_file() else ""
     if '"UNet2DConditionModel"' not in kind:
         raise SafemaxError(f"{path}/unet is not a UNet2DConditionModel")
