@@ -55,6 +55,10 @@ def test_dit_settings_come_from_the_flag_or_a_yaml_section_and_are_checked(tiny_
     assert load_unlearn_config(tmp_path / "run.yaml").workload_settings == cfg.workload_settings
     workload = workload_for(preflight(cfg))
     assert workload.describe() == "class 3 of the DiT (digits)" and workload.base_model() == str(tiny_dit)
+    subject = workload.attack_subject(workload.base_model(), torch.device("cpu"))  # attack's ceiling
+    assert subject.model.num_classes == 10 and subject.data.images.shape[1:] == (4, 8, 8)
+    judged = subject.judge(torch.zeros(2, 4, 8, 8))  # latents: decoded before the classifier sees them
+    assert 0 <= judged["forget_acc"] <= 100 and judged["forget_acc"] + judged["ua"] == pytest.approx(100)
     cfg.workload_settings = {}
     with pytest.raises(SafemaxError, match="needs --dit-pipeline"):
         preflight(cfg)
@@ -93,9 +97,10 @@ def test_unlearn_compare_and_attack_run_on_a_dit(tiny_dit, tiny_assets, ray_sess
     assert any(moved) and torch.equal(pipe.vae.decoder.conv_out.weight, base.vae.decoder.conv_out.weight)
 
     assert main(["attack", row.run_id, "--results-dir", str(results), "--shots", "1", "--steps", "0", "2",
-                 "--n-samples", "4", "--sample-steps", "3"]) == 0  # fmt: skip
+                 "--n-samples", "4", "--sample-steps", "3", "--no-base"]) == 0  # fmt: skip
     attacks = read_attacks(str(results))
-    assert set(attacks.model) == {"unlearned", "base"} and set(attacks.kind) == {"relearn", "trajectory"}
+    assert set(attacks.model) == {"unlearned"} and set(attacks.kind) == {"relearn", "trajectory"}
+    assert sorted(attacks[attacks.kind == "relearn"].step.unique()) == [0, 2]
 
     compared = tmp_path / "compared"
     assert main(["compare", "--classes", "4", "--methods", "erasediff",
