@@ -22,7 +22,7 @@ from safemax_ray.config import EvalConfig, UnlearnConfig, load_unlearn_config
 from safemax_ray.drivers.compare import plan_comparison
 from safemax_ray.drivers.plan import describe, plan_runs
 from safemax_ray.engine import evaluate
-from safemax_ray.engine.workloads import ClassWorkload
+from safemax_ray.engine.workloads.classes import ClassWorkload
 
 PAPER = Path(__file__).resolve().parents[1] / "tune_configs" / "paper-cifar10.yaml"
 

@@ -47,7 +47,6 @@ class DiTWorkload(ClassWorkload):
     """Forget classes of a DiT: latents in, decoded samples judged by the classifier."""
 
     Settings = DiTSettings
-    row_columns: ClassVar[dict[str, type]] = {}
 
     def __init__(self, cfg):
         super().__init__(cfg)
