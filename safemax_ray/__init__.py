@@ -80,11 +80,11 @@ def compare(base: UnlearnConfig, classes: list[int], **kwargs: Any) -> CompareRe
     return run_compare(base, classes, **kwargs)
 
 
-def attack(target: str, **kwargs: Any) -> AttackResult:
+def attack(run_or_folder: str, **kwargs: Any) -> AttackResult:
     """Relearning attacks and the trajectory probe; see `safemax_ray.drivers.attack.attack`."""
     from safemax_ray.drivers.attack import attack as run_attack
 
-    return run_attack(target, **kwargs)
+    return run_attack(run_or_folder, **kwargs)
 
 
 def register_method(name: str):

@@ -187,15 +187,15 @@ def apply_overrides(config: T, overrides: dict[str, Any]) -> T:
     for key, value in overrides.items():
         if value is None:
             continue
-        target: Any = config
+        owner: Any = config
         *parents, name = key.split(".")
         for parent in parents:
-            target = getattr(target, parent)
-        if isinstance(target, dict):  # method_options.<name>: checked by the method's Options later
-            target[name] = value
+            owner = getattr(owner, parent)
+        if isinstance(owner, dict):  # method_options.<name>: checked by the method's Options later
+            owner[name] = value
             continue
-        hints = typing.get_type_hints(type(target))
+        hints = typing.get_type_hints(type(owner))
         if name not in hints:
             raise SafemaxError(f"unknown setting {key!r}")
-        setattr(target, name, _check_type(value, hints[name], key))
+        setattr(owner, name, _check_type(value, hints[name], key))
     return config

@@ -1,6 +1,6 @@
 """Local paths and object-store URIs (s3://, gs://) behind one small interface, with atomic writes.
 
-Local writes go to a hidden temporary file (or folder) beside the target and are renamed into place, so
+Local writes go to a hidden temporary file (or folder) beside the dest and are renamed into place, so
 a reader never sees half a file or half a folder. Object stores make a single PUT visible all at once,
 which gives the same guarantee without a rename.
 """
@@ -52,18 +52,18 @@ def write_bytes_atomic(path: str, data: bytes, overwrite: bool = False) -> None:
         with fs.open_output_stream(p) as f:
             f.write(data)
         return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         if overwrite:
-            os.replace(tmp, target)
+            os.replace(tmp, dest)
         else:
-            os.link(tmp, target)  # fails if target appeared meanwhile: no silent overwrite
+            os.link(tmp, dest)  # fails if dest appeared meanwhile: no silent overwrite
             os.unlink(tmp)
     except BaseException:
         if os.path.exists(tmp):

@@ -76,7 +76,7 @@ def scoring(tasks: int) -> None:
 
     began = time.perf_counter()
     sent = judge_on_cluster(model, labels, cfg.eval, False, KeepImages())
-    images = sent.judgement.rows["images"]
+    images = sent.judgement.per_sample["images"]
     plan = evaluate.chunks_of(labels, cfg.eval)
     in_driver = assemble([Share.of({c: judge(images[ch.start : ch.stop], ch) for c, ch in enumerate(plan)})])
     driver_s = time.perf_counter() - began
@@ -98,7 +98,7 @@ def paper_bytes(tasks: int) -> None:
     3 x 32 x 32, ten classes, Inception's 2048 features, `tasks` evaluation tasks."""
     n = 45_500
     whole = Chunk(0, 0, 0, n, 0)
-    images = Share({0: KeepImages()(torch.zeros(n, 3, 32, 32), whole).rows}).nbytes()
+    images = Share({0: KeepImages()(torch.zeros(n, 3, 32, 32), whole).per_sample}).nbytes()
     rows = {"logits": torch.zeros(n, 10), "noise": torch.zeros(n, dtype=torch.bool), "features": torch.zeros(n, 2048)}
     grid = {"grid": torch.zeros(100, 3, 32, 32), "grid_labels": torch.zeros(100, dtype=torch.long)}
     judged = Share({0: {**rows, **grid}}).nbytes()

@@ -404,7 +404,7 @@ def report(results: dict[str, dict], args) -> None:
 def print_sampling(results: dict[str, dict], args) -> tuple[float, str]:
     """The sampler variants with their error against fp32; returns the fastest within tolerance: no
     less faithful than today's default (bf16 autocast, eager) by more than SAMPLE_TOLERANCE x."""
-    print(f"guided sampling step, batch {args.sample_batch} ({2 * args.sample_batch} UNet rows), {args.sample_steps}")
+    print(f"guided sampling step, batch {args.sample_batch} ({2 * args.sample_batch} UNet passes), {args.sample_steps}")
     print("  strided steps; relative L2 error of the guided eps against fp32 on the same x_t (max of 3 t):")
     today = results.get("sample:autocast", {}).get("eps_rel_error", math.inf)
     best = (math.inf, "none")

@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent(
     config = EvalConfig(n_forget_samples=6, n_retain_per_class=2, batch_size=6, sample_steps=4)
     labels = evaluate.eval_labels(10, 3, config)  # 24 images: 10 chunks (one per class)
     runs = {k: judge_on_cluster(model, labels, replace(config, workers=k), False, KeepImages()) for k in (1, 2, 4)}
-    images = {k: run.judgement.rows["images"] for k, run in runs.items()}
+    images = {k: run.judgement.per_sample["images"] for k, run in runs.items()}
     assert all(torch.equal(images[1], images[k]) for k in (2, 4)), "images depend on the split"
     # Each task is single-threaded; the driver's multi-threaded convolutions sum in another order.
     local = evaluate.sample_labels(model, labels, config)

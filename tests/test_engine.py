@@ -219,9 +219,9 @@ def test_the_base_model_is_judged_a_class_at_a_time_and_once(tiny_assets, tmp_pa
     n = evaluate.num_chunks(labels, config)
     two = [Share.of(evaluate.sample_chunks(model, labels, config, list(range(r, n, 2)), judge)) for r in range(2)]
     split = evaluate.judge_labels(model, labels, config, judge, 0, 2, lambda mine: two)
-    for k, cached in judged["1"].rows.items():  # bit for bit
-        torch.testing.assert_close(split.rows[k], cached, rtol=0, atol=0)
-    assert torch.equal(judged["[0, 1]"].rows["logits"][:3], judged["0"].rows["logits"][:3])
+    for k, cached in judged["1"].per_sample.items():  # bit for bit
+        torch.testing.assert_close(split.per_sample[k], cached, rtol=0, atol=0)
+    assert torch.equal(judged["[0, 1]"].per_sample["logits"][:3], judged["0"].per_sample["logits"][:3])
 
 
 def test_a_judge_sees_the_classifier_and_the_fid_features(tiny_assets):

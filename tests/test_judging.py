@@ -83,16 +83,16 @@ def test_chunks_judged_apart_give_the_figures_of_scoring_every_image_at_once(tin
         assert getattr(figures, name) == pytest.approx(value, rel=1e-5, abs=1e-5), name
     assert figures.intervals["fid"][0] < figures.fid < figures.intervals["fid"][1]
     # Only the grid's images travel: each class's first 10 samples, in sample order.
-    assert judged.rows["grid_labels"].tolist() == [c for c in [2, 5, 0, 1, 3, 4, 6, 7, 8, 9] for _ in range(10)]
+    assert judged.per_sample["grid_labels"].tolist() == [c for c in [2, 5, 0, 1, 3, 4, 6, 7, 8, 9] for _ in range(10)]
     grid_index = torch.cat([(labels == c).nonzero().squeeze(1)[:10] for c in [2, 5, 0, 1, 3, 4, 6, 7, 8, 9]])
-    assert torch.equal(judged.rows["grid"], images[grid_index.sort().values])
+    assert torch.equal(judged.per_sample["grid"], images[grid_index.sort().values])
 
 
 def test_a_judgement_survives_the_cache_format():
     judged = Judgement({"logits": torch.randn(5, 3), "noise": torch.rand(5) < 0.5, "features": torch.randn(5, 4)})
     back = Judgement.from_tensors(judged.tensors())
-    assert back.rows.keys() == judged.rows.keys()
-    assert all(torch.equal(back.rows[k], judged.rows[k]) for k in judged.rows)
+    assert back.per_sample.keys() == judged.per_sample.keys()
+    assert all(torch.equal(back.per_sample[k], judged.per_sample[k]) for k in judged.per_sample)
 
 
 def test_kid_over_subsets_is_torchmetrics_kid():

@@ -103,7 +103,7 @@ def _good_arguments(fn, tmp_path) -> dict:
         "tune": {"config": {"results_dir": str(tmp_path)}},
         "batch_unlearn": {"base": UnlearnConfig(results_dir=str(tmp_path)), "classes": [0]},
         "compare": {"base": UnlearnConfig(results_dir=str(tmp_path)), "classes": [0]},
-        "attack": {"target": "some-run", "results_dir": str(tmp_path)},
+        "attack": {"run_or_folder": "some-run", "results_dir": str(tmp_path)},
     }[fn.__name__]
 
 

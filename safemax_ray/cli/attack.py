@@ -11,7 +11,11 @@ from safemax_ray.cli.output import console, fmt
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attack", help="relearning attacks and the trajectory probe on an unlearned model")
-    p.add_argument("target", help="a run id stored under --results-dir, or an unlearned model folder")
+    p.add_argument(
+        "run_or_folder",
+        metavar="RUN_OR_FOLDER",
+        help="a run id stored under --results-dir, or an unlearned model folder",
+    )
     p.add_argument("--forget-class", type=int, help="the forgotten class (needed for a model folder)")
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 50], help="real forget images to train on")
     p.add_argument("--steps", type=int, nargs="+", default=[0, 10, 50, 100, 500], help="when to evaluate")
@@ -31,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = AttackSettings(lr=args.lr, n_samples=args.n_samples, sample_steps=args.sample_steps, seed=args.seed)
     result = attack(
-        args.target,
+        args.run_or_folder,
         args.results_dir,
         args.forget_class,
         args.shots,

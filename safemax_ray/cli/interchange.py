@@ -17,7 +17,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_import)
 
     p = sub.add_parser("export", help="an unlearned model (run id or folder) in another toolkit's format")
-    p.add_argument("target", help="a run id stored under --results-dir, or a model folder")
+    p.add_argument(
+        "run_or_folder", metavar="RUN_OR_FOLDER", help="a run id stored under --results-dir, or a model folder"
+    )
     p.add_argument("--format", default="sa", help="sa: Selective Amnesia's ckpt.pth (SalUn, SFR-on load it too)")
     p.add_argument("--output", required=True, help="the file to write, e.g. ckpt.pth")
     p.add_argument("--results-dir", default="safemax_results")
@@ -35,6 +37,6 @@ def run_import(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from safemax_ray.drivers.interchange import export_model
 
-    out = export_model(args.target, args.output, args.format, args.results_dir)
+    out = export_model(args.run_or_folder, args.output, args.format, args.results_dir)
     console.print(f"wrote {out}")
     return 0

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     result = unlearn(cfg, console=console, show_progress=not args.no_progress)
     workload = workload_for(cfg)
-    console.print(metrics_table(result.metrics, f"{cfg.method}: forget {workload.describe()}", workload.metric_rows))
+    console.print(metrics_table(result.metrics, f"{cfg.method}: forget {workload.describe()}", workload.table_metrics))
     for note in workload.notes():
         console.print(f"[yellow]note: {note}[/]")
     console.print(f"model:   {result.model_path}")

@@ -38,7 +38,7 @@ class Speed:
     compile: str | None = None
 
 
-# scripts/bench_gpu.py on one H200 (2026-12-04; the 38.6M reference layout, batch 1024, 2048 UNet rows):
+# scripts/bench_gpu.py on one H200 (2026-12-04; the 38.6M reference layout, batch 1024, 2048 UNet passes):
 # compiled, a guided step takes 78 ms with bf16 autocast, a bf16 weight copy or CUDA graphs alike (within
 # 0.5%, so the simplest is the default), eager bf16 autocast ~230 ms; compiled, the guided eps is closer
 # to fp32 than eager autocast's (relative error 2.2e-2 against 3.1e-2). Compiling costs 35-50 s once per

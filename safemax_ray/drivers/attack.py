@@ -42,25 +42,25 @@ class AttackResult:
     recovered: dict[tuple[str, int], int | None] = field(default_factory=dict)  # (model, shots) -> steps
 
 
-def find_attacked_model(target: str, results_dir: str, forget_class: int | None) -> AttackedModel:
+def find_attacked_model(run_or_folder: str, results_dir: str, forget_class: int | None) -> AttackedModel:
     """A run id stored under `results_dir`, or an unlearned model folder (then --forget-class is needed)."""
-    if Path(target, "unet", "config.json").is_file():
+    if Path(run_or_folder, "unet", "config.json").is_file():
         if forget_class is None:
-            raise SafemaxError(f"{target} is a model folder: say which class it forgot with --forget-class")
-        return AttackedModel(str(Path(target).resolve()), UnlearnConfig(forget_class=forget_class))
+            raise SafemaxError(f"{run_or_folder} is a model folder: say which class it forgot with --forget-class")
+        return AttackedModel(str(Path(run_or_folder).resolve()), UnlearnConfig(forget_class=forget_class))
     rows = read_dataframe(results_dir)
-    match = rows[rows.run_id == target]
+    match = rows[rows.run_id == run_or_folder]
     if match.empty:
-        raise SafemaxError(f"{target!r} is neither a model folder nor a run id stored under {results_dir}")
+        raise SafemaxError(f"{run_or_folder!r} is neither a model folder nor a run id stored under {results_dir}")
     row = match.iloc[0]
-    cfg = UnlearnConfig.from_mapping(json.loads(row.config_json), where=f"run {target}")
+    cfg = UnlearnConfig.from_mapping(json.loads(row.config_json), where=f"run {run_or_folder}")
     workload = workload_for(cfg)
     workload.require_class_by_class("attacks")
     if len(workload.forget_classes()) > 1:
-        raise SafemaxError(f"run {target} forgot classes {workload.forget_label()}: attack one class at a time")
+        raise SafemaxError(f"run {run_or_folder} forgot classes {workload.forget_label()}: attack one class at a time")
     if forget_class is not None and [forget_class] != workload.forget_classes():
-        raise SafemaxError(f"run {target} forgot class {workload.forget_label()}, not {forget_class}")
-    return AttackedModel(layout.stored_path(results_dir, row.model_path), cfg, target)
+        raise SafemaxError(f"run {run_or_folder} forgot class {workload.forget_label()}, not {forget_class}")
+    return AttackedModel(layout.stored_path(results_dir, row.model_path), cfg, run_or_folder)
 
 
 def _task(kind: str, model_path: str, cfg: dict, shots: int, steps: list[int], settings: dict, use_gpu: bool):
@@ -82,7 +82,7 @@ def _task(kind: str, model_path: str, cfg: dict, shots: int, steps: list[int], s
 
 @checked
 def attack(
-    target: str,
+    run_or_folder: str,
     results_dir: str = "safemax_results",
     forget_class: int | None = None,
     shots: tuple[int, ...] | list[int] = DEFAULT_SHOTS,
@@ -102,7 +102,7 @@ def attack(
     settings = settings or AttackSettings()
     if any(k < 0 for k in shots) or any(s < 0 for s in steps) or not steps:
         raise SafemaxError("--shots and --steps take numbers >= 0 (and at least one step count)")
-    found = find_attacked_model(target, results_dir, forget_class)
+    found = find_attacked_model(run_or_folder, results_dir, forget_class)
     run = preflight(found.cfg)
     base = workload_for(run).base_model()
     models = [("unlearned", found.model_path)] + ([("base", base)] if with_base else [])

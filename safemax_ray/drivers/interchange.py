@@ -30,11 +30,11 @@ def import_checkpoint(
     return out
 
 
-def export_model(target: str, output: str, fmt: str = "sa", results_dir: str = "safemax_results") -> Path:
+def export_model(run_or_folder: str, output: str, fmt: str = "sa", results_dir: str = "safemax_results") -> Path:
     """The model of a run id stored under `results_dir`, or of a model folder, in format `fmt`."""
     if fmt not in FORMATS:
         raise SafemaxError(f"unknown --format {fmt!r}; formats: {', '.join(FORMATS)}")
-    folder = _model_folder(target, results_dir)
+    folder = _model_folder(run_or_folder, results_dir)
     model = load_model(folder)
     if not isinstance(model.unet, ConcatClassUNet):
         preset = _preset(folder)
@@ -48,15 +48,15 @@ def export_model(target: str, output: str, fmt: str = "sa", results_dir: str = "
     return Path(output)
 
 
-def _model_folder(target: str, results_dir: str) -> str:
-    if Path(target, "unet", "config.json").is_file():
-        return target
+def _model_folder(run_or_folder: str, results_dir: str) -> str:
+    if Path(run_or_folder, "unet", "config.json").is_file():
+        return run_or_folder
     from safemax_ray.results.parquet import read_dataframe
 
     rows = read_dataframe(results_dir)
-    match = rows[rows.run_id == target]
+    match = rows[rows.run_id == run_or_folder]
     if match.empty:
-        raise SafemaxError(f"{target!r} is neither a model folder nor a run id stored under {results_dir}")
+        raise SafemaxError(f"{run_or_folder!r} is neither a model folder nor a run id stored under {results_dir}")
     return layout.stored_path(results_dir, str(match.model_path.iloc[0]))
 
 

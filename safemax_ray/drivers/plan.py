@@ -1,7 +1,7 @@
 """What a comparison, batch or search will cost, before anything runs (`--plan`).
 
-For each run: the UNet rows of training, of the method's set-up and of the evaluation (a row is one image
-through the UNet; guided sampling pushes two per image and step), and projected GPU time from per-row
+For each run: the UNet passes of training, of the method's set-up and of the evaluation (a pass is one image
+through the UNet; guided sampling pushes two per image and step), and projected GPU time from per-pass
 figures measured on one H200 (`scripts/bench_gpu.py`: the 38.6M reference CIFAR-10 UNet, bf16,
 compiled, as long evaluations sample by default). A set-up that does not depend on the forget class
 (Selective Amnesia's Fisher) and the base model's evaluation samples (one set per class and sample
@@ -26,8 +26,8 @@ from safemax_ray.methods import get_method
 # scripts/bench_gpu.py on one H200, 2026-12-04 (the 38.6M reference layout; 65.2 and 67.0 ms in two runs).
 # Runs under engine.loop.COMPILE_PAYS_AFTER iterations train eager, ~25% slower a step (81 ms measured
 # beside other work); training is a small part of any plan, so the compiled rate stands for both.
-TRAIN_ROW_MS = 65.2 / 256  # one row forward and backward: a compiled SAFEMax step of 128 + 128 rows
-FORWARD_ROW_MS = 78.1 / 2048  # one row forward only: a guided sampling step at batch 1024, as evaluation
+TRAIN_PASS_MS = 65.2 / 256  # one image forward and backward: a compiled SAFEMax step of 128 + 128 images
+FORWARD_PASS_MS = 78.1 / 2048  # one image forward only: a guided sampling step at batch 1024, as evaluation
 FIGURES = "H200, bf16, compiled: 65.2 ms per 128+128 training step, 78.1 ms per guided step at batch 1024"
 GOAL_HOURS, GOAL_GPUS = 4.0, 8  # the whole paper comparison on one 8-GPU node
 
@@ -36,15 +36,15 @@ GOAL_HOURS, GOAL_GPUS = 4.0, 8  # the whole paper comparison on one 8-GPU node
 class RunPlan:
     label: str
     method: str
-    train_rows: tuple[int, int]  # (with a backward, forward only)
-    eval_rows: int
-    setup_rows: tuple[int, int]
+    train_passes: tuple[int, int]  # (with a backward, forward only)
+    eval_passes: int
+    setup_passes: tuple[int, int]
     setup_key: str | None  # shared set-ups have a key; the run that starts first computes it
-    base: dict[str, int]  # the base model's samples of each class this run judges: key -> rows, once per key
+    base: dict[str, int]  # the base model's samples of each class this run judges: key -> passes, once per key
 
     @property
     def run_ms(self) -> float:
-        return _ms(self.train_rows) + self.eval_rows * FORWARD_ROW_MS
+        return _ms(self.train_passes) + self.eval_passes * FORWARD_PASS_MS
 
 
 @dataclass
@@ -55,25 +55,25 @@ class Plan:
 
     def shared(self) -> dict[str, float]:
         """ms of each distinct shared set-up, and of each distinct base-sample set."""
-        out = {r.setup_key: _ms(r.setup_rows) for r in self.runs if r.setup_key}
-        out.update({key: rows * FORWARD_ROW_MS for r in self.runs for key, rows in r.base.items()})
+        out = {r.setup_key: _ms(r.setup_passes) for r in self.runs if r.setup_key}
+        out.update({key: passes * FORWARD_PASS_MS for r in self.runs for key, passes in r.base.items()})
         return out
 
     def gpu_hours(self) -> float:
-        own_setups = sum(_ms(r.setup_rows) for r in self.runs if not r.setup_key)
+        own_setups = sum(_ms(r.setup_passes) for r in self.runs if not r.setup_key)
         return (sum(r.run_ms for r in self.runs) + own_setups + sum(self.shared().values())) / 3.6e6
 
     def wall_hours(self) -> float:
         free = [0.0] * self.gpus
         jobs = sorted(self.shared().values(), reverse=True)
-        jobs += sorted((r.run_ms + (0 if r.setup_key else _ms(r.setup_rows)) for r in self.runs), reverse=True)
+        jobs += sorted((r.run_ms + (0 if r.setup_key else _ms(r.setup_passes)) for r in self.runs), reverse=True)
         for ms in jobs:
             heapq.heappush(free, heapq.heappop(free) + ms)
         return max(free) / 3.6e6
 
 
-def _ms(rows: tuple[int, int]) -> float:
-    return rows[0] * TRAIN_ROW_MS + rows[1] * FORWARD_ROW_MS
+def _ms(passes: tuple[int, int]) -> float:
+    return passes[0] * TRAIN_PASS_MS + passes[1] * FORWARD_PASS_MS
 
 
 def plan_runs(configs: list[UnlearnConfig], gpus: int = 1, evaluations: list[UnlearnConfig] = ()) -> Plan:
@@ -97,17 +97,17 @@ def _run_plan(cfg: UnlearnConfig, read: dict, notes: set[str], evaluation_only: 
     steps = cfg.eval.sample_steps or timesteps
     forget = workload.forget_classes()
     counts = {c: cfg.eval.n_forget_samples if c in forget else cfg.eval.n_retain_per_class for c in range(num_classes)}
-    grad, fwd = method.step_rows(options, cfg.batch_size, per_class * len(forget))
+    grad, fwd = method.step_passes(options, cfg.batch_size, per_class * len(forget))
     noise = evaluate.noise_settings(cfg.eval)
     trains = 0 if evaluation_only else cfg.iterations
     return RunPlan(
         label=f"{cfg.method} class {workload.forget_label()}",
         method="re-judge" if evaluation_only else cfg.method,
-        train_rows=(grad * trains, fwd * trains),
-        eval_rows=sum(counts.values()) * steps * 2,
-        setup_rows=(0, 0)
+        train_passes=(grad * trains, fwd * trains),
+        eval_passes=sum(counts.values()) * steps * 2,
+        setup_passes=(0, 0)
         if evaluation_only
-        else method.setup_rows(options, per_class * len(forget), num_classes, steps, timesteps),
+        else method.setup_passes(options, per_class * len(forget), num_classes, steps, timesteps),
         setup_key=None
         if method.SETUP_DEPENDS_ON_CLASS or evaluation_only
         else json.dumps([cfg.method, cfg.model, vars(options)], sort_keys=True, default=str),
@@ -117,20 +117,20 @@ def _run_plan(cfg: UnlearnConfig, read: dict, notes: set[str], evaluation_only: 
 
 def describe(plan: Plan) -> list[str]:
     """The plan as printed lines: per method, then the totals and the goal."""
-    lines = [f"{'method':<10}{'runs':>6}{'train rows':>14}{'set-up rows':>14}{'eval rows':>14}{'GPU-h':>9}"]
+    lines = [f"{'method':<10}{'runs':>6}{'train passes':>14}{'set-up passes':>14}{'eval passes':>14}{'GPU-h':>9}"]
     for method in dict.fromkeys(r.method for r in plan.runs):
         mine = [r for r in plan.runs if r.method == method]
         shared = {r.setup_key: r for r in mine if r.setup_key}  # computed once each
         setups = [r for r in mine if not r.setup_key] + list(shared.values())
-        train = sum(sum(r.train_rows) for r in mine)
-        setup = sum(sum(r.setup_rows) for r in setups)
-        evals = sum(r.eval_rows for r in mine)
-        hours = (sum(r.run_ms for r in mine) + sum(_ms(r.setup_rows) for r in setups)) / 3.6e6
+        train = sum(sum(r.train_passes) for r in mine)
+        setup = sum(sum(r.setup_passes) for r in setups)
+        evals = sum(r.eval_passes for r in mine)
+        hours = (sum(r.run_ms for r in mine) + sum(_ms(r.setup_passes) for r in setups)) / 3.6e6
         lines.append(f"{method:<10}{len(mine):>6}{train:>14.3g}{setup:>14.3g}{evals:>14.3g}{hours:>9.1f}")
-    bases = {key: rows for r in plan.runs for key, rows in r.base.items()}  # a class's samples, once
+    bases = {key: passes for r in plan.runs for key, passes in r.base.items()}  # a class's samples, once
     lines.append(
         f"{'base sets':<10}{len(bases):>6}{'':>14}{'':>14}{sum(bases.values()):>14.3g}"
-        f"{sum(bases.values()) * FORWARD_ROW_MS / 3.6e6:>9.1f}"
+        f"{sum(bases.values()) * FORWARD_PASS_MS / 3.6e6:>9.1f}"
     )
     total, wall = plan.gpu_hours(), plan.wall_hours()
     lines.append(f"total {total:.1f} GPU-hours; wall {wall:.1f} h on {plan.gpus} GPU(s)")

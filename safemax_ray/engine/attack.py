@@ -89,11 +89,11 @@ def relearn(
     optimizer = torch.optim.Adam(model.unet.parameters(), lr=s.lr)
     rows, done = [], 0
     model.unet.train()
-    for target in sorted(checkpoints):
-        for step in range(done, target):
+    for until in sorted(checkpoints):
+        for step in range(done, until):
             _relearn_step(model, data, pool, optimizer, step, s)
-        done = target
-        rows.append({"step": target, **_forget_samples(model, judge, s)})
+        done = until
+        rows.append({"step": until, **_forget_samples(model, judge, s)})
     return rows
 
 

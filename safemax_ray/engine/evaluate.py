@@ -219,7 +219,7 @@ def sample_labels(
     gather: GatherObjects | None = None,
 ) -> torch.Tensor:
     """All images for `labels`, sampled over `world` ranks."""
-    return judge_labels(model, labels, config, KeepImages(), rank, world, gather).rows["images"]
+    return judge_labels(model, labels, config, KeepImages(), rank, world, gather).per_sample["images"]
 
 
 def class_judge(
@@ -256,9 +256,9 @@ class Reference:
 def result(judged: Judgement, labels: torch.Tensor, forget: list[int], real: Reference, features: str) -> EvalResult:
     """UA (% of forget samples not labelled as their class), H, FID, KID and accuracy on the rest, noise
     rates, and their intervals."""
-    logits, noise = judged.rows["logits"], judged.rows["noise"]
+    logits, noise = judged.per_sample["logits"], judged.per_sample["noise"]
     is_forget = torch.isin(labels, torch.tensor(forget))
-    fake = judged.rows["features"][~is_forget].double()
+    fake = judged.per_sample["features"][~is_forget].double()
     kid_mean, kid_std = kid(fake, real.features)
     return EvalResult(
         intervals={
@@ -306,12 +306,12 @@ def intervals(
 def per_sample(labels: torch.Tensor, judged: Judgement) -> dict[str, list]:
     """Every sample's label, predicted class, entropy and noise flag, in evaluation order: with the
     same settings, sample i of one model and of another share their noise, so their figures pair."""
-    logits = judged.rows["logits"]
+    logits = judged.per_sample["logits"]
     return {
         "label": labels.tolist(),
         "pred": logits.argmax(1).tolist(),
         "entropy": entropies(logits).float().tolist(),
-        "noise": judged.rows["noise"].bool().tolist(),
+        "noise": judged.per_sample["noise"].bool().tolist(),
     }
 
 
@@ -387,7 +387,7 @@ def base_judgement(
         wanted = torch.cat([labels[groups[i][1] : groups[i][2]] for i in missing])
         judged = sample(model, wanted, "sample base", judge)
         counts = [groups[i][2] - groups[i][1] for i in missing]
-        per_sample = {k: v for k, v in judged.rows.items() if k not in GRID_KEYS}  # no grid of the base
+        per_sample = {k: v for k, v in judged.per_sample.items() if k not in GRID_KEYS}  # no grid of the base
         parts = {k: v.split(counts) for k, v in per_sample.items()}
         return [{k: parts[k][n] for k in parts} for n in range(len(missing))]
 

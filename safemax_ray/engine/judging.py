@@ -4,7 +4,7 @@ An evaluation draws thousands of images; its metrics need far less of them: the 
 (UA, H, accuracy), a noise flag and the FID feature vector of each image, and the few images a grid
 shows. A chunk judge turns one chunk of samples (all of one class: engine/evaluate.py) into that
 `Judgement` on the device that drew it (a Train worker or an evaluation task), so only the judgement
-travels: each worker sends a `Share` (its chunks' rows) and `assemble` joins the shares in sample order.
+travels: each worker sends a `Share` (its chunks' judgements) and `assemble` joins the shares in sample order.
 A chunk's judgement depends on its class and its samples alone, not on which classes the run forgets,
 so the base model's judgement of a class serves every run that needs that class.
 """
@@ -37,13 +37,14 @@ class Chunk:
 
 @dataclass
 class Judgement:
-    """What judging samples leaves: rows in sample order (a grid's rows: its samples in sample order)."""
+    """What judging samples leaves: a tensor per name (logits, noise flags, features...) whose first
+    dimension is the samples, in sample order (the grid's tensors hold the grid's samples only)."""
 
-    rows: dict[str, torch.Tensor]
+    per_sample: dict[str, torch.Tensor]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Flat, for a safetensors cache entry."""
-        return dict(self.rows)
+        return dict(self.per_sample)
 
     @classmethod
     def from_tensors(cls, flat: dict[str, torch.Tensor]) -> Judgement:
@@ -51,29 +52,29 @@ class Judgement:
 
 
 def join(judgements: list[Judgement]) -> Judgement:
-    """One judgement of consecutive parts, rows concatenated in the order given."""
-    keys = judgements[0].rows.keys()
-    return Judgement({k: torch.cat([j.rows[k] for j in judgements]) for k in keys})
+    """One judgement of consecutive parts, their samples concatenated in the order given."""
+    keys = judgements[0].per_sample.keys()
+    return Judgement({k: torch.cat([j.per_sample[k] for j in judgements]) for k in keys})
 
 
 @dataclass
 class Share:
-    """What one worker sends of the chunks it judged: each chunk's rows."""
+    """What one worker sends of the chunks it judged: each chunk's judgement."""
 
-    rows: dict[int, dict[str, torch.Tensor]]  # chunk number -> its rows
+    per_chunk: dict[int, dict[str, torch.Tensor]]  # chunk number -> its per-sample tensors
 
     @classmethod
     def of(cls, judged: dict[int, Judgement]) -> Share:
-        return cls({c: j.rows for c, j in judged.items()})
+        return cls({c: j.per_sample for c, j in judged.items()})
 
     def nbytes(self) -> int:
         """The bytes of tensors it carries (what a task sends back to the driver)."""
-        return sum(t.numel() * t.element_size() for rows in self.rows.values() for t in rows.values())
+        return sum(t.numel() * t.element_size() for tensors in self.per_chunk.values() for t in tensors.values())
 
 
 def assemble(shares: list[Share]) -> Judgement:
-    """The judgement of every chunk from the workers' shares: rows in chunk order."""
-    by_chunk = {c: rows for share in shares for c, rows in share.rows.items()}
+    """The judgement of every chunk from the workers' shares, in chunk order."""
+    by_chunk = {c: tensors for share in shares for c, tensors in share.per_chunk.items()}
     return join([Judgement(by_chunk[c]) for c in range(len(by_chunk))])
 
 
@@ -109,7 +110,7 @@ def decode_all(decode: nn.Module, samples: torch.Tensor, batch_size: int = 64) -
     return torch.cat([decode(part.to(device)).float() for part in samples.split(batch_size)])
 
 
-GRID_KEYS = ("grid", "grid_labels")  # rows of the grid's samples only, not one per sample
+GRID_KEYS = ("grid", "grid_labels")  # the grid's samples only, not one entry per sample
 
 
 @dataclass

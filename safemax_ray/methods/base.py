@@ -116,16 +116,16 @@ class UnlearningMethod(ABC):
         self.setup_cached = False
 
     @classmethod
-    def step_rows(cls, options: MethodOptions, batch_size: int, forget_images: int) -> tuple[int, int]:
-        """UNet rows one training step pushes through the model on average: (with a backward, forward
+    def step_passes(cls, options: MethodOptions, batch_size: int, forget_images: int) -> tuple[int, int]:
+        """UNet passes one training step pushes through the model on average: (with a backward, forward
         only). `plan` turns them into GPU time. Default: the forget and the remain batch, both trained."""
         return 2 * batch_size, 0
 
     @classmethod
-    def setup_rows(
+    def setup_passes(
         cls, options: MethodOptions, forget_images: int, num_classes: int, sample_steps: int, timesteps: int
     ) -> tuple[int, int]:
-        """UNet rows of `setup`: (with a backward, forward only). Default: no set-up."""
+        """UNet passes of `setup`: (with a backward, forward only). Default: no set-up."""
         return 0, 0
 
     @classmethod

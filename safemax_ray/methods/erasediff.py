@@ -85,7 +85,7 @@ class EraseDiff(UnlearningMethod):
         self.num_classes = 0
 
     @classmethod
-    def step_rows(cls, options: EraseDiffOptions, batch_size: int, forget_images: int) -> tuple[int, int]:
+    def step_passes(cls, options: EraseDiffOptions, batch_size: int, forget_images: int) -> tuple[int, int]:
         """The outer update's remain and forget batches, and the inner passes spread over their round."""
         inner = options.inner_passes * forget_images / options.round_steps
         pseudo = options.forget_target == "random_label"

@@ -61,11 +61,11 @@ class SalUn(UnlearningMethod):
     options: SalUnOptions
 
     @classmethod
-    def step_rows(cls, options, batch_size: int, forget_images: int) -> tuple[int, int]:
+    def step_passes(cls, options, batch_size: int, forget_images: int) -> tuple[int, int]:
         return 2 * batch_size, batch_size  # and the pseudo label's output, without a gradient
 
     @classmethod
-    def setup_rows(cls, options, forget_images: int, num_classes: int, sample_steps: int, timesteps: int):
+    def setup_passes(cls, options, forget_images: int, num_classes: int, sample_steps: int, timesteps: int):
         return 2 * forget_images, 0  # the guided output's gradient over the whole forget set
 
     def setup(self, ctx: SetupContext) -> None:

@@ -83,8 +83,8 @@ class SelectiveAmnesia(UnlearningMethod):
     options: SelectiveAmnesiaOptions
 
     @classmethod
-    def setup_rows(cls, options, forget_images: int, num_classes: int, sample_steps: int, timesteps: int):
-        """Sampling the replay set (guided: 2 rows a step), then per-sample gradients over the timesteps."""
+    def setup_passes(cls, options, forget_images: int, num_classes: int, sample_steps: int, timesteps: int):
+        """Sampling the replay set (guided: 2 passes a step), then per-sample gradients over the timesteps."""
         samples = options.fisher_samples_per_class * num_classes
         return samples * (options.fisher_timesteps or timesteps), samples * sample_steps * 2
 

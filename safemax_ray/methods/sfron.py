@@ -82,7 +82,7 @@ class SFRon(UnlearningMethod):
         self.iterations = 1
 
     @classmethod
-    def setup_rows(cls, options, forget_images: int, num_classes: int, sample_steps: int, timesteps: int):
+    def setup_passes(cls, options, forget_images: int, num_classes: int, sample_steps: int, timesteps: int):
         """The guided loss's gradient (conditional and null rows) over every training image, once."""
         return 2 * forget_images * num_classes, 0
 

@@ -106,7 +106,7 @@ def judge_on_cluster(
         shares.append(share)
         nodes.add(node)
         if on_chunks is not None:
-            on_chunks(sum(len(s.rows) for s in shares), n)
+            on_chunks(sum(len(s.per_chunk) for s in shares), n)
     return ClusterJudgement(assemble(shares), nodes, sum(s.nbytes() for s in shares))
 
 

@@ -121,7 +121,7 @@ class Workload(ABC):
         return {name: metrics.get(name) for name in self.row_columns}
 
     #: (metric, label) pairs that a summary table shows, base model beside unlearned
-    metric_rows: tuple[tuple[str, str], ...] = ()
+    table_metrics: tuple[tuple[str, str], ...] = ()
 
     @abstractmethod
     def describe(self) -> str:

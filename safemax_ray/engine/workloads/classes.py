@@ -32,7 +32,7 @@ class ClassWorkload(Workload):
     def evaluates_in_workers(self) -> bool:  # type: ignore[override]
         return self.cfg.eval.workers == "train"
 
-    metric_rows = (
+    table_metrics = (
         ("ua", "UA %"),
         ("entropy", "entropy H (nats)"),
         ("fid", "FID (retained)"),  # the table adds the features it was computed on
@@ -137,11 +137,11 @@ class ClassWorkload(Workload):
         del base
         judged = sample(model, labels, "sample unlearned", judge)
         if rank != 0:
-            return Evaluation({}, judged.rows["grid"], judged.rows["grid_labels"])
+            return Evaluation({}, judged.per_sample["grid"], judged.per_sample["grid_labels"])
         metrics = evaluate.metrics(
             self.cfg, pixels, judge, labels, judged, base_judged, model.num_train_timesteps, self.forget_classes()
         )
-        return Evaluation(metrics, judged.rows["grid"], judged.rows["grid_labels"])
+        return Evaluation(metrics, judged.per_sample["grid"], judged.per_sample["grid_labels"])
 
     def probe(self, model: DiffusionModel, data: ImageData, n: int, rank: int, world: int, gather) -> dict[str, float]:
         classifier = evaluate.load_eval_classifier(self.cfg, data.num_classes)

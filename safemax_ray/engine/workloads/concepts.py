@@ -155,7 +155,7 @@ class ConceptWorkload(Workload):
         self.concept: ConceptConfig = self.settings
         self._pipe: TextPipeline | None = None
 
-    metric_rows = (
+    table_metrics = (
         ("forget_mse", "concept: MSE to eps_T (floor 1)"),
         ("remain_mse", "other prompts: denoising MSE"),
     )
@@ -250,7 +250,7 @@ class ConceptWorkload(Workload):
         model.unet.eval()
         device = next(model.unet.parameters()).device
         labels = torch.arange(len(self.prompts())).repeat_interleave(GRID_PER_PROMPT)
-        latents = sample(model, labels, "sample grid", KeepImages()).rows["images"]
+        latents = sample(model, labels, "sample grid", KeepImages()).per_sample["images"]
         metrics: dict[str, Any] = {"sample_steps": self.cfg.eval.sample_steps or model.num_train_timesteps}
         if rank == 0:
             metrics.update(self.probe(model, data, device))
