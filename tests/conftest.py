@@ -65,6 +65,27 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path not in slow_files)  # stable: a file's tests keep their order
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """Whole files to each test process, as `--dist loadfile`, except that the files using the shared
+    finished run go to one process together: a session fixture is built once per process, and that run
+    costs ~30 s of a 2-core machine."""
+    from functools import cache
+    from pathlib import Path
+
+    from xdist.scheduler import LoadFileScheduling
+
+    @cache
+    def uses_finished_run(file: str) -> bool:
+        return "finished_run" in (Path(config.rootpath) / file).read_text()
+
+    class SharedRunScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return "uses finished_run" if uses_finished_run(file) else file
+
+    return SharedRunScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray

@@ -1,10 +1,8 @@
 """The method registry: the built-in method, the decorator, and third-party entry points."""
 
-import json
 import sys
 import textwrap
 
-import pyarrow.parquet as pq
 import pytest
 
 from safemax_ray.errors import SafemaxError
@@ -85,6 +83,7 @@ def test_entry_point_that_is_not_a_method_is_refused(plugin_on_path):
         get_method("broken")
 
 
+# An out-of-tree method, run end to end by tests/test_workload_plugin.py (on the installed toy workload).
 PLUGIN = '''
 from dataclasses import dataclass
 
@@ -132,41 +131,3 @@ class FrozenInputAscent(UnlearningMethod):
     def load_state_dict(self, state):
         self.mask = state["mask"]
 '''
-
-
-@pytest.mark.slow  # the CLI in its own interpreter, a driver on the tests' Ray
-def test_out_of_tree_method_with_setup_and_gradient_hook_runs_end_to_end(tiny_assets, tmp_path, ray_session):
-    """Installed as another package would be (an entry point) in the folder the CLI starts from, which Ray
-    puts on its workers' path as it does for any driver."""
-    import subprocess
-
-    import ray
-    import torch
-    from conftest import tiny_flags
-
-    from safemax_ray.core.models import load_model
-    from safemax_ray.results.parquet import read_dataframe
-
-    (tmp_path / "frozen_plugin.py").write_text(PLUGIN)
-    dist = tmp_path / "frozen_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: frozen-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nfrozen_input = frozen_plugin:FrozenInputAscent\n")
-    results = tmp_path / "results"
-    command = [sys.executable, "-m", "safemax_ray.cli", "unlearn", "--method", "frozen_input", "--no-progress"]
-    command += [*tiny_flags(tiny_assets, results), "--frozen", "conv_in", "--num-workers", "2"]
-    command += ["--address", ray.get_runtime_context().gcs_address]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    row = read_dataframe(str(results)).iloc[0]
-    assert row.method == "frozen_input" and row.setup_s > 0 and row.num_workers == 2
-    assert json.loads(row.method_options_json) == {"frozen": "conv_in"}
-    # Its option has a typed column of its own in the row it wrote (this process does not know the method,
-    # so reading the folder leaves that column out).
-    (written,) = (results / "runs").glob("*.parquet")
-    assert pq.read_table(written).column("frozen_input_frozen").to_pylist() == ["conv_in"]
-    base, after = load_model(tiny_assets[0]).unet, load_model(row.model_path).unet
-    for (name, p0), p1 in zip(base.named_parameters(), after.parameters(), strict=True):
-        if name.startswith("conv_in"):
-            assert torch.equal(p0, p1), name  # masked by the hook: not moved
-    assert any(not torch.equal(p0, p1) for p0, p1 in zip(base.parameters(), after.parameters(), strict=True))

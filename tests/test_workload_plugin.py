@@ -1,6 +1,8 @@
 """A workload installed from outside the package, through the `safemax_ray.workloads` entry-point group,
-runs through `unlearn` with its own flag, its own row column and its own data, and no other change."""
+runs through `unlearn` with its own flag, its own row column and its own data, and no other change
+(beside an installed method: tests/test_registry.py's)."""
 
+import json
 import subprocess
 import sys
 
@@ -85,19 +87,42 @@ def test_an_installed_workloads_flag_chooses_it_and_its_settings_are_checked_bef
     assert not (mirror_plugin / "r").exists()  # refused before anything was written
 
 
-@pytest.mark.slow
-def test_an_installed_workload_runs_through_unlearn(mirror_plugin, tiny_assets, ray_session):
+@pytest.mark.slow  # the CLI in its own interpreter, a driver on the tests' Ray
+def test_an_installed_workload_and_an_installed_method_run_through_unlearn_together(
+    mirror_plugin, tiny_assets, ray_session
+):
+    """The mirror workload and test_registry's frozen-input method (a set-up and a gradient hook), both
+    installed as other packages would be (entry points) in the folder the CLI starts from, which Ray puts
+    on its workers' path as it does for any driver: one run of the one on the other, on two workers."""
     import ray
+    import torch
     from conftest import tiny_flags
+    from test_registry import PLUGIN as METHOD_PLUGIN
 
+    from safemax_ray.core.models import load_model
+    from safemax_ray.methods import ENTRY_POINT_GROUP as METHOD_GROUP
+
+    (mirror_plugin / "frozen_plugin.py").write_text(METHOD_PLUGIN)
+    dist = mirror_plugin / "frozen_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: frozen-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{METHOD_GROUP}]\nfrozen_input = frozen_plugin:FrozenInputAscent\n")
     results = mirror_plugin / "results"
     command = [sys.executable, "-m", "safemax_ray.cli", "unlearn", "--no-progress", "--forget-class", "2"]
-    command += [*tiny_flags(tiny_assets, results), "--mirror-axis", "height"]
+    command += [*tiny_flags(tiny_assets, results), "--mirror-axis", "height", "--num-workers", "2"]
+    command += ["--method", "frozen_input", "--frozen", "conv_in"]
     command += ["--address", ray.get_runtime_context().gcs_address]
     done = subprocess.run(command, capture_output=True, text=True, cwd=mirror_plugin, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "safemax: forget mirrored class 2" in done.stdout
+    assert "frozen_input: forget mirrored class 2" in done.stdout
     (written,) = (results / "runs").glob("*.parquet")
-    row = pq.read_table(written).to_pylist()[0]
+    row = pq.read_table(written).to_pylist()[0]  # read as written: this process knows neither plug-in
     assert (row["workload"], row["mirror_axis"], row["forget_class"]) == ("mirror", "height", 2)
     assert row["concept"] is None  # another workload's column, null in this one's row
+    assert (row["method"], row["num_workers"], row["frozen_input_frozen"]) == ("frozen_input", 2, "conv_in")
+    assert row["setup_s"] > 0 and json.loads(row["method_options_json"]) == {"frozen": "conv_in"}
+    base, after = load_model(tiny_assets[0]).unet, load_model(row["model_path"]).unet
+    for (name, p0), p1 in zip(base.named_parameters(), after.parameters(), strict=True):
+        if name.startswith("conv_in"):
+            assert torch.equal(p0, p1), name  # masked by the method's hook: not moved
+    assert any(not torch.equal(p0, p1) for p0, p1 in zip(base.parameters(), after.parameters(), strict=True))
