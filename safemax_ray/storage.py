@@ -1,6 +1,6 @@
 """Local paths and object-store URIs (s3://, gs://) behind one small interface, with atomic writes.
 
-Local writes go to a hidden temporary file (or folder) beside the dest and are renamed into place, so
+Local writes go to a hidden temporary file (or folder) beside its destination and are renamed into place, so
 a reader never sees half a file or half a folder. Object stores make a single PUT visible all at once,
 which gives the same guarantee without a rename.
 """

@@ -1,7 +1,7 @@
 """Randomness that does not depend on how the work is split.
 
 Training step s draws its whole global batch from one generator seeded by (seed, s); every rank draws the
-global tensor and keeps its own rows, so 1 or N workers see the same numbers and a resumed run redraws
+global tensor and keeps its own samples, so 1 or N workers see the same numbers and a resumed run redraws
 exactly what the uninterrupted run drew, with no generator state to save. An evaluation's samples of
 class k come in chunks, the j-th sampled from a generator seeded by (eval seed, k, j), so any split of
 the chunks over workers gives the same images, and a class's samples are the same whichever other
@@ -38,10 +38,10 @@ def chunk_generator(seed: int, label: int, part: int, device: torch.device | str
 
 @dataclass
 class RankRandom:
-    """Draws of the global batch, sliced to this rank's rows.
+    """Draws of the global batch, sliced to this rank's samples.
 
-    Every call names the local row count; the generator draws `world` times as many rows and this rank
-    keeps rows [rank * n, (rank + 1) * n). All ranks make the same calls in the same order.
+    Every call names the local sample count; the generator draws `world` times as many and this rank
+    keeps samples [rank * n, (rank + 1) * n). All ranks make the same calls in the same order.
     """
 
     generator: torch.Generator

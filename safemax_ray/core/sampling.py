@@ -19,7 +19,7 @@ from safemax_ray.core.models import use_shared_inductor_cache
 
 SAMPLERS = ("ddpm", "ddim")
 
-# The guided forward is one function of (x, t, labels) -> eps rows, built once per batch of chunks.
+# The guided forward is one function of (x, t, labels) -> eps per sample, built once per batch of chunks.
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 

@@ -1,4 +1,4 @@
-"""This rank's rows of one step's global batch (the update itself is the method's: `UnlearningMethod.step`).
+"""This rank's samples of one step's global batch (the update itself is the method's: `UnlearningMethod.step`).
 
 Nothing here syncs the host: the indices are drawn on the device, from the step's generator.
 """

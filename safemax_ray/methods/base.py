@@ -56,7 +56,7 @@ class MethodOptions(Settings):
 
 @dataclass
 class UnlearnBatch:
-    """This rank's rows of the step's global batch, on the training device."""
+    """This rank's samples of the step's global batch, on the training device."""
 
     x_forget: torch.Tensor  # forget-class images, [-1, 1]
     y_forget: torch.Tensor  # their labels (the forget class)

@@ -109,7 +109,7 @@ class EraseDiff(UnlearningMethod):
             return unet(x_t, t, class_labels=torch.full_like(y, other)).sample.float()
 
     def loss(self, unet, batch: UnlearnBatch, rng: RankRandom) -> LossOutput:
-        """The outer loss L_r + lambda (f - mean inner f), remain and forget rows in one forward pass."""
+        """The outer loss L_r + lambda (f - mean inner f), remain and forget samples in one forward pass."""
         n_r = len(batch.x_remain)
         t_r = rng.antithetic(int(self.scheduler.config.num_train_timesteps), n_r)
         eps_r = rng.normal(batch.x_remain.shape)

@@ -97,7 +97,7 @@ class SafeMax(UnlearningMethod):
         opts, scheduler = self.options, self.scheduler
         num_t = int(scheduler.config.num_train_timesteps)
         n_f, n_r = len(batch.x_forget), len(batch.x_remain)
-        # Each stream draws its own global tensors, so a rank's rows do not depend on the worker count.
+        # Each stream draws its own global tensors, so a rank's samples do not depend on the worker count.
         eps_f, eps_r = rng.normal(batch.x_forget.shape), rng.normal(batch.x_remain.shape)
         t_f, t_r = rng.integers(num_t, n_f), rng.integers(num_t, n_r)
         y_r = drop_labels(batch.y_remain, batch.null_label, opts.null_drop, rng.uniform(n_r))

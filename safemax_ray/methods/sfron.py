@@ -83,7 +83,7 @@ class SFRon(UnlearningMethod):
 
     @classmethod
     def setup_passes(cls, options, forget_images: int, num_classes: int, sample_steps: int, timesteps: int):
-        """The guided loss's gradient (conditional and null rows) over every training image, once."""
+        """The guided loss's gradient (conditional and null passes) over every training image, once."""
         return 2 * forget_images * num_classes, 0
 
     def attach(self, data: ImageData, forget_idx: torch.Tensor, remain_idx: torch.Tensor, iterations: int) -> None:
