@@ -1,5 +1,7 @@
 """The Tune driver on a tiny model and budget: Optuna trials, Parquet rows, the best config."""
 
+import signal
+
 import pytest
 import yaml
 
@@ -129,7 +131,9 @@ def test_asha_stops_the_weaker_trial_and_the_screen_is_checked_in_full(ray_sessi
             }
         )
     )
+    ctrl_c = signal.getsignal(signal.SIGINT)
     result = tune(load_tune_config(path))
+    assert signal.getsignal(signal.SIGINT) is ctrl_c  # Tune's own handler is gone with its study
     assert list((tmp_path / "ray-storage").glob("asha-*/checkpoint_*")) and not (tmp_path / "_ray").exists()
     df = read_dataframe(str(tmp_path)).sort_values("lr")
     assert df.lr.tolist() == [2e-3, 3e-3] and df.lam.tolist() == [1.5, 0.5] and (df.iterations == 8).all()

@@ -338,7 +338,7 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
     from ray import tune as ray_tune
 
     from safemax_ray.ray.cluster import cluster_has_gpus, connected
-    from safemax_ray.ray.run import outcome_of
+    from safemax_ray.ray.run import fit_keeping_ctrl_c, outcome_of
 
     cfg, first, study = _prepare(config)
     console = console or Console(quiet=True)
@@ -362,7 +362,7 @@ def tune(config: TuneConfig | dict | str | Path, console: Console | None = None)
             f"{cfg.budget.workers_per_trial} workers each ({'GPU' if use_gpu else 'CPU'})"
         )
         with parent.failing_on_error():
-            grid = _tuner(cfg, trainable, concurrency, study, storage_path).fit()
+            grid = fit_keeping_ctrl_c(_tuner(cfg, trainable, concurrency, study, storage_path))
             parent.end_children("KILLED")  # trials Tune stopped early never closed their runs
             finished = [r for r in grid if outcome_of(r).status is Status.FINISHED]
             if not finished:

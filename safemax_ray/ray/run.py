@@ -50,7 +50,7 @@ def train_and_evaluate(
     """Fit the run's TorchTrainer and evaluate it; a failed fit raises its error, a diverged run comes
     back as such (the caller decides whether that is an error)."""
     trainer = build_trainer(cfg, name, storage_path, use_gpu, cache_dir, progress, callbacks, probe_samples, tracker)
-    result = _fit(trainer)
+    result = fit_keeping_ctrl_c(trainer)
     if result.error is not None:
         raise result.error
     outcome = outcome_of(result)
@@ -62,14 +62,14 @@ def train_and_evaluate(
     return outcome
 
 
-def _fit(trainer):
-    """`trainer.fit()`, then the Ctrl-C handler the process had before. Ray Train installs its own (Ctrl-C
-    aborts the run) and leaves it installed: a later Ctrl-C in this process (a notebook, a batch) would
-    abort a finished run, and the third one exit the process with status 0."""
-    # Off the main thread (a Tune trial) Ray Train installs nothing; None: a handler not set from Python.
+def fit_keeping_ctrl_c(fittable):
+    """`fittable.fit()` (a Ray Train trainer or a Tune Tuner), then the Ctrl-C handler the process had
+    before. Both install their own (Ctrl-C aborts the run or the study) and leave it installed: a later
+    Ctrl-C in this process (a notebook, a batch) would go to a finished run instead of interrupting."""
+    # Off the main thread (a Tune trial) they install nothing; None: a handler not set from Python.
     before = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     try:
-        return trainer.fit()
+        return fittable.fit()
     finally:
         if before is not None:
             signal.signal(signal.SIGINT, before)
