@@ -62,7 +62,7 @@ def train_and_evaluate(
     return outcome
 
 
-def fit_keeping_ctrl_c(fittable):
+def fit_keeping_ctrl_c(fittable: Any) -> Any:
     """`fittable.fit()` (a Ray Train trainer or a Tune Tuner), then the Ctrl-C handler the process had
     before. Both install their own (Ctrl-C aborts the run or the study) and leave it installed: a later
     Ctrl-C in this process (a notebook, a batch) would go to a finished run instead of interrupting."""
