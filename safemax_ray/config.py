@@ -42,7 +42,8 @@ class EvalConfig(Settings):
     )
     workers: int | str = setting(
         "auto",
-        "Ray tasks that sample the evaluation: N, auto (every GPU or CPU of the cluster) or train",
+        "Ray tasks that sample the evaluation: N, auto (every GPU or CPU of the cluster; the Train workers "
+        "below 10000 image-steps) or train",
         "--eval-workers",
     )
     seed: int = setting(1234, "the evaluation noise, the same for the base and the unlearned model", "--eval-seed")

@@ -116,11 +116,14 @@ def tiny_run_config(tiny_assets, results_dir, **ray_settings):
 
 @pytest.fixture(scope="session")
 def finished_run(tiny_assets, ray_session, tmp_path_factory):
-    """One finished tiny run on two Ray Train workers (its results folder: finished_run.row's), tracked in
-    an MLflow SQLite store in that folder's parent."""
+    """One finished tiny run on two Ray Train workers, evaluated by two Ray tasks (its results folder:
+    finished_run.row's), tracked in an MLflow SQLite store in that folder's parent."""
+    from dataclasses import replace
+
     from safemax_ray.drivers.unlearn import unlearn
 
     cfg = tiny_run_config(tiny_assets, tmp_path_factory.mktemp("finished"), num_workers=2)
+    cfg = replace(cfg, eval=replace(cfg.eval, workers=2))  # "auto" would keep so small an evaluation on the workers
     cfg.tracking_uri = f"sqlite:///{cfg.results_dir}-mlflow.db"
     return unlearn(cfg)
 

@@ -5,6 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from conftest import tiny_flags
@@ -86,6 +87,7 @@ def test_one_worker_from_the_command_line_trains_the_model_of_two_workers(
     # single-threaded), so UA agrees exactly; FID comes from feature sums that one Train worker and two
     # evaluation tasks add in a different order, so it agrees to rounding.
     assert (row.num_workers, finished_run.row["num_workers"]) == (1, 2)
+    assert pd.isna(row.eval_nodes) and finished_run.row["eval_nodes"] == 1  # its Train worker; tasks on this node
     assert row.ua == finished_run.metrics["ua"]
     assert row.base_fid == pytest.approx(finished_run.metrics["base_fid"], rel=1e-6)
 

@@ -147,6 +147,25 @@ def test_one_and_two_workers_sample_identical_images(tiny_assets):
     assert torch.equal(one, evaluate.sample_labels(model, labels, config, 2, 3, lambda mine: three))
 
 
+def test_auto_evaluation_stays_on_the_train_workers_below_one_tasks_share(tiny_assets):
+    """`eval.workers: auto` starts evaluation tasks only for an evaluation of at least one task's share
+    (MIN_TASK_IMAGE_STEPS guided model calls); a number always starts tasks, `train` never does."""
+    from safemax_ray.engine.workloads import workload_for
+
+    model, data = _model(tiny_assets), load_dataset("digits")  # T = 25, 10 classes
+
+    def in_workers(**eval_settings):
+        cfg = tiny_config(tiny_assets, eval=EvalConfig(**eval_settings))
+        return workload_for(cfg).evaluates_in_workers(model, data)
+
+    assert evaluate.MIN_TASK_IMAGE_STEPS == 10_000
+    assert in_workers(n_forget_samples=8, n_retain_per_class=2, sample_steps=5)  # 26 images x 5 steps
+    assert not in_workers(n_forget_samples=200, n_retain_per_class=30)  # 470 x 25 = 11,750
+    assert in_workers(n_forget_samples=200, n_retain_per_class=30, sample_steps=21)  # 470 x 21 = 9,870
+    assert not in_workers(n_forget_samples=8, n_retain_per_class=2, sample_steps=5, workers=2)
+    assert in_workers(n_forget_samples=200, n_retain_per_class=30, workers="train")
+
+
 def test_a_class_draws_the_same_samples_whichever_classes_are_forgotten(tiny_assets):
     model = _model(tiny_assets)
     config = EvalConfig(n_forget_samples=5, n_retain_per_class=3, batch_size=4, sample_steps=3)

@@ -112,6 +112,17 @@ class EvalResult:
         return out
 
 
+# A Ray evaluation task costs a worker process and the model's transfer, seconds on a CPU: below this
+# many guided image-steps of sampling (~10 s of the digits model on one core) fewer tasks finish
+# sooner, and an evaluation smaller than one task's share is sampled where the model already is.
+MIN_TASK_IMAGE_STEPS = 10_000
+
+
+def image_steps(labels: torch.Tensor, config: EvalConfig, num_train_timesteps: int) -> int:
+    """The guided model calls of sampling `labels`: images times sampling steps."""
+    return len(labels) * (config.sample_steps or num_train_timesteps)
+
+
 def eval_labels(num_classes: int, forget: int | list[int], config: EvalConfig) -> torch.Tensor:
     """n_forget_samples of each forget class, then n_retain_per_class of every other class."""
     classes = forget if isinstance(forget, list) else [forget]

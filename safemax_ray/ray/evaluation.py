@@ -26,6 +26,7 @@ from safemax_ray.config import EvalConfig
 from safemax_ray.core.models import DiffusionModel, from_parts, to_parts
 from safemax_ray.engine import checkpoint as layout
 from safemax_ray.engine import evaluate
+from safemax_ray.engine.evaluate import MIN_TASK_IMAGE_STEPS
 from safemax_ray.engine.judging import ChunkJudge, Judgement, Share, assemble
 from safemax_ray.engine.workloads.base import Workload
 from safemax_ray.schema import from_dict, to_dict
@@ -39,11 +40,6 @@ class ClusterJudgement:
     judgement: Judgement
     nodes: set[str] = field(default_factory=set)  # Ray node ids that sampled chunks
     received_bytes: int = 0  # what the tasks sent back to the caller
-
-
-# A task costs a worker process and the model's transfer, seconds on a CPU: below this many guided
-# image-steps of sampling a task (~10 s of the digits model on one core), fewer tasks finish sooner.
-MIN_TASK_IMAGE_STEPS = 10_000
 
 
 def eval_workers(setting: int | str, chunks: int, use_gpu: bool, image_steps: int | None = None) -> tuple[int, str]:
@@ -90,7 +86,7 @@ def judge_on_cluster(
     """The judgement of all samples for `labels`, the chunks dealt round-robin to `config.workers`
     tasks that sample and judge them."""
     n = evaluate.num_chunks(labels, config)
-    k, why = eval_workers(config.workers, n, use_gpu, len(labels) * (config.sample_steps or model.num_train_timesteps))
+    k, why = eval_workers(config.workers, n, use_gpu, evaluate.image_steps(labels, config, model.num_train_timesteps))
     log.info("evaluation: %d sampling task(s) for %d chunk(s) (%s)", k, n, why)
     parts, shared_judge = ray.put(to_parts(model)), ray.put(judge)
     # SPREAD: chunks go to every node of the cluster, not first to fill the one the caller runs on.

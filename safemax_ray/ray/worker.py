@@ -150,7 +150,7 @@ def _evaluate_and_report(session: Session, cache_dir: str, gather, progress, res
     """The final report: with the evaluation when the workload evaluates on the Train workers, else the
     training figures only, for the driver to evaluate over the cluster (ray/evaluation.py)."""
     # resumed_from_step > 0 when a worker failure made Ray Train restore a checkpoint
-    if not session.workload.evaluates_in_workers:
+    if not session.workload.evaluates_in_workers(session.model, session.data):
         trained = {**training_metrics(session), "resumed_from_step": resumed_from, STATUS: Status.TRAINED.value}
         _report(session, trained, _save(session))
         return

@@ -72,10 +72,6 @@ class Workload(ABC):
     runs_class_by_class: ClassVar[bool] = True
     one_run_hint: ClassVar[str] = "run it with `safemax-ray unlearn`"
 
-    #: True when the Train workers evaluate the run themselves; False when the driver evaluates the
-    #: final checkpoint with the cluster's evaluation tasks (`eval.workers`, ray/evaluation.py).
-    evaluates_in_workers: bool = True
-
     def __init__(self, cfg: UnlearnConfig):
         self.cfg = cfg
         where = f"{cfg.workload} (the workload's settings)"
@@ -155,6 +151,12 @@ class Workload(ABC):
     ) -> Evaluation:
         """Judge the unlearned `model` beside the base model, drawing samples with `sample` (over the
         run's ranks, or over the cluster); the metrics are on rank 0 only. The one evaluation path."""
+
+    def evaluates_in_workers(self, model: DiffusionModel, data: ImageData) -> bool:
+        """True when the Train workers evaluate the run themselves (they hold the model already); False
+        when the driver evaluates the final checkpoint with the cluster's evaluation tasks
+        (`eval.workers`, ray/evaluation.py)."""
+        return True
 
     def probe(self, model: DiffusionModel, data: ImageData, n: int, rank: int, world: int, gather) -> dict[str, float]:
         """A cheap mid-run score for ASHA (`probe_*` figures and `score`), drawn over the run's ranks."""

@@ -28,10 +28,6 @@ CLASS_IMAGES = {"cifar10": 5000}  # training images per class for `--plan`, wher
 class ClassWorkload(Workload):
     """Forget one or more classes of a class-conditional model; judged by a classifier and FID."""
 
-    @property
-    def evaluates_in_workers(self) -> bool:  # type: ignore[override]
-        return self.cfg.eval.workers == "train"
-
     table_metrics = (
         ("ua", "UA %"),
         ("entropy", "entropy H (nats)"),
@@ -142,6 +138,15 @@ class ClassWorkload(Workload):
             self.cfg, pixels, judge, labels, judged, base_judged, model.num_train_timesteps, self.forget_classes()
         )
         return Evaluation(metrics, judged.per_sample["grid"], judged.per_sample["grid_labels"])
+
+    def evaluates_in_workers(self, model: DiffusionModel, data: ImageData) -> bool:
+        """As `eval.workers` says; for "auto", on the Train workers when the evaluation is smaller than
+        one evaluation task's share (a task's start would cost more than it saves)."""
+        settings = self.cfg.eval
+        if settings.workers != "auto":
+            return settings.workers == "train"
+        labels = evaluate.eval_labels(data.num_classes, self.forget_classes(), settings)
+        return evaluate.image_steps(labels, settings, model.num_train_timesteps) < evaluate.MIN_TASK_IMAGE_STEPS
 
     def probe(self, model: DiffusionModel, data: ImageData, n: int, rank: int, world: int, gather) -> dict[str, float]:
         classifier = evaluate.load_eval_classifier(self.cfg, data.num_classes)

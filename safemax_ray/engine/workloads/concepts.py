@@ -148,7 +148,6 @@ class ConceptWorkload(Workload):
     marks_rows = "concept"
     runs_class_by_class = False
     one_run_hint = "forget a concept with one run: safemax-ray unlearn --pipeline DIR --concept TEXT"
-    evaluates_in_workers = True  # the probe is cheap; no cluster-wide sampling
 
     def __init__(self, cfg):
         super().__init__(cfg)
