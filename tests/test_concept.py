@@ -121,7 +121,9 @@ def test_a_resumed_concept_run_ends_with_the_weights_of_an_uninterrupted_one(tin
         assert torch.equal(resumed.model.unet.state_dict()[key], value), key
 
 
-@pytest.mark.parametrize("method, options", [("salun", {}), ("sa", {"fisher_samples_per_class": 2})])
+@pytest.mark.parametrize(
+    "method, options", [("salun", {}), ("sa", {"fisher_samples_per_class": 2, "fisher_timesteps": 2})]
+)
 def test_the_baselines_run_on_a_pipeline(tiny_pipeline, tmp_path, method, options):
     """Prompts play their classes: SalUn's saliency and pseudo label, SA's Fisher and replay."""
     from safemax_ray.engine.loop import evaluate_run, open_session, run_setup, train

@@ -133,7 +133,7 @@ def test_a_truncated_cache_entry_is_recomputed_and_the_run_finishes(tiny_assets,
         iterations=2,
         batch_size=8,
         method_options={"fisher_samples_per_class": 2, "fisher_timesteps": 2},
-        eval=EvalConfig(n_forget_samples=4, n_retain_per_class=2),
+        eval=EvalConfig(n_forget_samples=4, n_retain_per_class=2, sample_steps=5),
     )
     cache = tmp_path / "_cache"
 
