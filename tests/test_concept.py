@@ -138,32 +138,6 @@ def test_the_baselines_run_on_a_pipeline(tiny_pipeline, tmp_path, method, option
     assert all(torch.isfinite(torch.tensor(metrics[k])) for k in ("forget_mse", "remain_mse"))
 
 
-def test_unlearn_concept_on_ray_exports_a_loadable_pipeline(tiny_pipeline, tmp_path, ray_session):
-    from diffusers import StableDiffusionPipeline
-    from PIL import Image
-    from safetensors.torch import load_file
-
-    from safemax_ray import unlearn
-    from safemax_ray.results.parquet import read_dataframe
-    from safemax_ray.results.report import make_report
-
-    result = unlearn(concept_config(tiny_pipeline, tmp_path / "results", iterations=6))
-    row = read_dataframe(str(tmp_path / "results")).iloc[0]
-    assert row.concept == "a dog" and row.dataset == "prompts" and row.forget_classes == "a-dog"
-    assert row.forget_mse < row.base_forget_mse and row.ua != row.ua  # no classifier metrics: NaN
-    exported = Path(result.model_path)
-    pipe = StableDiffusionPipeline.from_pretrained(exported, local_files_only=True)
-    weights = "diffusion_pytorch_model.safetensors"
-    assert not torch.equal(*(load_file(p / "unet" / weights)["conv_in.weight"] for p in (exported, tiny_pipeline)))
-    assert (exported / "vae" / weights).read_bytes() == (tiny_pipeline / "vae" / weights).read_bytes()
-    assert pipe.unet.config.cross_attention_dim == 32
-    with Image.open(result.grid_path) as grid:  # a row per prompt, the concept's first
-        assert grid.size[1] > grid.size[0] / 2
-    report = make_report(str(tmp_path / "results"), tmp_path / "report")
-    assert list(report.tables) == ["concepts"]
-    assert report.tables["concepts"].loc["safemax {a-dog}", "MSE to eps_T (floor 1)"] == pytest.approx(row.forget_mse)
-
-
 def test_batch_and_tune_refuse_a_concept_in_one_line(tmp_path):
     from safemax_ray.drivers.batch import batch_unlearn
     from safemax_ray.drivers.tune import TuneConfig

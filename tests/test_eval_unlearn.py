@@ -89,6 +89,37 @@ def test_the_wrapper_trains_once_per_run_key(technique, settings):
     assert rows.iloc[0].concept == "a dog" and rows.iloc[0].study == "eval-unlearn"
 
 
+def test_the_techniques_run_is_a_concept_run_on_ray_that_exports_a_loadable_pipeline(technique, settings, tmp_path):
+    """The technique trained through `safemax_ray.unlearn` on the tests' Ray: this is the test of a concept
+    run on Ray (test_concept.py tests the workload without Ray). Its row, its export (a whole pipeline
+    diffusers loads, only the UNet changed), its sample grid and its section of the report."""
+    from pathlib import Path
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from safemax_ray.results.report import make_report
+
+    row = read_dataframe(settings["results_dir"]).iloc[0]
+    assert row.concept == "a dog" and row.dataset == "prompts" and row.forget_classes == "a-dog"
+    assert row.forget_mse < row.base_forget_mse and row.ua != row.ua  # no classifier metrics: NaN
+    exported, base = Path(technique.model_path), Path(settings["model_path"])
+    assert exported == Path(row.model_path)
+    pipe = StableDiffusionPipeline.from_pretrained(exported, local_files_only=True)
+    weights = "diffusion_pytorch_model.safetensors"
+    assert not torch.equal(*(load_file(p / "unet" / weights)["conv_in.weight"] for p in (exported, base)))
+    assert (exported / "vae" / weights).read_bytes() == (base / "vae" / weights).read_bytes()
+    assert pipe.unet.config.cross_attention_dim == 32
+    with Image.open(row.grid_path) as grid:  # a row per prompt, the concept's first
+        assert grid.size[1] > grid.size[0] / 2
+    report = make_report(settings["results_dir"], tmp_path / "report")
+    assert list(report.tables) == ["concepts"]
+    concepts = report.tables["concepts"]  # a run of a study is named by the study
+    assert concepts.loc["eval-unlearn {a-dog}", "MSE to eps_T (floor 1)"] == pytest.approx(row.forget_mse)
+
+
 def test_errors_propagate(settings, technique, tmp_path):
     with pytest.raises(SafemaxError, match="not a diffusers text-to-image folder"):
         SafemaxTechnique(**{**settings, "model_path": str(tmp_path / "missing")})
