@@ -88,6 +88,33 @@ def test_chunks_judged_apart_give_the_figures_of_scoring_every_image_at_once(tin
     assert torch.equal(judged.per_sample["grid"], images[grid_index.sort().values])
 
 
+@pytest.mark.parametrize("judge_kind", ["classifier", "resnet34"])
+def test_a_judge_on_its_classifiers_features_runs_the_classifier_once_with_the_same_figures(tiny_assets, judge_kind):
+    """FID on the classifier's own features (no Inception weights): logits and features come from one
+    pass of its body, and the judgement is bit for bit that of two separate passes."""
+    from dataclasses import replace
+
+    from safemax_ray.core.resnet_judge import ResNetJudge
+    from safemax_ray.engine.judging import Chunk
+
+    judge = evaluate.class_judge(UnlearnConfig(classifier=tiny_assets[1]), load_dataset("digits"), CPU)
+    if judge_kind == "resnet34":  # the paper's judge, random weights, on 3-channel images
+        torch.manual_seed(0)
+        resnet = ResNetJudge(10).eval()
+        judge = replace(judge, classifier=resnet, features=FeatureExtractor(resnet))
+    images = torch.rand(6, 1 if judge_kind == "classifier" else 3, 8, 8) * 2 - 1
+    apart = replace(judge, features=FeatureExtractor(copy.deepcopy(judge.classifier)))  # as with other features
+    body = judge.classifier.body if judge_kind == "classifier" else judge.classifier.net.layer1
+    passes = []
+    body.register_forward_hook(lambda *_: passes.append(1))
+    once = judge(images, Chunk(label=3, part=0, start=0, stop=6, offset=0))
+    assert len(passes) == 1
+    twice = apart(images, Chunk(label=3, part=0, start=0, stop=6, offset=0))
+    assert len(passes) == 2  # the copy's body is not hooked: one more pass of the original, for the logits
+    for key in ("logits", "features", "noise", "grid"):
+        assert torch.equal(once.per_sample[key], twice.per_sample[key]), key
+
+
 def test_a_judgement_survives_the_cache_format():
     judged = Judgement({"logits": torch.randn(5, 3), "noise": torch.rand(5) < 0.5, "features": torch.randn(5, 4)})
     back = Judgement.from_tensors(judged.tensors())

@@ -64,8 +64,12 @@ class Classifier(nn.Module):
         """Penultimate activations, (N, feature_dim): the FID feature space for digits."""
         return self.body(x)
 
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The logits of `features(x)`: the head, at the calibrated temperature."""
+        return self.head(features) / self.config.temperature
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x)) / self.config.temperature
+        return self.logits(self.body(x))
 
 
 class FeatureExtractor(nn.Module):

@@ -82,8 +82,12 @@ class ResNetJudge(nn.Module):
         h = n.layer4(n.layer3(n.layer2(n.layer1(h))))
         return torch.flatten(n.avgpool(h), 1)
 
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The logits of `features(x)`: the head."""
+        return self.net.fc(features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.fc(self.features(x))
+        return self.logits(self.features(x))
 
 
 def load_resnet_judge(path: str | Path, num_classes: int | None = None) -> ResNetJudge:
