@@ -95,8 +95,9 @@ class Tracker:
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         """Metrics at a training step (the loss and its parts), from rank 0."""
-        if self:  # untracked, MLflow is not even imported (a second of every Train worker's start)
-            self._call("log_batch", metrics=_metrics(metrics, step))
+        if not self:  # untracked, MLflow is not even imported (0.6 s of every Train worker's start)
+            return
+        self._call("log_batch", metrics=_metrics(metrics, step))
 
     def finish(self, metrics: dict[str, Any], files: tuple[str, ...] = (), status: str = "FINISHED") -> None:
         """The final figures (the numbers among `metrics`; e.g. a whole row), the files (samples.png, the
